@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
+#   make test   create .venv, install, run the test suite
+# On a GPU machine:  make run TORCH="torch" EXTRAS="dev,cuda"
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev
+PY      = $(VENV)/bin/python
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+run: install
+	$(PY) gym/experiment.py --config configs/gym/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -n 2 -q
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) runs
