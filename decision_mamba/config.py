@@ -1,0 +1,169 @@
+"""Typed experiment configs: one dataclass per experiment, one YAML file per dataset.
+
+A YAML file in configs/ is merged over the dataclass defaults and then the command
+line's `key=value` overrides are merged over that (OmegaConf). The dataclasses are the
+schema: a misspelt or unknown key, or a value of the wrong type, is an error that
+names the key. `validate()` checks what types alone cannot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from decision_mamba.model import ModelConfig
+
+VALID_MIXERS = ("mamba", "attention", "conv", "s4")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    context_len: int = 20  # K timesteps, 3K tokens
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    # "linear_warmup": DT gym (warm-up over warmup_steps, then constant);
+    # "warmup_cosine_tokens": DT Atari (warm-up and cosine decay counted in tokens).
+    lr_schedule: str = "linear_warmup"
+    warmup_steps: int = 10_000
+    warmup_tokens: int = 512 * 20
+    final_tokens: int = 0  # 0 = 2 * num_transitions * K * 3, as DT's Atari code
+    decay_matmul_weights_only: bool = False  # True for Atari (minGPT's optimizer groups)
+    grad_clip: float = 0.25
+    num_iterations: int = 10
+    steps_per_iteration: int = 10_000
+    rtg_scale: float = 1000.0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch CPU threads, 0 = torch's default
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 10  # per target; the paper's release uses 100
+    targets: list[float] = field(default_factory=lambda: [3600.0])
+    mode: str = "window"  # window (recompute the K-step window) | recurrent (O(1) step)
+    sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output
+    every: int = 1  # evaluate after every `every` iterations (and always after the last)
+    max_ep_len: int = 1000
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: str = ""  # "" = derived from env, dataset, mixer and seed
+    wandb: str = "disabled"  # disabled | offline | online
+    wandb_project: str = "decision-mamba"
+    wandb_group: str = ""  # e.g. table1/hopper-medium/dmamba (scripts set it)
+    keep_checkpoints: int = 0  # 0 = keep one per iteration; N = only the last N
+    progress: bool = True
+
+
+@dataclass
+class GymConfig:
+    env: str = "hopper"  # hopper | halfcheetah | walker2d
+    dataset: str = "medium"  # medium | medium-replay | medium-expert | expert | random | a path | minari:<id>
+    env_version: str = "v4"  # gymnasium MuJoCo version used for evaluation (v4 for D4RL, v5 for Minari)
+    data_dir: str = "data"
+    allow_pickle: bool = False  # .pkl datasets run code when loaded: opt in explicitly
+    seed: int = 12
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class AtariConfig:
+    game: str = "Breakout"
+    data_dir: str = "data/dqn_replay"
+    num_buffers: int = 50
+    num_steps: int = 500_000
+    trajectories_per_buffer: int = 10
+    seed: int = 123
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
+        d_model=128, n_layer=6, n_head=8, max_ep_len=27_000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=256, context_len=30, learning_rate=6e-4, weight_decay=0.1, betas=(0.9, 0.95),
+        lr_schedule="warmup_cosine_tokens", decay_matmul_weights_only=True, grad_clip=1.0,
+        num_iterations=10, steps_per_iteration=0, rtg_scale=1.0))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(
+        episodes=10, targets=[90.0], sample_actions=True, max_ep_len=27_000))
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+Config = TypeVar("Config", GymConfig, AtariConfig)
+
+
+def load_config(schema: type[Config], path: str | Path | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- `key=value` overrides, checked against the dataclass."""
+    where = str(path) if path else "defaults"
+    try:
+        merged = OmegaConf.structured(schema)
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        # OmegaConf names the offending key (full_key: ...); keep its words, add the file.
+        raise ConfigError(f"invalid config ({where}): {err}") from None
+    validate(cfg)
+    return cfg
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: GymConfig | AtariConfig) -> None:
+    """What the types cannot say."""
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    _check(m.mixer in VALID_MIXERS, f"model.mixer must be one of {VALID_MIXERS}, got {m.mixer!r}")
+    _check(m.scan_backend in ("auto", "cuda", "fused", "reference"),
+           f"model.scan_backend must be auto, cuda, fused or reference, got {m.scan_backend!r}")
+    for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand"):
+        _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
+    _check(m.d_model % m.n_head == 0, f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head})")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    for name in ("batch_size", "context_len", "num_iterations"):
+        _check(getattr(t, name) > 0, f"train.{name} must be positive, got {getattr(t, name)}")
+    _check(t.steps_per_iteration >= 0, "train.steps_per_iteration must be >= 0")
+    _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
+    _check(t.lr_schedule in ("linear_warmup", "warmup_cosine_tokens"),
+           f"train.lr_schedule must be linear_warmup or warmup_cosine_tokens, got {t.lr_schedule!r}")
+    _check(t.rtg_scale > 0, "train.rtg_scale must be positive")
+    _check(e.mode in ("window", "recurrent"), f"eval.mode must be window or recurrent, got {e.mode!r}")
+    _check(e.episodes >= 0, "eval.episodes must be >= 0")
+    _check(len(e.targets) > 0, "eval.targets needs at least one target return")
+    _check(e.every > 0, "eval.every must be positive")
+    _check(cfg.run.wandb in ("disabled", "offline", "online"),
+           f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
+    if isinstance(cfg, GymConfig):
+        _check(cfg.env in ("hopper", "halfcheetah", "walker2d"),
+               f"env must be hopper, halfcheetah or walker2d, got {cfg.env!r}")
+        _check(cfg.env_version in ("v4", "v5"), f"env_version must be v4 or v5, got {cfg.env_version!r}")
+
+
+def to_dict(cfg: Any) -> dict:
+    return asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

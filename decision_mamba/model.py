@@ -1,0 +1,298 @@
+"""The decision model: Decision Transformer with a pluggable token mixer.
+
+Paper §3 (Eq. 6-12) and REFERENCE §2. The last K timesteps of a trajectory become 3K
+tokens R_1, s_1, a_1, R_2, s_2, a_2, ...; each modality has its own embedding, a learned
+timestep embedding is added to the three tokens of a timestep, then a LayerNorm (Eq. 7).
+N layers of
+
+    x = x + TokenMixer(LN(x))          (Eq. 8)
+    x = x + ChannelMLP(LN(x))          (Eq. 9; switched off by the "RC" ablation)
+
+and a final LayerNorm. The action a_t is read from the hidden state of the state token
+s_t: a tanh head for continuous actions, logits for discrete ones.
+
+Padding convention, the same in training and inference: the windows are LEFT-padded,
+`mask` is False at padded timesteps, and the embeddings of padded tokens are set to
+exactly zero before the first layer. Attention additionally hides padded keys. (The
+paper's release pads actions with -10 in training and 0 at evaluation; Mamba has no
+mask, so that inconsistency reaches the model. We do not repeat it.)
+
+The same model runs recurrently: `init_state` + `step` feed one timestep's tokens
+through every mixer's own `step`, O(1) per token for Mamba, conv and S4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decision_mamba.mixers import build_mixer
+
+# The paper's names for the models built with each token mixer.
+MODEL_NAMES = {"mamba": "DMamba", "attention": "DT", "conv": "DC", "s4": "DS4"}
+
+# Mixers whose parameters follow their reference implementation's initialisation
+# (mamba_ssm.Mamba, S4D); the GPT-2 style normal(0, 0.02) init leaves them alone.
+MIXERS_WITH_OWN_INIT = ("mamba", "s4")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Defaults are the paper's gym setting (Table 5)."""
+
+    mixer: str = "mamba"  # mamba (DMamba) | attention (DT) | conv (DC) | s4 (DS4)
+    d_model: int = 128
+    n_layer: int = 3
+    dropout: float = 0.1
+    channel_mlp: bool = True  # False = the paper's "RC" ablation (Table 3)
+    max_ep_len: int = 1000  # size of the timestep embedding table
+    # attention (DT): 1 head for gym, 8 for Atari
+    n_head: int = 1
+    # conv (DC): kernel size over tokens
+    conv_window: int = 6
+    # mamba (DMamba): the defaults of the original implementation
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    scan_backend: str = "auto"  # auto | cuda | fused | reference
+    # s4 (DS4)
+    s4_d_state: int = 64
+
+    def mixer_kwargs(self) -> dict:
+        if self.mixer == "attention":
+            return {"n_head": self.n_head, "dropout": self.dropout}
+        if self.mixer == "conv":
+            return {"window": self.conv_window}
+        if self.mixer == "mamba":
+            return {
+                "d_state": self.d_state,
+                "d_conv": self.d_conv,
+                "expand": self.expand,
+                "scan_backend": self.scan_backend,
+            }
+        if self.mixer == "s4":
+            return {"d_state": self.s4_d_state, "dropout": self.dropout}
+        return {}  # build_mixer names the valid mixers
+
+
+class ChannelMLP(nn.Module):
+    """The point-wise feed-forward network of Eq. (9): Linear(d, 4d), GELU, Linear(4d, d), Dropout."""
+
+    def __init__(self, d_model: int, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(d_model, 4 * d_model)
+        self.proj = nn.Linear(4 * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class DecisionLayer(nn.Module):
+    """One layer of Eq. (8)-(9): a pre-norm token mixer and an optional channel MLP."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_mixer = nn.LayerNorm(cfg.d_model)
+        self.mixer = build_mixer(cfg.mixer, cfg.d_model, **cfg.mixer_kwargs())
+        self.ln_mlp = nn.LayerNorm(cfg.d_model) if cfg.channel_mlp else None
+        self.mlp = ChannelMLP(cfg.d_model, cfg.dropout) if cfg.channel_mlp else None
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        x = x + self.mixer(self.ln_mixer(x), key_padding_mask=key_padding_mask)
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_mlp(x))
+        return x
+
+    def step(self, x: Tensor, state: tuple) -> tuple[Tensor, tuple]:
+        y, state = self.mixer.step(self.ln_mixer(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_mlp(x))
+        return x, state
+
+
+class AtariEncoder(nn.Module):
+    """The DT Atari state encoder: three convolutions on the 4-frame stack, then Linear + tanh."""
+
+    def __init__(self, d_model: int, in_frames: int = 4):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_frames, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.proj = nn.Sequential(nn.Linear(64 * 7 * 7, d_model), nn.Tanh())
+
+    def forward(self, frames: Tensor) -> Tensor:
+        # frames (..., 4, 84, 84) uint8 in [0, 255]
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).float() / 255.0
+        return self.proj(self.conv(x)).reshape(*lead, -1)
+
+
+class DecisionModel(nn.Module):
+    """Return-conditioned sequence model over (R, s, a) tokens with any token mixer.
+
+    state_shape: (obs_dim,) for vector observations, (4, 84, 84) for Atari frame stacks.
+    act_dim: the action size (continuous) or the number of actions (discrete).
+    """
+
+    def __init__(self, cfg: ModelConfig, state_shape: tuple[int, ...], act_dim: int, discrete: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.state_shape = tuple(state_shape)
+        self.act_dim = act_dim
+        self.discrete = discrete
+        d = cfg.d_model
+
+        # Eq. (7): one embedding per modality. Atari follows DT's Atari model (tanh on
+        # every embedding, an embedding table for actions); gym follows DT's gym model.
+        self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
+        if len(self.state_shape) == 3:
+            self.embed_state: nn.Module = AtariEncoder(d, in_frames=self.state_shape[0])
+        elif len(self.state_shape) == 1:
+            self.embed_state = nn.Linear(self.state_shape[0], d)
+        else:
+            raise ValueError(
+                f"state_shape must be (obs_dim,) or (frames, height, width), got {self.state_shape}"
+            )
+        if discrete:
+            self.embed_action: nn.Module = nn.Sequential(nn.Embedding(act_dim, d), nn.Tanh())
+            self.embed_return: nn.Module = nn.Sequential(nn.Linear(1, d), nn.Tanh())
+        else:
+            self.embed_action = nn.Linear(act_dim, d)
+            self.embed_return = nn.Linear(1, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+
+        self.layers = nn.ModuleList([DecisionLayer(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(d)
+        if discrete:
+            self.action_head: nn.Module = nn.Linear(d, act_dim, bias=False)
+        else:
+            self.action_head = nn.Sequential(nn.Linear(d, act_dim), nn.Tanh())
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init (normal 0.02, zero bias) for everything but mixers with their own init."""
+        keep = set()
+        if self.cfg.mixer in MIXERS_WITH_OWN_INIT:
+            for layer in self.layers:
+                keep.update(id(m) for m in layer.mixer.modules())
+        for module in self.modules():
+            if id(module) in keep:
+                continue
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                bias = getattr(module, "bias", None)
+                if bias is not None and not getattr(bias, "_no_reinit", False):
+                    nn.init.zeros_(bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor,
+                      mask: Tensor | None) -> None:
+        if states.dim() != 2 + len(self.state_shape) or tuple(states.shape[2:]) != self.state_shape:
+            raise ValueError(f"states must have shape (B, K, {', '.join(map(str, self.state_shape))}), "
+                             f"got {tuple(states.shape)}")
+        B, K = states.shape[:2]
+        expected_actions = (B, K) if self.discrete else (B, K, self.act_dim)
+        if tuple(actions.shape) != expected_actions:
+            raise ValueError(f"actions must have shape {expected_actions}, got {tuple(actions.shape)}")
+        if self.discrete and actions.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"discrete actions must be int64 indices, got {actions.dtype}")
+        if tuple(returns_to_go.shape) != (B, K, 1):
+            raise ValueError(f"returns_to_go must have shape {(B, K, 1)}, got {tuple(returns_to_go.shape)}")
+        if tuple(timesteps.shape) != (B, K) or timesteps.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"timesteps must be an integer tensor of shape {(B, K)}, "
+                             f"got {tuple(timesteps.shape)} {timesteps.dtype}")
+        if mask is not None and (tuple(mask.shape) != (B, K) or mask.dtype != torch.bool):
+            raise ValueError(f"mask must be a bool tensor of shape {(B, K)}, got {tuple(mask.shape)} {mask.dtype}")
+
+    def _embed(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
+        """The three token embeddings of each timestep, timestep embedding added: (..., 3, d)."""
+        time = self.embed_timestep(timesteps)  # (..., d)
+        tokens = torch.stack(
+            [self.embed_return(returns_to_go), self.embed_state(states), self.embed_action(actions)],
+            dim=-2,
+        )  # (..., 3, d): R_t, s_t, a_t
+        return self.embed_ln(tokens + time.unsqueeze(-2))
+
+    # ---------------------------------------------------------- parallel forward
+    def forward(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor,
+                mask: Tensor | None = None) -> Tensor:
+        """Action predictions (B, K, act_dim) (tanh-squashed) or logits (B, K, n_actions).
+
+        states (B, K, *state_shape); actions (B, K, act_dim) float or (B, K) int64;
+        returns_to_go (B, K, 1); timesteps (B, K) int64; mask (B, K) bool, True = real.
+        """
+        self._check_inputs(states, actions, returns_to_go, timesteps, mask)
+        B, K = states.shape[:2]
+        x = self._embed(states, actions, returns_to_go, timesteps)  # (B, K, 3, d)
+        key_padding_mask = None
+        if mask is not None:
+            x = x * mask[:, :, None, None]
+            key_padding_mask = mask.repeat_interleave(3, dim=1)  # (B, 3K)
+        x = self.embed_dropout(x.reshape(B, 3 * K, -1))  # (B, 3K, d) interleaved R, s, a
+        for layer in self.layers:
+            x = layer(x, key_padding_mask)
+        x = self.ln_f(x)
+        return self.action_head(x[:, 1::3])  # predicted from the state tokens s_t
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Eq. (12): MSE (continuous) or cross-entropy (discrete), averaged over real timesteps."""
+        preds = self(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                     batch["mask"])
+        mask = batch["mask"]
+        if self.discrete:
+            return F.cross_entropy(preds[mask], batch["actions"][mask])
+        return F.mse_loss(preds[mask], batch["actions"][mask])
+
+    # --------------------------------------------------------- recurrent inference
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> list[tuple]:
+        """The recurrent state of every layer's mixer before the first token."""
+        dtype = self.ln_f.weight.dtype
+        return [layer.mixer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
+
+    def _step_token(self, token: Tensor, states: list[tuple]) -> tuple[Tensor, list[tuple]]:
+        x = self.embed_dropout(token)
+        new_states = []
+        for layer, state in zip(self.layers, states):
+            x, state = layer.step(x, state)
+            new_states.append(state)
+        return self.ln_f(x), new_states
+
+    def step(self, state: Tensor, return_to_go: Tensor, timestep: Tensor, prev_action: Tensor | None,
+             inference_state: list[tuple]) -> tuple[Tensor, list[tuple]]:
+        """Advance by one environment step; returns the action prediction for a_t.
+
+        Feeds a_{t-1} (unless this is the first step), R_t and s_t, in the token order of
+        the parallel forward, so that iterating `step` over a sequence reproduces `forward`
+        without padding. state (B, *state_shape); return_to_go (B, 1); timestep (B,);
+        prev_action (B, act_dim) / (B,) or None at t = 0.
+        """
+        B = state.shape[0]
+        if tuple(state.shape[1:]) != self.state_shape:
+            raise ValueError(f"state must have shape (B, {', '.join(map(str, self.state_shape))}), "
+                             f"got {tuple(state.shape)}")
+        time = self.embed_timestep(timestep)  # (B, d)
+        if prev_action is not None:
+            # a_{t-1} carries the timestep of its own step.
+            prev_time = self.embed_timestep((timestep - 1).clamp(min=0))
+            _, inference_state = self._step_token(self.embed_ln(self.embed_action(prev_action) + prev_time),
+                                                  inference_state)
+        _, inference_state = self._step_token(self.embed_ln(self.embed_return(return_to_go) + time),
+                                              inference_state)
+        h, inference_state = self._step_token(self.embed_ln(self.embed_state(state) + time), inference_state)
+        assert h.shape[0] == B
+        return self.action_head(h), inference_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,134 @@
+"""The shared trainer: optimiser, learning-rate schedule, the update step, and its state.
+
+Both experiments train the same way (REFERENCE §3): AdamW, a warm-up schedule, gradient
+clipping and the loss of Eq. (12). Gym uses DT's gym schedule (linear warm-up over
+steps, then constant) and decays every weight; Atari uses DT's minGPT schedule (linear
+warm-up and cosine decay counted in tokens) and decays only matmul weights.
+
+Everything the next step depends on (weights, optimiser moments, schedule position,
+the sampler's and torch's random state) is in `state_dict`, so a resumed run continues
+exactly where the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from decision_mamba.config import TrainConfig
+from decision_mamba.model import DecisionModel
+
+BatchSampler = Callable[[np.random.Generator], dict[str, np.ndarray]]
+
+
+def configure_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW. Parameters marked `_no_weight_decay` (Mamba's A_log and D, as in mamba_ssm)
+    are never decayed; with `decay_matmul_weights_only` (minGPT's grouping, DT Atari)
+    neither are biases, LayerNorms and embeddings."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            exempt = getattr(p, "_no_weight_decay", False)
+            if cfg.decay_matmul_weights_only:
+                matmul = isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and name == "weight"
+                exempt = exempt or not matmul
+            (no_decay if exempt else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    """DT gym: LR multiplier rising linearly to 1 over warmup_steps, then constant."""
+    return min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def warmup_cosine_tokens(tokens: int, warmup_tokens: int, final_tokens: int, floor: float = 0.1) -> float:
+    """DT Atari: linear warm-up over warmup_tokens, then cosine decay to `floor` at final_tokens."""
+    if tokens < warmup_tokens:
+        return tokens / max(1, warmup_tokens)
+    progress = (tokens - warmup_tokens) / max(1, final_tokens - warmup_tokens)
+    return max(floor, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    return device
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class StepStats:
+    loss: float
+    lr: float
+    grad_norm: float
+
+
+class Trainer:
+    """Runs update steps on batches drawn by `sample_batch(rng)`."""
+
+    def __init__(self, model: DecisionModel, cfg: TrainConfig, sample_batch: BatchSampler,
+                 rng: np.random.Generator, device: torch.device, final_tokens: int = 0):
+        self.model = model
+        self.cfg = cfg
+        self.sample_batch = sample_batch
+        self.rng = rng
+        self.device = device
+        self.optimizer = configure_optimizer(model, cfg)
+        # Tokens are counted as DT's Atari code does: real (non-padded) action targets.
+        self.final_tokens = final_tokens
+        self.step = 0
+        self.tokens = 0
+
+    def lr_multiplier(self) -> float:
+        if self.cfg.lr_schedule == "linear_warmup":
+            return linear_warmup(self.step, self.cfg.warmup_steps)
+        return warmup_cosine_tokens(self.tokens, self.cfg.warmup_tokens, self.final_tokens)
+
+    def train_step(self) -> StepStats:
+        self.model.train()
+        batch = to_torch(self.sample_batch(self.rng), self.device)
+        lr = self.cfg.learning_rate * self.lr_multiplier()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.model.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.tokens += int(batch["mask"].sum())
+        return StepStats(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.tokens = int(state["tokens"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -1,0 +1,120 @@
+"""Decision Mamba (and DT, DC, DS4) on D4RL MuJoCo: Tables 1 and 3 of the paper.
+
+    python gym/experiment.py --config configs/gym/hopper-medium.yaml [key=value ...] [--resume]
+
+Mirrors the Decision Transformer codebase's gym/experiment.py: load the D4RL data,
+normalise states, sample K-step windows, train for `num_iterations` x
+`steps_per_iteration` updates and evaluate after each iteration in the real MuJoCo
+environment, all episodes batched. Everything but the data, the environment and the
+config is shared with atari/train_atari.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from decision_mamba.config import GymConfig, load_config
+from decision_mamba.data.d4rl import load_dataset
+from decision_mamba.data.sampler import sample_batch, state_normalization
+from decision_mamba.envs import gym_env_id, make_gym_vector_env
+from decision_mamba.evaluation import evaluate_batched, summarize
+from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
+from decision_mamba.scores import d4rl_normalized_score
+from decision_mamba.trainer import Trainer, resolve_device
+
+
+def dataset_spec(cfg: GymConfig) -> str:
+    """'medium' on hopper -> 'hopper-medium-v2'; paths and minari:<id> pass through."""
+    if "/" in cfg.dataset or cfg.dataset.endswith((".hdf5", ".h5", ".pkl")) or cfg.dataset.startswith("minari:"):
+        return cfg.dataset
+    return f"{cfg.env}-{cfg.dataset}-v2"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    cfg = load_config(GymConfig, args.config, args.overrides)
+    seed_everything(cfg.seed, cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+
+    traj, metadata = load_dataset(dataset_spec(cfg), cfg.data_dir, allow_pickle=cfg.allow_pickle)
+    env_id = gym_env_id(cfg.env, cfg.env_version)
+    num_envs = cfg.eval.episodes * len(cfg.eval.targets)
+    envs = make_gym_vector_env(env_id, num_envs=max(1, num_envs), max_episode_steps=cfg.eval.max_ep_len,
+                               dataset_obs_dim=traj.observations.shape[1], dataset_act_dim=traj.actions.shape[1])
+    obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
+    state_mean, state_std = state_normalization(traj)
+
+    model = DecisionModel(cfg.model, (obs_dim,), act_dim, discrete=False).to(device)
+    K, rtg_scale = cfg.train.context_len, cfg.train.rtg_scale
+
+    def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return sample_batch(traj, cfg.train.batch_size, K, rng, state_mean=state_mean, state_std=state_std,
+                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len, mode="dt-gym")
+
+    trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
+    targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
+
+    def evaluate(iteration: int) -> dict:
+        stats = evaluate_batched(model, envs, targets, context_len=K, rtg_scale=rtg_scale,
+                                 max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed * 1000 + iteration,
+                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std)
+        return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
+
+    name = f"{cfg.env}-{cfg.dataset.replace('/', '_')}-{cfg.model.mixer}-s{cfg.seed}"
+    data_return = float(traj.episode_returns.mean())
+    reference = {
+        "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
+                    "return_mean": data_return,
+                    "score_mean": float(d4rl_normalized_score(cfg.env, np.array([data_return]))[0])},
+        "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_score") if k in metadata},
+        "random_policy": random_policy_reference(envs, cfg),
+    }
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
+                             group=f"{cfg.env}-{cfg.dataset}/{cfg.model.mixer}", resume=args.resume,
+                             extra_summary={"reference": reference})
+    envs.close()
+    print(report(summary, MODEL_NAMES[cfg.model.mixer]))
+    return summary
+
+
+def random_policy_reference(envs, cfg: GymConfig) -> dict:
+    """The uniform-random policy measured in the same environments (and D4RL's reference)."""
+    envs.action_space.seed(cfg.seed)
+    envs.reset(seed=cfg.seed)
+    returns = np.zeros(envs.num_envs)
+    active = np.ones(envs.num_envs, dtype=bool)
+    for _ in range(cfg.eval.max_ep_len):
+        _, reward, terminated, truncated, _ = envs.step(envs.action_space.sample())
+        returns += np.where(active, reward, 0.0)
+        active &= ~(terminated | truncated)
+        if not active.any():
+            break
+    return {"return_mean": float(returns.mean()),
+            "score_mean": float(np.mean(d4rl_normalized_score(cfg.env, returns)))}
+
+
+def report(summary: dict, model_name: str) -> str:
+    """The closing lines: the model's normalized score beside the data's references."""
+    lines = [f"run directory: {summary['run_dir']}"]
+    for which in ("last", "best"):
+        s = summary[which]
+        if s is not None:
+            lines.append(f"{model_name}, {which} evaluation (iteration {s['iteration']}): "
+                         f"normalized score {s['score']:.1f}")
+    ref = summary.get("reference", {})
+    behaviour = ref.get("behaviour_policy", {})
+    if "behaviour_score" in behaviour:
+        lines.append(f"behaviour policy (from the dataset's metadata): normalized score "
+                     f"{behaviour['behaviour_score']:.1f} (return {behaviour['behaviour_return_mean']:.1f})")
+    if "dataset" in ref:
+        lines.append(f"dataset episodes: mean normalized score {ref['dataset']['score_mean']:.1f}")
+    if "random_policy" in ref:
+        lines.append(f"uniform random policy, measured: normalized score {ref['random_policy']['score_mean']:.1f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

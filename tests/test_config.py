@@ -1,0 +1,88 @@
+"""Configs: the YAML files hold the paper's settings; bad keys and values are named."""
+
+from pathlib import Path
+
+import pytest
+
+from decision_mamba.config import AtariConfig, ConfigError, GymConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Table 5 of the paper (REFERENCE §3): (d_model, learning rate) per dataset.
+TABLE5 = {
+    "hopper-medium": (256, 1e-4), "hopper-medium-replay": (256, 1e-4), "hopper-medium-expert": (128, 1e-3),
+    "halfcheetah-medium": (128, 1e-3), "halfcheetah-medium-replay": (128, 1e-3),
+    "halfcheetah-medium-expert": (128, 1e-3), "walker2d-medium": (128, 1e-4),
+    "walker2d-medium-replay": (128, 1e-3), "walker2d-medium-expert": (128, 1e-3),
+}
+TARGETS = {"hopper": 3600, "halfcheetah": 6000, "walker2d": 5000}
+ATARI = {"breakout": (90, 30), "qbert": (14000, 30), "pong": (20, 50), "seaquest": (1150, 30)}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE5))
+def test_gym_configs_hold_table5(name):
+    cfg = load_config(GymConfig, CONFIGS / "gym" / f"{name}.yaml")
+    d_model, lr = TABLE5[name]
+    assert (cfg.model.d_model, cfg.train.learning_rate) == (d_model, lr)
+    assert cfg.env + "-" + cfg.dataset == name
+    assert cfg.model.n_layer == 3 and cfg.train.batch_size == 64 and cfg.train.context_len == 20
+    assert cfg.train.grad_clip == 0.25 and cfg.train.weight_decay == 1e-4 and cfg.train.warmup_steps == 10_000
+    assert cfg.train.num_iterations * cfg.train.steps_per_iteration == 100_000
+    assert cfg.eval.targets == [TARGETS[cfg.env]] and cfg.train.rtg_scale == 1000
+    assert cfg.model.mixer == "mamba" and (cfg.model.d_state, cfg.model.d_conv, cfg.model.expand) == (16, 4, 2)
+
+
+@pytest.mark.parametrize("game", sorted(ATARI))
+def test_atari_configs_hold_table6(game):
+    cfg = load_config(AtariConfig, CONFIGS / "atari" / f"{game}.yaml")
+    target, K = ATARI[game]
+    assert cfg.eval.targets == [target] and cfg.train.context_len == K
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.train.batch_size) == (6, 128, 256)
+    assert cfg.train.learning_rate == 6e-4 and tuple(cfg.train.betas) == (0.9, 0.95)
+    assert cfg.train.grad_clip == 1.0 and cfg.train.weight_decay == 0.1 and cfg.train.decay_matmul_weights_only
+    assert cfg.train.lr_schedule == "warmup_cosine_tokens" and cfg.train.warmup_tokens == 512 * 20
+    assert cfg.eval.sample_actions and cfg.num_steps == 500_000
+
+
+@pytest.mark.parametrize("game", ["breakout", "qbert"])
+@pytest.mark.parametrize("K", [10, 40, 60])
+def test_table4_context_length_configs_differ_only_in_k(game, K):
+    base = load_config(AtariConfig, CONFIGS / "atari" / f"{game}.yaml")
+    variant = load_config(AtariConfig, CONFIGS / "atari" / f"{game}-k{K}.yaml")
+    assert variant.train.context_len == K
+    base.train.context_len = K
+    assert variant == base
+
+
+def test_overrides_reach_nested_keys():
+    cfg = load_config(GymConfig, CONFIGS / "gym" / "hopper-medium.yaml",
+                      ["model.mixer=attention", "train.batch_size=8", "seed=23", "eval.targets=[1800,3600]"])
+    assert cfg.model.mixer == "attention" and cfg.train.batch_size == 8 and cfg.seed == 23
+    assert cfg.eval.targets == [1800.0, 3600.0]
+
+
+def test_unknown_keys_are_errors_that_name_them(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: hopper\ntrain:\n  learnin_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learnin_rate") as err:
+        load_config(GymConfig, bad)
+    assert "bad.yaml" in str(err.value)
+    with pytest.raises(ConfigError, match="batchsize"):
+        load_config(GymConfig, None, ["train.batchsize=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(GymConfig, None, ["train.batch_size"])
+
+
+def test_wrong_types_and_values_are_errors():
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(GymConfig, None, ["train.batch_size=many"])
+    with pytest.raises(ConfigError, match="model.mixer must be one of"):
+        load_config(GymConfig, None, ["model.mixer=lstm"])
+    with pytest.raises(ConfigError, match="eval.mode"):
+        load_config(GymConfig, None, ["eval.mode=greedy"])
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(GymConfig, None, ["model.n_head=3"])
+    with pytest.raises(ConfigError, match="env must be"):
+        load_config(GymConfig, None, ["env=ant"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(GymConfig, "configs/gym/nope.yaml")
