@@ -8,11 +8,18 @@ The D4RL v2 hdf5 layout (REFERENCE §4): one flat array per key, N transitions i
   timeouts           (N,)         bool     the step ended the episode by the time limit
   next_observations  (N, obs_dim) float32  (optional here)
 Episodes are cut after every step whose terminal or timeout flag is set.
+
+Every loader returns (Trajectories, metadata dict). `load_dataset` is the one entry point:
+a D4RL name ("hopper-medium-v2"), a file path (.hdf5 / .h5 / .pkl) or "minari:<dataset id>".
+Downloaded D4RL files are looked up as {data_dir}/{env}_{dataset}-v2.hdf5, the file names
+of the D4RL server (see decision_mamba.data.download).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,62 @@ from typing import Any
 import h5py
 import numpy as np
 
+from decision_mamba.data.trajectories import Trajectories
+
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+D4RL_ENVS = ("hopper", "halfcheetah", "walker2d")
+D4RL_DATASETS = ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay")
+DEFAULT_DATA_DIR = Path("data/downloads")
+DOWNLOAD_MODULE = "python -m decision_mamba.data.download"
+
+
+# ----- dataset names -----------------------------------------------------------------
+
+
+def parse_d4rl_name(name: str) -> tuple[str, str]:
+    """"hopper-medium-replay-v2" (or "hopper_medium_replay-v2", "hopper-medium-replay") -> ("hopper", "medium-replay")."""
+    normalized = name.strip().lower().replace("_", "-")
+    normalized = re.sub(r"-v2$", "", normalized)
+    env, _, dataset = normalized.partition("-")
+    if env not in D4RL_ENVS or dataset not in D4RL_DATASETS:
+        raise ValueError(
+            f"{name!r} is not a D4RL MuJoCo v2 dataset name; expected <env>-<dataset>-v2 with env in "
+            f"{', '.join(D4RL_ENVS)} and dataset in {', '.join(D4RL_DATASETS)} (e.g. hopper-medium-v2)"
+        )
+    return env, dataset
+
+
+def d4rl_file_name(env: str, dataset: str) -> str:
+    """Name of the file on the D4RL server, e.g. ("hopper", "medium-replay") -> "hopper_medium_replay-v2.hdf5"."""
+    return f"{env}_{dataset.replace('-', '_')}-v2.hdf5"
+
+
+def d4rl_source_files(name: str) -> list[str]:
+    """Files a D4RL dataset is read from. medium-expert is built from medium and expert, as in DT."""
+    env, dataset = parse_d4rl_name(name)
+    if dataset == "medium-expert":
+        return [d4rl_file_name(env, "medium"), d4rl_file_name(env, "expert")]
+    return [d4rl_file_name(env, dataset)]
+
+
+def d4rl_download_command(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    env, dataset = parse_d4rl_name(name)
+    command = f"{DOWNLOAD_MODULE} d4rl {env}-{dataset}-v2"
+    if data_dir is not None and Path(data_dir) != DEFAULT_DATA_DIR:
+        command += f" --data-dir {data_dir}"
+    return command
+
+
+def _download_hint(path: Path) -> str:
+    # Recover the dataset name from a D4RL file name so the hint is a command to copy.
+    match = re.fullmatch(r"([a-z0-9]+)_([a-z_]+)-v2\.hdf5", path.name)
+    if match:
+        try:
+            return d4rl_download_command(f"{match[1]}-{match[2]}-v2", path.parent)
+        except ValueError:
+            pass
+    return f"{DOWNLOAD_MODULE} d4rl <env>-<dataset>-v2 --data-dir {path.parent}"
 
 _METADATA_SCALARS = (str, bytes, bool, int, float, np.generic)
 
@@ -111,3 +173,172 @@ def write_d4rl_hdf5(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+# ----- readers -----------------------------------------------------------------------
+
+
+def _attribute_to_python(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def load_d4rl_hdf5(path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any]]:
+    """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+
+    Returns the trajectories and the file's root attributes (empty for the original D4RL files).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"D4RL dataset file {path} not found"
+            + (" (it is a directory)" if path.is_dir() else "")
+            + f"; download it with:\n    {_download_hint(path)}"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [key for key in REQUIRED_KEYS if key not in f]
+            if missing:
+                raise ValueError(
+                    f"{path} lacks the D4RL keys {missing} (it has {sorted(f.keys())}); "
+                    f"a D4RL v2 file needs {list(REQUIRED_KEYS)}"
+                )
+            arrays = {key: f[key][()] for key in REQUIRED_KEYS}
+            metadata = {key: _attribute_to_python(value) for key, value in f.attrs.items()}
+    except OSError as error:
+        raise OSError(
+            f"cannot read {path} as an hdf5 file ({error}); it is truncated or corrupt. "
+            f"Delete it and download it again with:\n    {_download_hint(path)}"
+        ) from error
+
+    lengths = {key: len(array) for key, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{path}: the arrays have different numbers of rows {lengths}; the file is corrupt")
+    rewards = arrays["rewards"]
+    if rewards.ndim == 2 and rewards.shape[1] == 1:
+        rewards = rewards[:, 0]  # some converters store (N, 1) rewards
+    episode_ended = np.logical_or(arrays["terminals"].reshape(-1), arrays["timeouts"].reshape(-1))
+    try:
+        trajectories = Trajectories.from_flat(arrays["observations"], arrays["actions"], rewards, episode_ended)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return trajectories, metadata
+
+
+def load_pickle_trajectories(
+    path: str | os.PathLike, allow_pickle: bool = False
+) -> tuple[Trajectories, dict[str, Any]]:
+    """Read a Decision-Transformer-style .pkl: a list of episodes, each a dict of arrays
+    with observations, actions, rewards (and terminals / dones, next_observations, unused here).
+
+    Unpickling runs code stored in the file, so it is refused unless allow_pickle=True.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle dataset {path} not found")
+    if not allow_pickle:
+        raise ValueError(
+            f"refusing to unpickle {path}: loading a pickle can run arbitrary code. "
+            "Pass allow_pickle=True (only for files you trust), or use the D4RL hdf5 file instead."
+        )
+    with open(path, "rb") as f:
+        episodes = pickle.load(f)
+    if not isinstance(episodes, (list, tuple)) or not all(isinstance(e, dict) for e in episodes):
+        raise ValueError(
+            f"{path} holds a {type(episodes).__name__}; expected a list of episode dicts "
+            "with observations, actions, rewards (the Decision Transformer .pkl format)"
+        )
+    try:
+        trajectories = Trajectories.from_episodes(episodes)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return trajectories, {}
+
+
+def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any]]:
+    """Read a Minari dataset: an id known locally ("mujoco/hopper/medium-v0", looked up under
+    MINARI_DATASETS_PATH or ~/.minari/datasets) or the path of a dataset directory.
+
+    Minari stores T+1 observations per episode (the final one included); the last is dropped.
+    """
+    import minari  # imported here: minari is slow to import and only this reader needs it
+
+    local = Path(dataset_id_or_path)
+    if local.exists():
+        # Accept the dataset directory or its data/ directory (metadata.json + main_data.hdf5).
+        dataset = minari.MinariDataset(local / "data" if (local / "data").is_dir() else local)
+    else:
+        dataset_id = str(dataset_id_or_path)
+        try:
+            dataset = minari.load_dataset(dataset_id)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"Minari dataset {dataset_id!r} not found locally ({error}); download it with:\n"
+                f"    {DOWNLOAD_MODULE} minari {dataset_id}"
+            ) from error
+
+    episodes = []
+    for episode in dataset.iterate_episodes():
+        if not isinstance(episode.observations, np.ndarray):
+            raise ValueError(
+                f"Minari dataset {dataset.spec.dataset_id} has {type(episode.observations).__name__} "
+                "observations; only flat Box observation spaces are supported"
+            )
+        episodes.append(
+            {"observations": episode.observations[:-1], "actions": episode.actions, "rewards": episode.rewards}
+        )
+    env_spec = dataset.spec.env_spec
+    metadata = {
+        "dataset_id": dataset.spec.dataset_id,
+        "env_id": env_spec.id if env_spec is not None else None,
+        "data_path": str(dataset.spec.data_path),
+    }
+    return Trajectories.from_episodes(episodes), metadata
+
+
+def load_dataset(
+    spec: str | os.PathLike,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    *,
+    allow_pickle: bool = False,
+) -> tuple[Trajectories, dict[str, Any]]:
+    """One entry point for every gym dataset source.
+
+    spec is one of
+      - a D4RL name: "hopper-medium-v2", "walker2d-medium-replay-v2", ... read from data_dir;
+        "<env>-medium-expert-v2" concatenates the medium and expert trajectories (as DT does);
+      - a file path ending in .hdf5 / .h5 (D4RL layout) or .pkl (needs allow_pickle=True);
+      - "minari:<dataset id or path>", e.g. "minari:mujoco/hopper/medium-v0".
+    """
+    spec_text = str(spec)
+    if spec_text.startswith("minari:"):
+        return load_minari(spec_text.removeprefix("minari:"))
+    suffix = Path(spec_text).suffix.lower()
+    if suffix in (".hdf5", ".h5"):
+        return load_d4rl_hdf5(spec_text)
+    if suffix == ".pkl":
+        return load_pickle_trajectories(spec_text, allow_pickle=allow_pickle)
+
+    try:
+        file_names = d4rl_source_files(spec_text)
+    except ValueError as error:
+        raise ValueError(
+            f"cannot interpret dataset {spec_text!r}: not a .hdf5/.h5/.pkl path, not 'minari:<id>', "
+            f"and {error}"
+        ) from None
+    data_dir = Path(data_dir)
+    paths = [data_dir / file_name for file_name in file_names]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"dataset {spec_text} needs {', '.join(map(str, missing))}, not found; download with:\n"
+            f"    {d4rl_download_command(spec_text, data_dir)}"
+        )
+    parts = [load_d4rl_hdf5(path) for path in paths]
+    trajectories = Trajectories.concat(*(part[0] for part in parts))
+    env, dataset = parse_d4rl_name(spec_text)
+    metadata = {"dataset": f"{env}-{dataset}-v2", "env": env, "files": [str(path) for path in paths]}
+    return trajectories, metadata

@@ -1,0 +1,157 @@
+"""Vectorised sampling of K-step training windows from Trajectories.
+
+One call draws a whole batch with array operations: an (B, K) matrix of flat transition
+indices is built once and every modality is gathered with it. No per-sample Python loop.
+
+Two sampling schemes, both from the Decision Transformer code:
+
+  "dt-gym"   (DT gym get_batch) an episode with probability proportional to its length, a
+             start uniform in [0, len - 1], then up to K steps; a window that runs past the
+             episode's end is shorter and LEFT-padded. Drawing the episode by length and then
+             the start uniformly is the same as drawing the start uniformly among all N
+             transitions, which is how it is done here.
+  "dt-atari" (DT Atari dataset) a transition drawn uniformly among all N; the window
+             [idx, idx + K) is shifted left to end at the episode's end if it would cross it.
+             An episode shorter than K cannot fill the window: it is left-padded.
+
+Padding convention (project-wide, identical in training and inference; REFERENCE §6):
+padded positions hold 0 in states (after normalisation), actions, returns_to_go and
+timesteps, and mask is False there. DT pads states before normalising and actions with -10;
+we deliberately do not, because Mamba has no attention mask and sees the pad values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from decision_mamba.data.trajectories import Trajectories
+
+SamplingMode = Literal["dt-gym", "dt-atari"]
+SAMPLING_MODES: tuple[str, ...] = ("dt-gym", "dt-atari")
+
+
+def state_normalization(traj: Trajectories, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (+ eps, as in DT) of every observation in the dataset."""
+    if not isinstance(traj.observations, np.ndarray):
+        raise TypeError("state_normalization needs observations stored as a numpy array")
+    observations = traj.observations.astype(np.float64)  # float64: 1e6 rows sum without drift
+    mean = observations.mean(axis=0)
+    std = observations.std(axis=0) + eps
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def draw_window_ends(
+    traj: Trajectories, batch_size: int, K: int, rng: np.random.Generator, mode: str = "dt-gym"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a batch of windows; returns (first, end), each (B,) int64 flat indices.
+
+    The window's real steps are [first, end), at most K of them, all inside one episode.
+    This is the only random part of sample_batch, exposed so that tests can replay the draws.
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
+    if batch_size <= 0 or K <= 0:
+        raise ValueError(f"batch_size and K must be positive, got batch_size={batch_size}, K={K}")
+    index = rng.integers(0, traj.num_transitions, size=batch_size)  # (B,) uniform over transitions
+    episode = traj.episode_index()[index]  # (B,)
+    episode_start = traj.starts[episode]
+    episode_end = episode_start + traj.lengths[episode]
+    if mode == "dt-gym":
+        # Start at the drawn step and run for K steps or until the episode ends.
+        first = index
+        end = np.minimum(index + K, episode_end)
+    else:
+        # End K steps after the drawn step, or at the episode's end; start K steps before
+        # that end, but not before the episode's start.
+        end = np.minimum(index + K, episode_end)
+        first = np.maximum(end - K, episode_start)
+    return first, end
+
+
+def sample_batch(
+    traj: Trajectories,
+    batch_size: int,
+    K: int,
+    rng: np.random.Generator,
+    *,
+    state_mean: np.ndarray | None = None,
+    state_std: np.ndarray | None = None,
+    rtg_scale: float = 1.0,
+    max_ep_len: int = 1000,
+    mode: str = "dt-gym",
+) -> dict[str, np.ndarray]:
+    """A batch of B windows of K steps, real steps right-aligned (left padding).
+
+    Returns numpy arrays:
+      states        (B, K, *obs_shape)  float32 (obs - mean) / std; raw dtype if mean/std are None
+      actions       (B, K, act_dim) float32, or (B, K) int64 for discrete actions
+      returns_to_go (B, K, 1) float32, undiscounted return from the step on, / rtg_scale
+      timesteps     (B, K) int64, step within the episode, clipped to max_ep_len - 1
+      mask          (B, K) bool, True at real steps
+    """
+    if (state_mean is None) != (state_std is None):
+        raise ValueError("pass both state_mean and state_std, or neither")
+    if rtg_scale <= 0 or max_ep_len <= 0:
+        raise ValueError(f"rtg_scale and max_ep_len must be positive, got {rtg_scale}, {max_ep_len}")
+    if state_mean is not None:
+        state_mean = np.asarray(state_mean, dtype=np.float32)
+        state_std = np.asarray(state_std, dtype=np.float32)
+        obs_shape = traj.obs_shape
+        for name, value in (("state_mean", state_mean), ("state_std", state_std)):
+            try:
+                fits = np.broadcast_shapes(value.shape, obs_shape) == obs_shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{name} has shape {value.shape}, which does not fit observations of shape {obs_shape}")
+        if (state_std <= 0).any():
+            raise ValueError("state_std must be positive everywhere (state_normalization adds 1e-6 for this)")
+    first, end = draw_window_ends(traj, batch_size, K, rng, mode)
+    return gather_windows(
+        traj, first, end, K,
+        state_mean=state_mean, state_std=state_std, rtg_scale=rtg_scale, max_ep_len=max_ep_len,
+    )
+
+
+def gather_windows(
+    traj: Trajectories,
+    first: np.ndarray,
+    end: np.ndarray,
+    K: int,
+    *,
+    state_mean: np.ndarray | None = None,
+    state_std: np.ndarray | None = None,
+    rtg_scale: float = 1.0,
+    max_ep_len: int = 1000,
+) -> dict[str, np.ndarray]:
+    """Gather the windows [first, end) into left-padded (B, K, ...) arrays; see sample_batch."""
+    num_real = end - first  # (B,) in [1, K]
+    # Position p of a row holds step end - K + p; positions before K - num_real are padding.
+    positions = np.arange(K)  # (K,)
+    index = end[:, None] - K + positions[None, :]  # (B, K)
+    mask = positions[None, :] >= (K - num_real)[:, None]  # (B, K)
+    index = np.where(mask, index, first[:, None])  # padding reads a valid row, zeroed below
+
+    states = traj.observations[index]  # (B, K, *obs_shape)
+    if state_mean is not None:
+        states = (states - state_mean) / state_std
+        states = states.astype(np.float32, copy=False)
+    actions = traj.actions[index]  # (B, K, act_dim) or (B, K)
+    returns_to_go = traj.returns_to_go()[index] / np.float32(rtg_scale)  # (B, K)
+    timesteps = np.minimum(traj.timesteps()[index], max_ep_len - 1)  # (B, K)
+
+    # Zero every padded position (the gathers above copied, so this writes no shared data).
+    padding = ~mask
+    states[padding] = 0
+    actions[padding] = 0
+    returns_to_go[padding] = 0
+    timesteps[padding] = 0
+    return {
+        "states": states,
+        "actions": actions,
+        "returns_to_go": returns_to_go[..., None].astype(np.float32, copy=False),  # (B, K, 1)
+        "timesteps": timesteps,
+        "mask": mask,
+    }
