@@ -33,7 +33,7 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 D4RL_ENVS = ("hopper", "halfcheetah", "walker2d")
 D4RL_DATASETS = ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay")
-DEFAULT_DATA_DIR = Path("data/downloads")
+DEFAULT_DATA_DIR = Path("data")  # the gym configs' data_dir default
 DOWNLOAD_MODULE = "python -m decision_mamba.data.download"
 
 
@@ -69,7 +69,7 @@ def d4rl_source_files(name: str) -> list[str]:
 def d4rl_download_command(name: str, data_dir: str | os.PathLike | None = None) -> str:
     env, dataset = parse_d4rl_name(name)
     command = f"{DOWNLOAD_MODULE} d4rl {env}-{dataset}-v2"
-    if data_dir is not None and Path(data_dir) != DEFAULT_DATA_DIR:
+    if data_dir is not None:
         command += f" --data-dir {data_dir}"
     return command
 
@@ -83,6 +83,9 @@ def _download_hint(path: Path) -> str:
         except ValueError:
             pass
     return f"{DOWNLOAD_MODULE} d4rl <env>-<dataset>-v2 --data-dir {path.parent}"
+
+
+# ----- writer ------------------------------------------------------------------------
 
 _METADATA_SCALARS = (str, bytes, bool, int, float, np.generic)
 
@@ -242,7 +245,8 @@ def load_pickle_trajectories(
     if not allow_pickle:
         raise ValueError(
             f"refusing to unpickle {path}: loading a pickle can run arbitrary code. "
-            "Pass allow_pickle=True (only for files you trust), or use the D4RL hdf5 file instead."
+            "Pass allow_pickle=True (config: allow_pickle=true) only for files you trust, "
+            "or use the D4RL hdf5 file instead."
         )
     with open(path, "rb") as f:
         episodes = pickle.load(f)
