@@ -1,0 +1,195 @@
+"""Environment factories for evaluation: MuJoCo (gym) and Atari.
+
+Atari follows the evaluation protocol of the Decision Transformer Atari code
+(REFERENCE §5): ALE with sticky actions off and the minimal action set; each action
+repeated for 4 frames, the observation being the max of the last two; grayscale, 84x84;
+a stack of the last 4 observations that starts from zeros; 0 to 29 random no-ops after
+each reset; the episode ends at game over (a lost life is not terminal) or after
+108,000 frames. Observations are (4, 84, 84) uint8: the model divides by 255.
+
+Two deliberate differences from DT's own environment class, both to match the frames of
+the DQN-replay training data (dopamine's preprocessing) instead of DT's evaluation code:
+frames are resized with cv2.INTER_AREA (DT evaluates with INTER_LINEAR), and the max of
+the two last frames is taken before resizing (DT takes it after). Both come from
+gymnasium's AtariPreprocessing, which does what dopamine does.
+
+The no-op count is drawn as in DT, uniformly in 0..29 (AtariPreprocessing's own no-op
+reset draws 1..30, so it is switched off and `DTNoopReset` does it instead), from the
+environment's seeded generator.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+# ======================================================================================
+# MuJoCo (gym) environments
+# ======================================================================================
+# make_gym_env(...) goes here (written separately; this file's Atari part does not use it).
+
+
+# ======================================================================================
+# Atari
+# ======================================================================================
+
+ATARI_FRAME_STACK = 4
+ATARI_FRAME_SKIP = 4
+ATARI_SCREEN_SIZE = 84
+DT_NOOP_MAX = 30  # DT draws random.randrange(30): 0..29 no-ops
+DT_MAX_EPISODE_FRAMES = 108_000  # 30 minutes of play at 60 frames per second
+
+# Size of the minimal action set the DQN-replay agents played with: actions in the data
+# are indices into it, so the evaluation environment must have the same set.
+DQN_REPLAY_NUM_ACTIONS = {"Breakout": 4, "Qbert": 6, "Pong": 6, "Seaquest": 18}
+
+
+@functools.cache
+def _register_ale() -> None:
+    # ale_py is imported only here, so MuJoCo users never load the emulator.
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+def atari_env_id(game: str) -> str:
+    """The gymnasium id ``ALE/{Game}-v5`` of a game ("Breakout", also "breakout", "ms_pacman")."""
+    _register_ale()
+    games = {env_id[len("ALE/"):-len("-v5")] for env_id in gym.registry if env_id.startswith("ALE/") and env_id.endswith("-v5")}
+    if game in games:
+        return f"ALE/{game}-v5"
+    by_simple_name = {name.lower(): name for name in games}
+    simple = game.replace("_", "").replace("-", "").lower()
+    if simple in by_simple_name:
+        return f"ALE/{by_simple_name[simple]}-v5"
+    close = difflib.get_close_matches(game, sorted(games), n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known games include {', '.join(sorted(DQN_REPLAY_NUM_ACTIONS))}"
+    raise ValueError(f"unknown Atari game {game!r}: no gymnasium environment ALE/{game}-v5 ({hint})")
+
+
+class DTNoopReset(gym.Wrapper):
+    """After each reset, take 0..noop_max-1 no-op frames (uniform), as DT does.
+
+    Sits directly on the frame-skip-1 ALE environment, so each no-op is one emulator
+    frame. The count comes from the environment's own generator, which reset(seed=...)
+    seeds: a seed fixes the whole sequence of no-op counts.
+    """
+
+    def __init__(self, env: gym.Env, noop_max: int = DT_NOOP_MAX):
+        super().__init__(env)
+        if noop_max < 1:
+            raise ValueError(f"noop_max must be at least 1 (it draws 0..noop_max-1 no-ops), got {noop_max}")
+        if env.unwrapped.get_action_meanings()[0] != "NOOP":
+            raise ValueError("action 0 of this environment is not NOOP; no-op resets need it")
+        self.noop_max = noop_max
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        num_noops = int(self.env.unwrapped.np_random.integers(0, self.noop_max))
+        for _ in range(num_noops):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:  # a game that ends during the no-ops starts again
+                obs, info = self.env.reset(options=options)
+        info["noops"] = num_noops
+        return obs, info
+
+
+class SeedFirstReset(gym.Wrapper):
+    """Use `seed` for the first reset() that is given none; later resets continue its stream.
+
+    Lets a factory take a seed (as gymnasium vector envs expect) without resetting the
+    environment itself.
+    """
+
+    def __init__(self, env: gym.Env, seed: int):
+        super().__init__(env)
+        self._first_seed: int | None = seed
+        self.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if seed is None:
+            seed = self._first_seed
+        self._first_seed = None
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES) -> gym.Env:
+    """One Atari environment with the DT evaluation protocol (see the module docstring).
+
+    obs: (4, 84, 84) uint8, oldest frame first; actions: indices into the minimal action
+    set; rewards: raw game score (not clipped); terminated at game over; truncated after
+    max_episode_frames emulator frames (no-ops included). The first reset() uses `seed`.
+    """
+    if max_episode_frames <= 0:
+        raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
+    env = gym.make(
+        atari_env_id(game),
+        frameskip=1,  # the 4-frame skip with max pooling is AtariPreprocessing's
+        repeat_action_probability=0.0,  # sticky actions off
+        full_action_space=False,
+        max_num_frames_per_episode=max_episode_frames,
+        obs_type="grayscale",  # AtariPreprocessing reads the screen itself; skip the RGB copy
+    )
+    env = DTNoopReset(env, DT_NOOP_MAX)
+    env = AtariPreprocessing(
+        env,
+        noop_max=0,  # done by DTNoopReset (0..29 as DT, instead of 1..30)
+        frame_skip=ATARI_FRAME_SKIP,
+        screen_size=ATARI_SCREEN_SIZE,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
+    env = FrameStackObservation(env, ATARI_FRAME_STACK, padding_type="zero")
+    env = SeedFirstReset(env, seed)
+    _check_action_set(game, env)
+    return env
+
+
+def _check_action_set(game: str, env: gym.Env) -> None:
+    name = atari_env_id(game)[len("ALE/"):-len("-v5")]
+    expected = DQN_REPLAY_NUM_ACTIONS.get(name)
+    if expected is not None and env.action_space.n != expected:
+        raise RuntimeError(
+            f"{name}: this ALE has a minimal action set of {env.action_space.n} actions but the DQN-replay "
+            f"data uses {expected}; the actions would mean different buttons (check the ale-py version)"
+        )
+
+
+@functools.cache
+def num_actions(game: str) -> int:
+    """Size of the game's minimal action set (Breakout 4, Qbert 6, Pong 6, Seaquest 18)."""
+    env = gym.make(atari_env_id(game), full_action_space=False)
+    try:
+        _check_action_set(game, env)
+        return int(env.action_space.n)
+    finally:
+        env.close()
+
+
+def make_atari_vector_env(
+    game: str, num_envs: int, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES
+) -> gym.vector.SyncVectorEnv:
+    """num_envs copies of make_atari_env, sub-environment i seeded with seed + i.
+
+    Autoreset is off: a finished sub-environment must be reset by the caller with
+    ``reset(options={"reset_mask": done})`` before the next step (evaluation counts
+    episodes, so it decides when a new one starts). Sub-environment i behaves exactly as
+    make_atari_env(game, seed + i), which is also what ``reset(seed=seed)`` gives.
+
+    Why not ale_py's AtariVectorEnv: with noop_max=0, reward_clipping=False and
+    use_fire_reset=False its observations equal ours step for step (checked on
+    Breakout), but its no-op count and seeding live in C++ with their own generator, so
+    it cannot reproduce DT's 0..29 no-ops or match make_atari_env for a seed, and its
+    defaults (clipped rewards, FIRE at reset) would silently change the protocol.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    atari_env_id(game)  # fail here, with a clear message, rather than inside a sub-environment
+    env_fns = [functools.partial(make_atari_env, game, seed + i, max_episode_frames) for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
