@@ -59,7 +59,11 @@ def _register_ale() -> None:
 def atari_env_id(game: str) -> str:
     """The gymnasium id ``ALE/{Game}-v5`` of a game ("Breakout", also "breakout", "ms_pacman")."""
     _register_ale()
-    games = {env_id[len("ALE/"):-len("-v5")] for env_id in gym.registry if env_id.startswith("ALE/") and env_id.endswith("-v5")}
+    games = {
+        env_id[len("ALE/"):-len("-v5")]
+        for env_id in gym.registry
+        if env_id.startswith("ALE/") and env_id.endswith("-v5")
+    }
     if game in games:
         return f"ALE/{game}-v5"
     by_simple_name = {name.lower(): name for name in games}
@@ -67,7 +71,10 @@ def atari_env_id(game: str) -> str:
     if simple in by_simple_name:
         return f"ALE/{by_simple_name[simple]}-v5"
     close = difflib.get_close_matches(game, sorted(games), n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else f"known games include {', '.join(sorted(DQN_REPLAY_NUM_ACTIONS))}"
+    if close:
+        hint = f"did you mean {', '.join(close)}?"
+    else:
+        hint = f"known games include {', '.join(sorted(DQN_REPLAY_NUM_ACTIONS))}"
     raise ValueError(f"unknown Atari game {game!r}: no gymnasium environment ALE/{game}-v5 ({hint})")
 
 

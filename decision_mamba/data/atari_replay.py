@@ -153,7 +153,12 @@ class _GzipNpyReader:
     is parsed with numpy's own format reader; pickled (object) arrays are refused.
     """
 
-    def __init__(self, path: Path, expected_dtype: np.dtype | None = None, expected_row_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        expected_dtype: np.dtype | None = None,
+        expected_row_shape: tuple[int, ...] | None = None,
+    ):
         self.path = path
         self._file: BinaryIO = gzip.open(path, "rb")
         try:
@@ -173,9 +178,11 @@ class _GzipNpyReader:
             self.dtype: np.dtype = dtype
             if expected_dtype is not None and dtype.newbyteorder("=") != expected_dtype:
                 raise ReplayFileError(f"{path}: expected dtype {expected_dtype}, found {dtype}")
-            if expected_row_shape is not None and (len(shape) != 1 + len(expected_row_shape) or self.shape[1:] != expected_row_shape):
-                expected = ("C",) + expected_row_shape
-                raise ReplayFileError(f"{path}: expected an array of shape ({', '.join(map(str, expected))}), found {self.shape}")
+            if expected_row_shape is not None and (
+                len(self.shape) != 1 + len(expected_row_shape) or self.shape[1:] != expected_row_shape
+            ):
+                expected = ", ".join(map(str, ("C",) + expected_row_shape))
+                raise ReplayFileError(f"{path}: expected an array of shape ({expected}), found {self.shape}")
         except BaseException:
             self._file.close()
             raise
@@ -248,7 +255,9 @@ def _named_read_errors(path: Path) -> Iterator[None]:
 def _read_scalar_count(path: Path) -> int:
     with _GzipNpyReader(path) as reader:
         if reader.dtype.kind not in "iu" or reader.num_rows != 1 or len(reader.shape) > 1:
-            raise ReplayFileError(f"{path}: expected a single integer (dopamine's add_count), found {reader.dtype} {reader.shape}")
+            raise ReplayFileError(
+                f"{path}: expected a single integer (dopamine's add_count), found {reader.dtype} {reader.shape}"
+            )
         value = int(reader.read().reshape(()))
     if value < 0:
         raise ReplayFileError(f"{path}: add_count is negative ({value})")
@@ -332,20 +341,20 @@ def write_replay_buffer(
     """
     observations = np.asarray(observations)
     if observations.dtype != np.uint8 or observations.ndim != 3 or observations.shape[1:] != FRAME_SHAPE:
-        raise ValueError(f"observations must be uint8 of shape (C, 84, 84), got {observations.dtype} {observations.shape}")
+        raise ValueError(
+            f"observations must be uint8 of shape (C, 84, 84), got {observations.dtype} {observations.shape}"
+        )
     num_rows = len(observations)
-    columns = {"action": actions, "reward": rewards, "terminal": terminals}
     store = {"observation": np.ascontiguousarray(observations)}
-    for name, values in columns.items():
+    for name, values in (("action", actions), ("reward", rewards), ("terminal", terminals)):
         values = np.asarray(values)
         if values.shape != (num_rows,):
             raise ValueError(f"{name}s must have shape ({num_rows},) to match the observations, got {values.shape}")
-        dtype = STORE_SPECS[name][0]
-        if name == "action" and (values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max))):
-            raise ValueError(f"actions must be non-negative integers, got dtype {values.dtype}")
-        if name == "terminal" and not np.isin(values, (0, 1)).all():
-            raise ValueError("terminals must be 0 or 1")
-        store[name] = values.astype(dtype)
+        store[name] = values.astype(STORE_SPECS[name][0])
+        if name != "reward" and not np.array_equal(store[name], values):  # integer columns must convert exactly
+            raise ValueError(f"{name}s do not fit dopamine's dtype {STORE_SPECS[name][0]} without change")
+    if (store["action"] < 0).any() or not np.isin(store["terminal"], (0, 1)).all():
+        raise ValueError("actions must be non-negative and terminals 0 or 1")
     add_count = num_rows if add_count is None else int(add_count)
     if add_count < 0:
         raise ValueError(f"add_count must be a non-negative number of added rows, got {add_count}")
@@ -409,7 +418,8 @@ class FrameStackStore:
         num_previous = np.asarray(num_previous, dtype=np.int64)
         if newest_frame.ndim != 1 or num_previous.shape != newest_frame.shape:
             raise ValueError(
-                f"newest_frame and num_previous must be 1-D of the same length, got {newest_frame.shape} and {num_previous.shape}"
+                "newest_frame and num_previous must be 1-D of the same length, "
+                f"got {newest_frame.shape} and {num_previous.shape}"
             )
         if len(newest_frame) and ((newest_frame < 0).any() or (newest_frame >= len(frames)).any()):
             raise ValueError(f"newest_frame must index frames (0 <= i < {len(frames)})")
