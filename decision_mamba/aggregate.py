@@ -1,0 +1,425 @@
+"""The paper's Tables 1-4 from run directories, beside the paper's numbers, plus learning curves.
+
+    python -m decision_mamba.aggregate runs/table1 --table 1 --out results/table1
+
+reads every run directory under runs/table1 (config.yaml + summary.json + metrics.jsonl)
+and writes
+    results/table1.md            the table (Markdown), how it was made, incomplete runs
+    results/table1.csv           the same numbers at full precision (one row per cell)
+    results/table1-<dataset>.png learning curves: normalized score vs training step,
+                                 one line per model (mean over seeds, shaded ± std)
+
+A cell is a dataset (or game) and a model (Table 3: a variant; Table 4: a context length
+K). It shows mean ± std over its seeds of both the **last** evaluation and the **best**
+evaluation seen during training (the paper's release reports the best one), with the
+number of seeds it has. A run's score is its summary.json "score": the best over the
+return-to-go targets of the mean normalized score of that evaluation. Runs that have not
+finished are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes or CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from decision_mamba.run import write_text_atomic  # noqa: E402
+from decision_mamba.sweep import MODEL_OF_MIXER, TABLES  # noqa: E402
+
+# --------------------------------------------------------------------------
+# The paper's numbers (REFERENCE §1), keyed by table, then (dataset, column):
+# column = model for Tables 1 and 2, variant for Table 3, "k<K>" for Table 4.
+# (mean, std); std None where the paper quotes a bare mean. Table 1's DT, DS4 and DC
+# numbers are quoted by the paper from the Decision ConvFormer paper.
+PAPER_NUMBERS: dict[int, dict[tuple[str, str], tuple[float, float | None]]] = {
+    1: {
+        ("halfcheetah-medium", "dt"): (42.6, None), ("halfcheetah-medium", "ds4"): (42.5, None),
+        ("halfcheetah-medium", "dc"): (43.0, None), ("halfcheetah-medium", "dmamba"): (42.8, 0.08),
+        ("hopper-medium", "dt"): (68.4, None), ("hopper-medium", "ds4"): (54.2, None),
+        ("hopper-medium", "dc"): (92.5, None), ("hopper-medium", "dmamba"): (83.5, 12.5),
+        ("walker2d-medium", "dt"): (75.5, None), ("walker2d-medium", "ds4"): (78.0, None),
+        ("walker2d-medium", "dc"): (79.2, None), ("walker2d-medium", "dmamba"): (78.2, 0.6),
+        ("halfcheetah-medium-replay", "dt"): (37.0, None), ("halfcheetah-medium-replay", "ds4"): (15.2, None),
+        ("halfcheetah-medium-replay", "dc"): (41.3, None), ("halfcheetah-medium-replay", "dmamba"): (39.6, 0.1),
+        ("hopper-medium-replay", "dt"): (85.6, None), ("hopper-medium-replay", "ds4"): (49.6, None),
+        ("hopper-medium-replay", "dc"): (94.2, None), ("hopper-medium-replay", "dmamba"): (82.6, 4.6),
+        ("walker2d-medium-replay", "dt"): (71.2, None), ("walker2d-medium-replay", "ds4"): (69.0, None),
+        ("walker2d-medium-replay", "dc"): (76.6, None), ("walker2d-medium-replay", "dmamba"): (70.9, 4.3),
+        ("halfcheetah-medium-expert", "dt"): (88.8, None), ("halfcheetah-medium-expert", "ds4"): (92.7, None),
+        ("halfcheetah-medium-expert", "dc"): (93.0, None), ("halfcheetah-medium-expert", "dmamba"): (91.9, 0.6),
+        ("hopper-medium-expert", "dt"): (109.6, None), ("hopper-medium-expert", "ds4"): (110.8, None),
+        ("hopper-medium-expert", "dc"): (110.4, None), ("hopper-medium-expert", "dmamba"): (111.1, 0.3),
+        ("walker2d-medium-expert", "dt"): (109.3, None), ("walker2d-medium-expert", "ds4"): (105.7, None),
+        ("walker2d-medium-expert", "dc"): (109.6, None), ("walker2d-medium-expert", "dmamba"): (108.3, 0.5),
+    },
+    2: {
+        ("breakout", "dt"): (242.4, 31.8), ("breakout", "dc"): (352.7, 44.7), ("breakout", "dmamba"): (239.2, 26.4),
+        ("qbert", "dt"): (28.8, 10.3), ("qbert", "dc"): (67.0, 14.7), ("qbert", "dmamba"): (42.3, 8.5),
+        ("pong", "dt"): (105.6, 2.9), ("pong", "dc"): (106.5, 2.0), ("pong", "dmamba"): (63.2, 102.1),
+        ("seaquest", "dt"): (2.7, 0.7), ("seaquest", "dc"): (2.6, 0.3), ("seaquest", "dmamba"): (2.2, 0.03),
+    },
+    3: {
+        ("halfcheetah-medium", "default"): (42.8, 0.08), ("hopper-medium", "default"): (83.5, 12.5),
+        ("walker2d-medium", "default"): (78.2, 0.6),
+        ("halfcheetah-medium", "rc"): (42.9, 0.01), ("hopper-medium", "rc"): (82.9, 5.8),
+        ("walker2d-medium", "rc"): (78.0, 2.0),
+        ("halfcheetah-medium", "rc-2l"): (42.8, 0.06), ("hopper-medium", "rc-2l"): (85.2, 14.9),
+        ("walker2d-medium", "rc-2l"): (77.0, 1.1),
+    },
+    4: {
+        ("breakout", "k10"): (231.6, 16.2), ("qbert", "k10"): (56.4, 16.6),
+        ("breakout", "k30"): (239.2, 26.4), ("qbert", "k30"): (42.3, 8.5),
+        ("breakout", "k40"): (295.9, 34.7), ("qbert", "k40"): (28.1, 4.5),
+        ("breakout", "k60"): (271.1, 70.8), ("qbert", "k60"): (15.7, 5.5),
+    },
+}
+
+TABLE_TITLES = {
+    1: "Table 1: D4RL normalized score",
+    2: "Table 2: Atari gamer-normalized score",
+    3: "Table 3: ablation on the medium datasets (DMamba)",
+    4: "Table 4: context length K on Atari (DMamba)",
+}
+# What the column that varies within a dataset is called, per table.
+COLUMN_HEADERS = {1: "Model", 2: "Model", 3: "Variant", 4: "K"}
+DISPLAY_NAMES = {"dmamba": "DMamba", "dt": "DT", "dc": "DC", "ds4": "DS4",
+                 "default": "default", "rc": "RC", "rc-2l": "RC & 2L",
+                 "k10": "K=10", "k30": "K=30", "k40": "K=40", "k60": "K=60"}
+
+GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)$")
+STD_DDOF = 0  # numpy's np.std, as DT-style codebases print it
+
+
+class AggregateError(ValueError):
+    """Input the aggregator cannot make a table from."""
+
+
+@dataclass
+class RunRecord:
+    """What one run directory holds, reduced to what the tables need."""
+
+    run_dir: Path
+    table: int | None  # from run.wandb_group (set by the sweep); None for hand-made runs
+    dataset: str  # hopper-medium, breakout, ...
+    column: str  # dmamba / default / rc / k10 ... (the key into PAPER_NUMBERS)
+    seed: int
+    config: dict
+    summary: dict | None  # None until the run has finished
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, score) per evaluation
+    iterations_done: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and self.summary.get("last") is not None
+
+
+def _column_from_config(table: int, cfg: dict) -> str:
+    """The cell's column for a run directory not made by the sweep."""
+    model = MODEL_OF_MIXER.get(cfg["model"]["mixer"], cfg["model"]["mixer"])
+    if table == 3:
+        if cfg["model"].get("channel_mlp", True):
+            return "default"
+        return "rc-2l" if cfg["model"]["n_layer"] > 3 else "rc"  # Table 5's gym depth is 3
+    if table == 4:
+        return f"k{cfg['train']['context_len']}"
+    return model
+
+
+def _dataset_from_config(cfg: dict) -> str:
+    if "game" in cfg:
+        return str(cfg["game"]).lower()
+    dataset = str(cfg["dataset"])
+    if "/" in dataset or dataset.endswith((".hdf5", ".h5", ".pkl")):  # a file: name it by its stem
+        return Path(dataset.removeprefix("minari:")).stem
+    return f"{cfg['env']}-{dataset}"
+
+
+def _read_metrics(path: Path) -> tuple[list[tuple[int, float]], int]:
+    """(step, score) of every evaluation in metrics.jsonl, and how many iterations it records."""
+    if not path.is_file():
+        return [], 0
+    curve, iterations = [], 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # A run killed mid-write can leave half a line; --resume rewrites the file.
+            print(f"warning: {path}:{number} is not JSON, skipped", file=sys.stderr)
+            continue
+        iterations = max(iterations, int(record["iteration"]))
+        if record.get("eval"):
+            # the same score as summary.json: best target's mean normalized score
+            curve.append((int(record["step"]), max(t["score_mean"] for t in record["eval"].values())))
+    return curve, iterations
+
+
+def read_run(run_dir: Path, table: int) -> RunRecord:
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    match = GROUP_PATTERN.match(cfg.get("run", {}).get("wandb_group", "") or "")
+    if match:  # made by decision_mamba.sweep: table<N>/<dataset>/<model>[-<variant>]
+        run_table, dataset, label = int(match["table"]), match["dataset"], match["label"]
+        model = MODEL_OF_MIXER.get(cfg["model"]["mixer"], cfg["model"]["mixer"])
+        column = label.removeprefix(f"{model}-") if run_table in (3, 4) else model
+    else:
+        run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    curve, iterations = _read_metrics(run_dir / "metrics.jsonl")
+    return RunRecord(run_dir=run_dir, table=run_table, dataset=dataset, column=column, seed=int(cfg["seed"]),
+                     config=cfg, summary=summary, curve=curve, iterations_done=iterations)
+
+
+def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
+    runs = []
+    for root in roots:
+        if not root.is_dir():
+            raise AggregateError(f"runs directory {root} does not exist; launch the table first "
+                                 f"(scripts/table{table}_*.sh) or pass the --out-dir the sweep used")
+        runs += [read_run(config.parent, table) for config in sorted(root.glob("*/config.yaml"))]
+    if not runs:
+        raise AggregateError(f"no run directories (folders holding config.yaml) under {', '.join(map(str, roots))}")
+    return runs
+
+
+# --------------------------------------------------------------------- table
+def _expected_cells(table: int) -> list[tuple[str, str]]:
+    spec = TABLES[table]
+    columns = spec.models if table in (1, 2) else spec.variants
+    return [(dataset, column) for dataset in spec.datasets for column in columns]
+
+
+def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
+    """One row per cell: seeds, last and best mean ± std, the paper's number."""
+    finished = pd.DataFrame(
+        [{"dataset": r.dataset, "column": r.column, "seed": r.seed,
+          "last": float(r.summary["last"]["score"]), "best": float(r.summary["best"]["score"])}
+         for r in runs if r.complete],
+        columns=["dataset", "column", "seed", "last", "best"])
+    stats = finished.groupby(["dataset", "column"], sort=False).agg(
+        seeds_done=("seed", "count"),
+        seeds=("seed", lambda s: " ".join(str(v) for v in sorted(s))),
+        last_mean=("last", "mean"), last_std=("last", lambda x: float(np.std(x, ddof=STD_DDOF))),
+        best_mean=("best", "mean"), best_std=("best", lambda x: float(np.std(x, ddof=STD_DDOF))),
+    )
+    # Every cell of the paper's table, in its order, then any cell the paper does not have.
+    cells = _expected_cells(table)
+    cells += [cell for cell in stats.index if cell not in cells]
+    paper = PAPER_NUMBERS[table]
+    rows = []
+    for dataset, column in cells:
+        row = {"table": table, "dataset": dataset, "column": column,
+               "name": DISPLAY_NAMES.get(column, column), "seeds_expected": len(TABLES[table].seeds)}
+        if (dataset, column) in stats.index:
+            row.update(stats.loc[(dataset, column)].to_dict())
+        else:
+            row.update(seeds_done=0, seeds="", last_mean=np.nan, last_std=np.nan, best_mean=np.nan, best_std=np.nan)
+        mean, std = paper.get((dataset, column), (np.nan, None))
+        row.update(paper_mean=mean, paper_std=np.nan if std is None else std)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.astype({"seeds_done": int})
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if np.isnan(mean):
+        return "—"
+    if np.isnan(std):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.2f}" if std < 0.1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    # pandas' DataFrame.to_markdown needs the optional `tabulate` package; a pipe table is
+    # simple enough to write directly.
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def _settings(runs: list[RunRecord]) -> str:
+    """The training / evaluation budget of the runs, so a smoke table cannot pass for a full one."""
+    keys = [("train", "num_iterations"), ("train", "steps_per_iteration"), ("eval", "episodes"),
+            ("data_dir", None), ("dataset", None)]
+    parts = []
+    for section, key in keys:
+        values = sorted({str(r.config[section][key] if key else r.config.get(section))
+                         for r in runs if section in r.config})
+        if values:
+            parts.append(f"`{section}{'.' + key if key else ''}` = {', '.join(values)}")
+    return "; ".join(parts)
+
+
+def _sweep_commands(roots: Sequence[Path]) -> list[str]:
+    commands = []
+    for root in roots:
+        path = root / "sweeps.jsonl"
+        if path.is_file():
+            commands += [json.loads(line)["command"] for line in path.read_text().splitlines() if line.strip()]
+    return list(dict.fromkeys(commands))  # unique, in order
+
+
+def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunRecord], table: int,
+                    roots: Sequence[Path], curve_files: dict[str, str], *, title: str | None,
+                    note: str | None, produced_by: str | None, aggregate_command: str) -> str:
+    done = [r for r in runs if r.complete]
+    incomplete = [r for r in runs if not r.complete]
+    lines = [f"# {title or TABLE_TITLES[table] + ', reproduction'}", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
+        f"- Scores: **last** = the final evaluation; **best** = the best evaluation seen during training "
+        f"(what the paper's released code reports). Mean ± std over seeds (np.std, ddof={STD_DDOF}); a run's "
+        f"score is the best over its return-to-go targets of the mean normalized score.",
+        f"- Runs: {len(done)} finished, {len(incomplete)} unfinished (listed below), read from "
+        f"{', '.join(f'`{root}`' for root in roots)}.",
+        f"- Settings of the runs: {_settings(runs)}.",
+    ]
+    if table == 1:
+        lines.append("- Paper: DMamba is the paper's own (5 seeds); DT, DS4 and DC are quoted by the paper "
+                     "from the Decision ConvFormer paper.")
+    if produced_by:
+        lines.append(f"- Produced by: `{produced_by}`")
+    for command in _sweep_commands(roots):
+        lines.append(f"- Launched with: `{command}`")
+    lines += [f"- Aggregated with: `{aggregate_command}`", ""]
+
+    # Cells with a run (finished or not) in the table; the others named in one line, so
+    # that a partial sweep reads as one (the CSV has every cell).
+    started = {(r.dataset, r.column) for r in runs}
+    shown = frame[[(row.dataset, row.column) in started for row in frame.itertuples()]]
+    header = ["Dataset" if table in (1, 3) else "Game", COLUMN_HEADERS[table], "Seeds", "Last", "Best", "Paper"]
+    rows = [[row.dataset, row.name, f"{row.seeds_done}/{row.seeds_expected}"
+             + (f" ({row.seeds})" if row.seeds_done else ""),
+             _mean_std(row.last_mean, row.last_std), _mean_std(row.best_mean, row.best_std),
+             _mean_std(row.paper_mean, row.paper_std)] for row in shown.itertuples()]
+    lines += [_markdown_table(header, rows), ""]
+    not_run = frame[[(row.dataset, row.column) not in started for row in frame.itertuples()]]
+    if len(not_run):
+        names = {dataset: ", ".join(group["name"]) for dataset, group in not_run.groupby("dataset", sort=False)}
+        lines += [f"Not run (no run directory): {'; '.join(f'{d} ({n})' for d, n in names.items())}.", ""]
+
+    if incomplete:
+        lines += ["## Unfinished runs", "",
+                  _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],
+                                  [[f"`{r.run_dir}`", f"{r.iterations_done}/{r.config['train']['num_iterations']}",
+                                    str(len(r.curve))] for r in incomplete]), ""]
+    if other:
+        lines += ["## Run directories of other tables (not counted)", "",
+                  *[f"- `{r.run_dir}` (table {r.table})" for r in other], ""]
+    if curve_files:
+        lines += ["## Learning curves", ""]
+        lines += [f"![{dataset}]({name})" for dataset, name in curve_files.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- curves
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> pd.DataFrame:
+    points = pd.DataFrame([(step, score) for curve in curves for step, score in curve], columns=["step", "score"])
+    return points.groupby("step")["score"].agg(
+        mean="mean", std=lambda x: float(np.std(x, ddof=STD_DDOF)), seeds="count").reset_index()
+
+
+def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
+    """One PNG per dataset; returns {dataset: file name} for the Markdown."""
+    files = {}
+    order = {cell: i for i, cell in enumerate(_expected_cells(table))}
+    for dataset in dict.fromkeys(r.dataset for r in runs if r.curve):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        columns = sorted({r.column for r in runs if r.dataset == dataset and r.curve},
+                         key=lambda c: order.get((dataset, c), len(order)))
+        for column in columns:
+            curves = [r.curve for r in runs if r.dataset == dataset and r.column == column and r.curve]
+            mean = _mean_curve(curves)
+            label = f"{DISPLAY_NAMES.get(column, column)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            line, = ax.plot(mean["step"], mean["mean"], marker="o", markersize=3, label=label)
+            ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
+                            color=line.get_color(), alpha=0.2)
+            paper = PAPER_NUMBERS[table].get((dataset, column))
+            if paper is not None:
+                ax.axhline(paper[0], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("normalized score" if table in (1, 3) else "gamer-normalized score")
+        ax.set_title(f"{dataset}: mean ± std over seeds (dotted: paper)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_prefix.parent / f"{out_prefix.name}-{dataset}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp.png"
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)  # atomic, as write_text_atomic
+        plt.close(fig)
+        files[dataset] = path.name
+    return files
+
+
+# ----------------------------------------------------------------------- CLI
+def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str | None = None,
+              note: str | None = None, produced_by: str | None = None,
+              aggregate_command: str = "") -> pd.DataFrame:
+    """Write <out>.md, <out>.csv and <out>-<dataset>.png; return the table."""
+    if table not in TABLES:
+        raise AggregateError(f"--table must be one of {sorted(TABLES)}, got {table}")
+    everything = find_runs(roots, table)
+    runs = [r for r in everything if r.table in (None, table)]
+    other = [r for r in everything if r.table not in (None, table)]
+    if not runs:
+        raise AggregateError(f"the run directories under {', '.join(map(str, roots))} belong to "
+                             f"table(s) {sorted({r.table for r in other})}, not table {table}")
+    frame = table_frame(runs, table)
+    curve_files = plot_curves(runs, table, out_prefix)
+    markdown = render_markdown(frame, runs, other, table, roots, curve_files, title=title, note=note,
+                               produced_by=produced_by, aggregate_command=aggregate_command)
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}.md", markdown)
+    csv = frame.rename(columns={"column": "model" if table in (1, 2) else "variant"})
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}.csv", csv.to_csv(index=False))
+    return frame
+
+
+def _command_line(argv: list[str]) -> str:
+    """This command, with the texts of --note / --produced-by (shown above it) elided."""
+    shown = [("..." if previous in ("--note", "--produced-by", "--title") else word)
+             for previous, word in zip([""] + argv[:-1], argv)]
+    return shlex.join(["python", "-m", "decision_mamba.aggregate", *shown])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m decision_mamba.aggregate", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="folders of run directories, e.g. runs/table1")
+    parser.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
+    parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png")
+    parser.add_argument("--title", help="the Markdown title (default: the table's name)")
+    parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
+    parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")
+    args = parser.parse_args(argv)
+    try:
+        frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
+                          produced_by=args.produced_by,
+                          aggregate_command=_command_line(argv))
+    except AggregateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}.md and {args.out}.csv "
+          f"({int((frame.seeds_done > 0).sum())} of {len(frame)} cells have runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

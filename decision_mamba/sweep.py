@@ -1,0 +1,528 @@
+"""The run lists of the paper's Tables 1-4, and launching them on one machine or on SLURM.
+
+    python -m decision_mamba.sweep table1 --dry-run                  # list the 180 runs
+    python -m decision_mamba.sweep table1 --models dmamba --slots 2   # 45 runs, 2 at a time
+    python -m decision_mamba.sweep table1 --seeds 12 -- train.num_iterations=1 eval.episodes=2
+    python -m decision_mamba.sweep table2 --launcher slurm --partition gpu --gpus-per-node 1 \
+        --time 2880 --array-parallelism 12
+
+A run is an entry point (gym/experiment.py or atari/train_atari.py), a config file and
+`key=value` overrides; the sweep adds model.mixer, seed, run.out_dir, run.name and
+run.wandb_group (table<N>/<dataset>/<model>, so wandb groups runs by table, dataset and
+model). Everything after `--` is passed to every run (e.g. data_dir=..., a smaller
+train.num_iterations for a smoke test).
+
+Launchers
+    local           runs in parallel on this machine, `--slots` at a time (default: one per
+                    GPU, or 1 on the CPU), each slot pinned to a GPU with CUDA_VISIBLE_DEVICES.
+                    submitit's LocalExecutor starts every submitted job at once, so this
+                    launcher uses a concurrent.futures thread pool of `--slots` workers (threads
+                    are enough: each run is its own subprocess). Logs: <out-dir>/logs/<run>.log.
+    submitit-local  the same jobs through submitit's LocalExecutor (pickled, as on SLURM),
+                    throttled to `--slots` at a time here; for trying a sweep before sending
+                    it to a cluster. Logs: <out-dir>/submitit/.
+    slurm           one submitit job array per table (AutoExecutor, cluster="slurm"), with
+                    `--array-parallelism` tasks at a time; returns once submitted. A task that
+                    hits its time limit is requeued and resumes from its last checkpoint.
+
+Re-launching the same command is safe: runs with a summary.json are skipped, runs with a
+run directory but no summary.json are continued with --resume, and a run directory made
+with other settings (say a smoke test's train.num_iterations=1) is an error, not a skip.
+
+wandb: `--wandb offline` writes each run's log to <run dir>/wandb/; upload them later with
+    wandb sync runs/table1/*/wandb/offline-run-*
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+from omegaconf import OmegaConf
+
+from decision_mamba.config import AtariConfig, GymConfig, load_config
+from decision_mamba.run import write_text_atomic
+
+GYM_ENTRY = "gym/experiment.py"
+ATARI_ENTRY = "atari/train_atari.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Rows in the order of the paper's tables.
+GYM_DATASETS = (
+    "halfcheetah-medium", "hopper-medium", "walker2d-medium",
+    "halfcheetah-medium-replay", "hopper-medium-replay", "walker2d-medium-replay",
+    "halfcheetah-medium-expert", "hopper-medium-expert", "walker2d-medium-expert",
+)
+MEDIUM_DATASETS = ("halfcheetah-medium", "hopper-medium", "walker2d-medium")
+ATARI_GAMES = ("breakout", "qbert", "pong", "seaquest")
+
+# Our short model names -> model.mixer (decision_mamba.model.MODEL_NAMES has the paper's names).
+MIXER_OF_MODEL = {"dmamba": "mamba", "dt": "attention", "dc": "conv", "ds4": "s4"}
+MODEL_OF_MIXER = {mixer: model for model, mixer in MIXER_OF_MODEL.items()}
+
+# The seeds of the paper's release (REFERENCE §3).
+GYM_SEEDS = (12, 23, 34, 45, 51)
+ATARI_SEEDS = (123, 231, 312)
+
+# Table 3 ablation: default, "RC" (no channel-mixing MLP), "RC & 2L" (no MLP, twice the layers).
+TABLE3_VARIANTS = ("default", "rc", "rc-2l")
+# Table 4: context length K on Atari; K = 30 is Table 2's setting (configs/atari/<game>.yaml).
+TABLE4_CONTEXTS = (10, 30, 40, 60)
+
+# Keys the sweep sets on every run, with the flag to use instead of an override.
+MANAGED_KEYS = {
+    "model.mixer": "--models",
+    "seed": "--seeds",
+    "run.out_dir": "--out-dir",
+    "run.name": "nothing (derived from dataset, model, variant and seed)",
+    "run.wandb_group": "nothing (table<N>/<dataset>/<model>)",
+    "run.wandb": "--wandb",
+}
+TABLE_MANAGED_KEYS = {
+    3: {"model.channel_mlp": "--variants", "model.n_layer": "--variants"},
+    4: {"train.context_len": "--variants (k10, k30, k40, k60)"},
+}
+
+# Keys that may differ between a run directory and a re-launch without changing the result.
+IGNORED_WHEN_COMPARING = {
+    "run.out_dir", "run.wandb", "run.wandb_project", "run.progress", "run.keep_checkpoints",
+    "train.device", "train.num_threads", "model.scan_backend",
+}
+
+
+class SweepError(ValueError):
+    """A sweep request that cannot be honoured (unknown names, conflicting settings)."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: int
+    datasets: tuple[str, ...]  # gym datasets or Atari games
+    models: tuple[str, ...]
+    variants: tuple[str, ...]  # ("",) when the table has no variants
+    seeds: tuple[int, ...]
+
+
+TABLES: dict[int, TableSpec] = {
+    1: TableSpec(1, GYM_DATASETS, ("dmamba", "dt", "dc", "ds4"), ("",), GYM_SEEDS),
+    2: TableSpec(2, ATARI_GAMES, ("dmamba", "dt", "dc"), ("",), ATARI_SEEDS),
+    3: TableSpec(3, MEDIUM_DATASETS, ("dmamba",), TABLE3_VARIANTS, GYM_SEEDS),
+    4: TableSpec(4, ("breakout", "qbert"), ("dmamba",), tuple(f"k{k}" for k in TABLE4_CONTEXTS), ATARI_SEEDS),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: what to execute and where its run directory is."""
+
+    table: int
+    dataset: str
+    model: str  # dmamba | dt | dc | ds4
+    variant: str  # "" | default | rc | rc-2l | k10 | k30 | k40 | k60
+    seed: int
+    entry_point: str  # relative to the repository root
+    config: str  # relative to the repository root
+    overrides: tuple[str, ...]  # every key=value, the pass-through ones last
+    out_dir: str
+    name: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def group(self) -> str:
+        return f"table{self.table}/{self.dataset}/{self.label}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}-{self.variant}" if self.variant else self.model
+
+    def command(self, python: str = sys.executable, resume: bool = False) -> list[str]:
+        return [python, _shown(REPO_ROOT / self.entry_point), "--config", _shown(REPO_ROOT / self.config),
+                *self.overrides, *(["--resume"] if resume else [])]
+
+    def resolved_config(self) -> GymConfig | AtariConfig:
+        schema = GymConfig if self.entry_point == GYM_ENTRY else AtariConfig
+        return load_config(schema, REPO_ROOT / self.config, list(self.overrides))
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is under it (readable dry-runs)."""
+    try:
+        # abspath, not resolve: keep .venv/bin/python rather than the interpreter it links to
+        return str(Path(os.path.abspath(path)).relative_to(os.getcwd()))
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------ run lists
+def _pick(kind: str, requested: list | None, available: tuple, table: int) -> tuple:
+    if not requested:
+        return available
+    unknown = [r for r in requested if r not in available]
+    if unknown:
+        raise SweepError(f"table {table} has no {kind} {unknown}; choose from {list(available)}")
+    return tuple(r for r in available if r in requested)  # keep the table's order
+
+
+def check_overrides(table: int, overrides: list[str]) -> None:
+    managed = {**MANAGED_KEYS, **TABLE_MANAGED_KEYS.get(table, {})}
+    for override in overrides:
+        key, eq, _ = override.partition("=")
+        if not eq or not key:
+            raise SweepError(f"overrides after -- must look like key=value (e.g. train.num_iterations=1), "
+                             f"got {override!r}")
+        if key.strip() in managed:
+            raise SweepError(f"{key} is set by the sweep for every run of table {table}; "
+                             f"use {managed[key.strip()]} instead of the override {override!r}")
+
+
+def _config_path(table: int, dataset: str, variant: str) -> str:
+    if table in (1, 3):
+        return f"configs/gym/{dataset}.yaml"
+    if table == 4 and variant != "k30":
+        return f"configs/atari/{dataset}-{variant}.yaml"
+    return f"configs/atari/{dataset}.yaml"
+
+
+def _variant_overrides(table: int, config: str, variant: str) -> list[str]:
+    if table == 3 and variant == "rc":
+        return ["model.channel_mlp=false"]
+    if table == 3 and variant == "rc-2l":
+        n_layer = OmegaConf.load(REPO_ROOT / config).model.n_layer  # twice the table's own depth
+        return ["model.channel_mlp=false", f"model.n_layer={2 * int(n_layer)}"]
+    if table == 4:
+        # K comes from the config file; check it is the K of this row.
+        k = int(variant.removeprefix("k"))
+        found = OmegaConf.load(REPO_ROOT / config).train.context_len
+        if found != k:
+            raise SweepError(f"{config} sets train.context_len={found}, but Table 4's row needs K={k}")
+    return []
+
+
+def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | None = None,
+               models: list[str] | None = None, variants: list[str] | None = None,
+               seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
+               wandb: str = "disabled") -> list[Run]:
+    """Every run of the table (datasets x models x variants x seeds), filtered."""
+    if table not in TABLES:
+        raise SweepError(f"no table {table}; the paper's tables are {sorted(TABLES)}")
+    spec = TABLES[table]
+    if variants and spec.variants == ("",):
+        raise SweepError(f"table {table} has no variants; --variants is for tables 3 and 4")
+    if wandb not in ("disabled", "offline", "online"):
+        raise SweepError(f"--wandb must be disabled, offline or online, got {wandb!r}")
+    check_overrides(table, list(overrides))
+    out_dir = out_dir or f"runs/table{table}"
+    entry = GYM_ENTRY if table in (1, 3) else ATARI_ENTRY
+
+    runs = []
+    for dataset in _pick("dataset", datasets, spec.datasets, table):
+        for model in _pick("model", models, spec.models, table):
+            for variant in _pick("variant", variants, spec.variants, table):
+                config = _config_path(table, dataset, variant)
+                # Any seed may be asked for; the default is the paper's.
+                for seed in seeds or spec.seeds:
+                    label = f"{model}-{variant}" if variant else model
+                    name = f"{dataset}-{label}-s{seed}"
+                    managed = [f"model.mixer={MIXER_OF_MODEL[model]}", f"seed={seed}", f"run.out_dir={out_dir}",
+                               f"run.name={name}", f"run.wandb_group=table{table}/{dataset}/{label}",
+                               f"run.wandb={wandb}", "run.progress=false"]
+                    runs.append(Run(table=table, dataset=dataset, model=model, variant=variant, seed=int(seed),
+                                    entry_point=entry, config=config,
+                                    overrides=tuple(_variant_overrides(table, config, variant) + managed
+                                                    + list(overrides)),
+                                    out_dir=out_dir, name=name))
+    return runs
+
+
+# ------------------------------------------------------- run directory states
+def run_status(run: Run, cwd: str | Path = ".") -> str:
+    """done (summary.json written) | resume (started, not finished) | new."""
+    run_dir = Path(cwd) / run.run_dir
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        return "resume"
+    return "new"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def settings_differences(run: Run) -> list[str]:
+    """Where the config.yaml in the run directory differs from what this sweep would run."""
+    path = run.run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    wanted = _flatten(OmegaConf.to_container(OmegaConf.structured(run.resolved_config())))
+    found = _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    return [f"{key}: {found.get(key)!r} in the run directory, {wanted.get(key)!r} now"
+            for key in sorted(set(wanted) | set(found))
+            if key not in IGNORED_WHEN_COMPARING and wanted.get(key) != found.get(key)]
+
+
+def plan(runs: list[Run]) -> dict[str, list[Run]]:
+    """Split runs by state; refuse to skip or resume a run directory made with other settings."""
+    states: dict[str, list[Run]] = {"done": [], "resume": [], "new": []}
+    conflicts = []
+    for run in runs:
+        state = run_status(run)
+        differences = settings_differences(run) if state != "new" else []
+        if differences:
+            conflicts.append(f"  {run.run_dir}: " + "; ".join(differences))
+        states[state].append(run)
+    if conflicts:
+        raise SweepError("these run directories were made with other settings, so they can be neither "
+                         "skipped nor resumed:\n" + "\n".join(conflicts)
+                         + "\ndelete them, or pass --out-dir to write this sweep elsewhere")
+    return states
+
+
+# --------------------------------------------------------------------- jobs
+@dataclass
+class RunJob(submitit.helpers.Checkpointable):
+    """One run as a picklable callable (for submitit) that is also called directly by the local launcher.
+
+    It decides at start whether to skip or resume, so a job requeued after a time-out, or a
+    sweep re-launched after a crash, continues from the run's last checkpoint.
+    """
+
+    run: Run
+    python: str = sys.executable
+    cwd: str = field(default_factory=os.getcwd)
+    env: dict[str, str] = field(default_factory=dict)  # added to the environment
+    log_path: str | None = None  # None: inherit stdout/stderr (submitit captures them)
+
+    def __call__(self) -> str:
+        state = run_status(self.run, self.cwd)
+        summary = Path(self.cwd) / self.run.run_dir / "summary.json"
+        if state == "done":
+            return str(summary)
+        command = self.run.command(self.python, resume=state == "resume")
+        environment = {**os.environ, **self.env}
+        if self.log_path is None:
+            subprocess.run(command, cwd=self.cwd, env=environment, check=True)
+        else:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as log:
+                log.write(f"$ {shlex.join(command)}\n")
+                log.flush()
+                subprocess.run(command, cwd=self.cwd, env=environment, check=True, stdout=log,
+                               stderr=subprocess.STDOUT)
+        if not summary.is_file():
+            raise RuntimeError(f"{shlex.join(command)} exited without writing {summary}")
+        return str(summary)
+
+
+def visible_gpus() -> list[int]:
+    """The GPUs torch sees (none on a CPU machine)."""
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def _slot_env(slot: int, slots: int, gpus: list[int]) -> dict[str, str]:
+    if gpus:
+        return {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}
+    # On the CPU, share the cores between slots rather than oversubscribing them.
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // slots))}
+
+
+def launch_local(runs: list[Run], slots: int, gpus: list[int], log_dir: Path) -> dict[str, str | None]:
+    """Run `slots` runs at a time; return {run name: None if it succeeded, else the error}."""
+    free_slots: queue.Queue[int] = queue.Queue()
+    for slot in range(slots):
+        free_slots.put(slot)
+
+    def work(run: Run) -> str:
+        slot = free_slots.get()  # never blocks: the pool has exactly `slots` workers
+        try:
+            print(f"[slot {slot}] start {run.name}", flush=True)
+            job = RunJob(run, env=_slot_env(slot, slots, gpus), log_path=str(log_dir / f"{run.name}.log"))
+            return job()
+        finally:
+            free_slots.put(slot)
+
+    outcome: dict[str, str | None] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=slots) as pool:
+        futures = {pool.submit(work, run): run for run in runs}
+        for future in concurrent.futures.as_completed(futures):
+            run = futures[future]
+            error = future.exception()
+            outcome[run.name] = None if error is None else f"{error} (log: {log_dir / (run.name + '.log')})"
+            print(f"{'done' if error is None else 'FAILED'}: {run.name}"
+                  + ("" if error is None else f": {outcome[run.name]}"), flush=True)
+    return outcome
+
+
+def launch_submitit_local(runs: list[Run], slots: int, gpus: list[int], folder: Path,
+                          timeout_min: int, poll_s: float = 1.0) -> dict[str, str | None]:
+    """The SLURM code path on this machine: submitit's LocalExecutor, `slots` jobs at a time."""
+    executor = submitit.LocalExecutor(folder=folder)
+    executor.update_parameters(timeout_min=timeout_min)
+    running: dict[int, tuple[Any, Run]] = {}
+    outcome: dict[str, str | None] = {}
+
+    def collect(slot: int) -> None:
+        job, run = running.pop(slot)
+        try:
+            job.result()
+            outcome[run.name] = None
+            print(f"done: {run.name}", flush=True)
+        except Exception as error:  # submitit re-raises the job's error with its log
+            outcome[run.name] = f"{type(error).__name__} (logs: {job.paths.stdout}, {job.paths.stderr})"
+            print(f"FAILED: {run.name}: {outcome[run.name]}", flush=True)
+
+    for run in runs:
+        while len(running) >= slots:
+            finished = [slot for slot, (job, _) in running.items() if job.done()]
+            for slot in finished:
+                collect(slot)
+            if not finished:
+                time.sleep(poll_s)
+        slot = min(set(range(slots)) - set(running))
+        if gpus:
+            executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[slot % len(gpus)],))
+        job = executor.submit(RunJob(run, env=_slot_env(slot, slots, gpus)))
+        print(f"[slot {slot}] submitted {run.name} (submitit job {job.job_id})", flush=True)
+        running[slot] = (job, run)
+    for slot in list(running):
+        collect(slot)
+    return outcome
+
+
+def launch_slurm(runs: list[Run], folder: Path, *, table: int, partition: str | None, gpus_per_node: int,
+                 cpus_per_task: int, mem_gb: float | None, timeout_min: int, array_parallelism: int,
+                 account: str | None = None) -> list[str]:
+    """Submit the runs as one job array; return the job ids (does not wait)."""
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    parameters: dict[str, Any] = {
+        "name": f"dmamba-table{table}", "timeout_min": timeout_min, "gpus_per_node": gpus_per_node,
+        "cpus_per_task": cpus_per_task, "slurm_array_parallelism": array_parallelism,
+    }
+    if partition:
+        parameters["slurm_partition"] = partition
+    if mem_gb:
+        parameters["mem_gb"] = mem_gb
+    if account:
+        parameters["slurm_account"] = account
+    executor.update_parameters(**parameters)
+    jobs = []
+    with executor.batch():  # everything submitted inside the block becomes one array
+        for run in runs:
+            jobs.append(executor.submit(RunJob(run)))
+    return [job.job_id for job in jobs]
+
+
+# ---------------------------------------------------------------------- CLI
+def _record_sweep(out_dir: Path, argv: list[str], launcher: str, launched: list[Run], skipped: list[Run]) -> None:
+    """Append this invocation to <out-dir>/sweeps.jsonl (the aggregator quotes it)."""
+    path = out_dir / "sweeps.jsonl"
+    previous = path.read_text() if path.is_file() else ""
+    record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": shlex.join(["python", "-m", "decision_mamba.sweep", *argv]),
+              "launcher": launcher, "launched": [r.name for r in launched], "skipped": [r.name for r in skipped]}
+    write_text_atomic(path, previous + json.dumps(record) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m decision_mamba.sweep", description=__doc__.splitlines()[0],
+        epilog="key=value overrides for every run go after --, e.g. -- train.num_iterations=1 data_dir=data")
+    parser.add_argument("table", choices=[f"table{n}" for n in TABLES])
+    parser.add_argument("--out-dir", help="where the run directories go (default runs/table<N>)")
+    parser.add_argument("--datasets", nargs="+", help="gym datasets (hopper-medium ...) or Atari games (breakout ...)")
+    parser.add_argument("--models", nargs="+", help="dmamba, dt, dc, ds4")
+    parser.add_argument("--variants", nargs="+", help="table 3: default rc rc-2l; table 4: k10 k30 k40 k60")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the paper's seeds")
+    parser.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"])
+    parser.add_argument("--dry-run", action="store_true", help="print one command line per run, launch nothing")
+    parser.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
+    parser.add_argument("--slots", type=int, help="local launchers: runs at a time (default: #GPUs, or 1)")
+    parser.add_argument("--time", type=int, default=3 * 24 * 60, help="time limit per run, minutes")
+    slurm = parser.add_argument_group("slurm")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--gpus-per-node", type=int, default=1)
+    slurm.add_argument("--cpus-per-task", type=int, default=4)
+    slurm.add_argument("--mem-gb", type=float)
+    slurm.add_argument("--array-parallelism", type=int, default=16, help="array tasks running at once")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is overrides; split by hand so nargs="+" flags cannot swallow them.
+    own, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = build_parser().parse_args(own)
+    table = int(args.table.removeprefix("table"))
+    try:
+        runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
+                          variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
+        for run in runs[:1]:
+            run.resolved_config()  # a misspelt override fails here, before anything starts
+        states = plan(runs)
+    except (SweepError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    todo = states["resume"] + states["new"]
+    out_dir = Path(runs[0].out_dir) if runs else Path(args.out_dir or f"runs/table{table}")
+    print(f"# table {table}: {len(runs)} runs ({len(states['done'])} done and skipped, "
+          f"{len(states['resume'])} to resume, {len(states['new'])} new)", flush=True)
+
+    if args.dry_run:
+        for run in states["done"]:
+            print(f"# done, skipped: {run.run_dir}")
+        for run in todo:
+            print(shlex.join(run.command(_shown(Path(sys.executable)), resume=run in states["resume"])))
+        return 0
+    if not todo:
+        return 0
+    _record_sweep(out_dir, own + (["--", *overrides] if overrides else []), args.launcher, todo, states["done"])
+
+    if args.launcher == "slurm":
+        ids = launch_slurm(todo, out_dir / "submitit", table=table, partition=args.partition,
+                           gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                           timeout_min=args.time, array_parallelism=args.array_parallelism, account=args.account)
+        print(f"submitted {len(ids)} runs as SLURM job array {ids[0].split('_')[0]}; logs in {out_dir / 'submitit'}; "
+              f"re-run this command to resubmit unfinished runs")
+        return 0
+    gpus = visible_gpus()
+    slots = args.slots or max(1, len(gpus))
+    if slots < 1:
+        print("error: --slots must be at least 1", file=sys.stderr)
+        return 2
+    if args.launcher == "local":
+        outcome = launch_local(todo, slots, gpus, out_dir / "logs")
+    else:
+        outcome = launch_submitit_local(todo, slots, gpus, out_dir / "submitit", timeout_min=args.time)
+    failed = [name for name, error in outcome.items() if error]
+    print(f"# {len(outcome) - len(failed)} of {len(outcome)} runs finished"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Table 1 of the paper: D4RL normalized score of DMamba, DT, DC and DS4 on the 9 gym
+# datasets, the paper's seeds 12 23 34 45 51 (180 runs), then the table and the plots.
+#
+#   scripts/table1_gym.sh                                   # everything, one run at a time
+#   scripts/table1_gym.sh --models dmamba --slots 2         # DMamba only, 2 runs at a time
+#   scripts/table1_gym.sh --launcher slurm --partition gpu  # one SLURM job array
+#   scripts/table1_gym.sh --dry-run                         # list the runs
+#   scripts/table1_gym.sh --seeds 12 -- train.num_iterations=1 eval.episodes=2   # smoke test
+#
+# Arguments go to `python -m decision_mamba.sweep table1` (filters, launcher; key=value
+# overrides for every run after --). Environment: RUNS (run directories, default
+# runs/table1), OUT (output prefix, default results/table1), NOTE (a paragraph for the
+# table's header), PYTHON (default .venv/bin/python).
+TABLE=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RUNS="${RUNS:-runs/table${TABLE}}"
+OUT="${OUT:-results/table${TABLE}}"
+PRODUCED_BY="$(printf '%q ' "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
+
+status=0
+"$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" || status=$?
+if [[ $status -eq 2 ]]; then exit 2; fi  # a usage error: nothing was launched
+
+# A dry run launched nothing, and SLURM jobs finish later: aggregate those by hand.
+for arg in "$@"; do
+  [[ "$arg" == "--" ]] && break
+  if [[ "$arg" == "--dry-run" || "$arg" == "slurm" || "$arg" == "--launcher=slurm" ]]; then
+    echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT"
+    exit 0
+  fi
+done
+# Also after failed runs: the table lists them as unfinished.
+"$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
+  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+exit $status

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Table 2 of the paper: Atari gamer-normalized score of DMamba, DT and DC on Breakout,
+# Qbert, Pong and Seaquest (1% of the DQN-replay data), seeds 123 231 312 (36 runs),
+# then the table and the plots. The replay data is read from
+# data/dqn_replay/<Game>/1/replay_logs/ (the DQN-replay layout), or pass -- data_dir=...
+#
+#   scripts/table2_atari.sh --launcher slurm --partition gpu --time 2880
+#   scripts/table2_atari.sh --datasets breakout --models dmamba --slots 2
+#
+# Arguments go to `python -m decision_mamba.sweep table2`; environment: RUNS, OUT, NOTE,
+# PYTHON as in scripts/table1_gym.sh.
+TABLE=2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RUNS="${RUNS:-runs/table${TABLE}}"
+OUT="${OUT:-results/table${TABLE}}"
+PRODUCED_BY="$(printf '%q ' "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
+
+status=0
+"$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" || status=$?
+if [[ $status -eq 2 ]]; then exit 2; fi  # a usage error: nothing was launched
+
+# A dry run launched nothing, and SLURM jobs finish later: aggregate those by hand.
+for arg in "$@"; do
+  [[ "$arg" == "--" ]] && break
+  if [[ "$arg" == "--dry-run" || "$arg" == "slurm" || "$arg" == "--launcher=slurm" ]]; then
+    echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT"
+    exit 0
+  fi
+done
+# Also after failed runs: the table lists them as unfinished.
+"$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
+  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+exit $status

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Table 3 of the paper: DMamba ablation on the three medium datasets: default, "RC"
+# (no channel-mixing MLP) and "RC & 2L" (no MLP, twice the layers), seeds 12 23 34 45 51
+# (45 runs), then the table and the plots.
+#
+#   scripts/table3_ablation.sh --variants rc rc-2l --slots 2
+#
+# Arguments go to `python -m decision_mamba.sweep table3`; environment: RUNS, OUT, NOTE,
+# PYTHON as in scripts/table1_gym.sh.
+TABLE=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+RUNS="${RUNS:-runs/table${TABLE}}"
+OUT="${OUT:-results/table${TABLE}}"
+PRODUCED_BY="$(printf '%q ' "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
+
+status=0
+"$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" || status=$?
+if [[ $status -eq 2 ]]; then exit 2; fi  # a usage error: nothing was launched
+
+# A dry run launched nothing, and SLURM jobs finish later: aggregate those by hand.
+for arg in "$@"; do
+  [[ "$arg" == "--" ]] && break
+  if [[ "$arg" == "--dry-run" || "$arg" == "slurm" || "$arg" == "--launcher=slurm" ]]; then
+    echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT"
+    exit 0
+  fi
+done
+# Also after failed runs: the table lists them as unfinished.
+"$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
+  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+exit $status
