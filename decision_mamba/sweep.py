@@ -262,7 +262,8 @@ def run_status(run: Run, cwd: str | Path = ".") -> str:
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
+        # a tuple field (train.betas) reads back from YAML as a list
+        return {prefix.rstrip("."): list(d) if isinstance(d, tuple) else d}
     flat: dict[str, Any] = {}
     for key, value in d.items():
         flat.update(_flatten(value, f"{prefix}{key}."))

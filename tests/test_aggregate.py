@@ -1,0 +1,165 @@
+"""The aggregator on run directories made by real short runs of gym/experiment.py.
+
+The table's numbers are checked against mean / std computed here, with the statistics
+module, from the summary.json files themselves."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from decision_mamba import aggregate, sweep
+from helpers import write_episodes_d4rl
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = ["model.d_model=16", "model.n_layer=1", "train.batch_size=4", "train.context_len=4",
+        "train.steps_per_iteration=3", "train.num_iterations=3", "train.warmup_steps=2", "eval.episodes=1",
+        "eval.max_ep_len=15", "train.num_threads=1"]
+
+
+def load_gym_experiment():
+    # gym/ is a folder of scripts, not a package (and `gym` would shadow the old gym package)
+    spec = importlib.util.spec_from_file_location("gym_experiment", REPO / "gym" / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def table1_runs(tmp_path_factory, hopper_episodes) -> Path:
+    """Table 1's runs for DT and DC on hopper-medium, seeds 12 and 23, tiny settings, on real
+    Hopper-v4 data; plus DC seed 34, stopped after its last checkpoint (no summary.json)."""
+    root = tmp_path_factory.mktemp("aggregate")
+    data = write_episodes_d4rl(root / "hopper-random-test.hdf5", hopper_episodes)
+    out = root / "runs" / "table1"
+    experiment = load_gym_experiment()
+    runs = sweep.table_runs(1, out_dir=str(out), models=["dt", "dc"], datasets=["hopper-medium"],
+                            seeds=[12, 23, 34], overrides=[f"dataset={data}", *TINY])
+    assert len(runs) == 6
+    for run in runs:
+        # the same argv the sweep launches, minus the interpreter and the script
+        experiment.main(run.command()[2:])
+    # A run killed between its last checkpoint and its summary.
+    (out / "hopper-medium-dc-s34" / "summary.json").unlink()
+    return out
+
+
+FINISHED_SEEDS = {"dt": (12, 23, 34), "dc": (12, 23)}
+
+
+def summaries(out: Path, model: str, seeds: tuple[int, ...] | None = None) -> list[dict]:
+    seeds = seeds or FINISHED_SEEDS[model]
+    return [json.loads((out / f"hopper-medium-{model}-s{seed}" / "summary.json").read_text()) for seed in seeds]
+
+
+def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
+    prefix = tmp_path / "results" / "table1"
+    assert aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)]) == 0
+    rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(f"{prefix}.csv"))}
+    assert len(rows) == 36  # every cell of the paper's Table 1, run or not
+
+    for model in ("dt", "dc"):
+        row = rows[("hopper-medium", model)]
+        found = summaries(table1_runs, model)
+        seeds = FINISHED_SEEDS[model]
+        assert int(row["seeds_done"]) == len(seeds) and int(row["seeds_expected"]) == 5
+        assert row["seeds"] == " ".join(map(str, seeds))
+        for which in ("last", "best"):
+            scores = [s[which]["score"] for s in found]
+            assert float(row[f"{which}_mean"]) == pytest.approx(statistics.fmean(scores), abs=1e-9)
+            assert float(row[f"{which}_std"]) == pytest.approx(statistics.pstdev(scores), abs=1e-9)
+    # best is the best evaluation of the run, so never below the last one
+    assert float(rows[("hopper-medium", "dc")]["best_mean"]) >= float(rows[("hopper-medium", "dc")]["last_mean"])
+    # the paper's numbers sit beside them; cells without runs are empty, not zero
+    assert float(rows[("hopper-medium", "dt")]["paper_mean"]) == 68.4
+    assert float(rows[("hopper-medium", "dmamba")]["paper_std"]) == 12.5
+    assert rows[("hopper-medium", "dmamba")]["seeds_done"] == "0" and rows[("hopper-medium", "dmamba")]["last_mean"] == ""
+
+    markdown = Path(f"{prefix}.md").read_text()
+    dt = summaries(table1_runs, "dt")
+    last = [s["last"]["score"] for s in dt]
+    expected_cell = f"{statistics.fmean(last):.1f} ± "
+    dt_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DT |"))
+    assert "| 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line and dt_line.endswith("| 68.4 |")
+    assert "Not run (no run directory): halfcheetah-medium (DMamba, DT, DC, DS4); hopper-medium (DMamba, DS4);" in markdown
+    assert "`train.num_iterations` = 3" in markdown  # a smoke table says it is one
+
+
+def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
+    prefix = tmp_path / "table1"
+    aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)])
+    markdown = Path(f"{prefix}.md").read_text()
+    assert "5 finished, 1 unfinished" in markdown
+    unfinished = markdown.split("## Unfinished runs")[1]
+    assert "hopper-medium-dc-s34` | 3/3 | 3 |" in unfinished  # 3 iterations and 3 evaluations logged
+    row = next(r for r in csv.DictReader(open(f"{prefix}.csv")) if r["model"] == "dc" and r["dataset"] == "hopper-medium")
+    assert row["seeds"] == "12 23"  # seed 34 is not averaged in
+
+
+def test_learning_curves_are_the_seed_mean_of_the_logged_evaluations(table1_runs, tmp_path):
+    prefix = tmp_path / "table1"
+    aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)])
+    image = matplotlib.image.imread(tmp_path / "table1-hopper-medium.png")
+    assert image.ndim == 3 and image.shape[0] > 100  # a real raster image
+    assert "![hopper-medium](table1-hopper-medium.png)" in Path(f"{prefix}.md").read_text()
+
+    # The curve points: steps 3, 6, 9; the score of each evaluation as run.py defines it.
+    records = [aggregate.read_run(table1_runs / f"hopper-medium-dt-s{seed}", 1) for seed in (12, 23)]
+    curve = aggregate._mean_curve([r.curve for r in records])
+    assert list(curve["step"]) == [3, 6, 9]
+    for seed, record in zip((12, 23), records):
+        lines = (table1_runs / f"hopper-medium-dt-s{seed}" / "metrics.jsonl").read_text().splitlines()
+        logged = [max(t["score_mean"] for t in json.loads(line)["eval"].values()) for line in lines]
+        assert [score for _, score in record.curve] == pytest.approx(logged)
+        assert record.curve[-1][1] == pytest.approx(summaries(table1_runs, "dt", (seed,))[0]["last"]["score"])
+    by_seed = [[score for _, score in r.curve] for r in records]
+    assert list(curve["mean"]) == pytest.approx([statistics.fmean(pair) for pair in zip(*by_seed)])
+    assert list(curve["std"]) == pytest.approx([statistics.pstdev(pair) for pair in zip(*by_seed)])
+
+
+def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
+    # Table 1's run directories asked for as Table 3: nothing to count, and the error says why.
+    assert aggregate.main([str(table1_runs), "--table", "3", "--out", str(tmp_path / "t3")]) == 2
+    assert "belong to table(s) [1], not table 3" in capsys.readouterr().err
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(table1_runs / "hopper-medium-dt-s12", mixed / "hopper-medium-dt-s12")
+    for name, group in (("by-hand", "''"), ("ablation", "table3/hopper-medium/dmamba-rc")):
+        shutil.copytree(table1_runs / "hopper-medium-dc-s12", mixed / name)
+        config = mixed / name / "config.yaml"
+        config.write_text(config.read_text().replace("wandb_group: table1/hopper-medium/dc", f"wandb_group: {group}"))
+    assert aggregate.main([str(mixed), "--table", "1", "--out", str(tmp_path / "t1")]) == 0
+    markdown = (tmp_path / "t1.md").read_text()
+    assert "`" + str(mixed / "ablation") + "` (table 3)" in markdown  # listed, not averaged
+    rows = list(csv.DictReader(open(tmp_path / "t1.csv")))
+    assert [r["seeds_done"] for r in rows if r["dataset"] == "hopper-medium" and r["model"] == "dc"] == ["0"]
+    # a run made by hand (no sweep group) counts under what its config says: DC on the test file
+    by_hand = [r for r in rows if r["seeds_done"] != "0" and r["model"] == "dc"]
+    assert [(r["dataset"], r["seeds"]) for r in by_hand] == [("hopper-random-test", "12")]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: p, "no run directories"),
+])
+def test_bad_run_folders_are_errors_that_say_why(tmp_path, capsys, make, message):
+    assert aggregate.main([str(make(tmp_path)), "--table", "1", "--out", str(tmp_path / "t")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_paper_numbers_cover_every_cell_of_the_paper_tables():
+    for table, spec in sweep.TABLES.items():
+        cells = aggregate._expected_cells(table)
+        assert set(cells) == set(aggregate.PAPER_NUMBERS[table]), f"table {table}"
+    # spot checks against REFERENCE §1
+    assert aggregate.PAPER_NUMBERS[2][("pong", "dmamba")] == (63.2, 102.1)
+    assert aggregate.PAPER_NUMBERS[3][("hopper-medium", "rc-2l")] == (85.2, 14.9)
+    assert aggregate.PAPER_NUMBERS[4][("qbert", "k60")] == (15.7, 5.5)

@@ -1,0 +1,237 @@
+"""The sweep: run lists of Tables 1-4 (through the table scripts' dry runs), filters and
+errors, resubmission, and real launches through the local launcher, submitit's
+LocalExecutor and (with stand-in sbatch/srun programs) submitit's SLURM executor."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from submitit.core.utils import DelayedSubmission
+
+from decision_mamba import sweep
+from helpers import write_episodes_d4rl
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The tables as the paper (and REFERENCE §1, §3) define them, written out independently
+# of decision_mamba.sweep.
+GYM_9 = [f"{env}-{kind}" for kind in ("medium", "medium-replay", "medium-expert")
+         for env in ("halfcheetah", "hopper", "walker2d")]
+MIXERS = {"dmamba": "mamba", "dt": "attention", "dc": "conv", "ds4": "s4"}
+PAPER_GYM_SEEDS = [12, 23, 34, 45, 51]
+PAPER_ATARI_SEEDS = [123, 231, 312]
+
+# Settings small enough for a run to take seconds on a CPU.
+TINY = ["model.d_model=16", "model.n_layer=1", "model.n_head=1", "train.batch_size=4", "train.context_len=4",
+        "train.steps_per_iteration=3", "train.num_iterations=2", "train.warmup_steps=2", "eval.episodes=1",
+        "eval.max_ep_len=15", "train.num_threads=1"]
+
+
+def dry_run_script(script: str, runs_dir: Path, *args: str) -> list[list[str]]:
+    """Run scripts/<script> --dry-run and return its command lines, split into words."""
+    env = {**os.environ, "RUNS": str(runs_dir), "OUT": str(runs_dir / "out")}
+    done = subprocess.run(["bash", str(REPO / "scripts" / script), "--dry-run", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def overrides_of(words: list[str]) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in words if "=" in w)
+
+
+def config_of(words: list[str]) -> str:
+    return words[words.index("--config") + 1]
+
+
+def check_common(commands: list[list[str]], table: int, runs_dir: Path, entry: str) -> None:
+    names = [overrides_of(c)["run.name"] for c in commands]
+    assert len(set(names)) == len(names), "run names must be unique"
+    for c in commands:
+        o = overrides_of(c)
+        assert c[1] == entry and o["run.out_dir"] == str(runs_dir)
+        assert o["run.wandb_group"].startswith(f"table{table}/")
+        assert "--resume" not in c
+
+
+def test_table1_script_lists_9_datasets_x_4_models_x_5_seeds(tmp_path):
+    commands = dry_run_script("table1_gym.sh", tmp_path)
+    check_common(commands, 1, tmp_path, "gym/experiment.py")
+    found = sorted((config_of(c), overrides_of(c)["model.mixer"], int(overrides_of(c)["seed"]),
+                    overrides_of(c)["run.wandb_group"]) for c in commands)
+    expected = sorted((f"configs/gym/{d}.yaml", MIXERS[m], s, f"table1/{d}/{m}")
+                      for d, m, s in itertools.product(GYM_9, MIXERS, PAPER_GYM_SEEDS))
+    assert len(commands) == 180 and found == expected
+
+
+def test_table2_script_lists_4_games_x_3_models_x_3_seeds(tmp_path):
+    commands = dry_run_script("table2_atari.sh", tmp_path)
+    check_common(commands, 2, tmp_path, "atari/train_atari.py")
+    found = sorted((config_of(c), overrides_of(c)["model.mixer"], int(overrides_of(c)["seed"]),
+                    overrides_of(c)["run.wandb_group"]) for c in commands)
+    expected = sorted((f"configs/atari/{g}.yaml", MIXERS[m], s, f"table2/{g}/{m}")
+                      for g, m, s in itertools.product(["breakout", "qbert", "pong", "seaquest"],
+                                                       ["dmamba", "dt", "dc"], PAPER_ATARI_SEEDS))
+    assert len(commands) == 36 and found == expected
+
+
+def test_table3_script_lists_the_ablation_variants(tmp_path):
+    commands = dry_run_script("table3_ablation.sh", tmp_path)
+    check_common(commands, 3, tmp_path, "gym/experiment.py")
+    found = []
+    for c in commands:
+        o = overrides_of(c)
+        assert o["model.mixer"] == "mamba"
+        # default: nothing changed; RC: no channel MLP; RC & 2L: no MLP and 2 x 3 layers (Table 5)
+        variant = {(None, None): "default", ("false", None): "rc", ("false", "6"): "rc-2l"}[
+            (o.get("model.channel_mlp"), o.get("model.n_layer"))]
+        found.append((config_of(c), variant, int(o["seed"]), o["run.wandb_group"]))
+    expected = [(f"configs/gym/{d}.yaml", v, s, f"table3/{d}/dmamba-{v}")
+                for d, v, s in itertools.product(["halfcheetah-medium", "hopper-medium", "walker2d-medium"],
+                                                 ["default", "rc", "rc-2l"], PAPER_GYM_SEEDS)]
+    assert len(commands) == 45 and sorted(found) == sorted(expected)
+
+
+def test_table4_script_lists_the_context_lengths(tmp_path):
+    commands = dry_run_script("table4_context.sh", tmp_path)
+    check_common(commands, 4, tmp_path, "atari/train_atari.py")
+    found = []
+    for c in commands:
+        o = overrides_of(c)
+        assert o["model.mixer"] == "mamba"
+        k = OmegaConf.load(REPO / config_of(c)).train.context_len  # the K the run will use
+        found.append((o["run.wandb_group"].split("/")[1], k, int(o["seed"]), o["run.wandb_group"]))
+    expected = [(g, k, s, f"table4/{g}/dmamba-k{k}")
+                for g, k, s in itertools.product(["breakout", "qbert"], [10, 30, 40, 60], PAPER_ATARI_SEEDS)]
+    assert len(commands) == 24 and sorted(found) == sorted(expected)
+    # K = 30 is Table 2's config
+    assert {config_of(c) for c in commands if "-k30-" in overrides_of(c)["run.name"]} == {
+        "configs/atari/breakout.yaml", "configs/atari/qbert.yaml"}
+
+
+def test_filters_and_pass_through_overrides(tmp_path, capsys):
+    code = sweep.main(["table1", "--dry-run", "--out-dir", str(tmp_path), "--models", "dc", "dmamba",
+                       "--datasets", "walker2d-medium-replay", "--seeds", "7", "--", "train.num_iterations=1",
+                       "data_dir=elsewhere"])
+    assert code == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert [(overrides_of(c)["model.mixer"], overrides_of(c)["seed"]) for c in commands] == [("mamba", "7"),
+                                                                                            ("conv", "7")]
+    for c in commands:
+        assert c[-2:] == ["train.num_iterations=1", "data_dir=elsewhere"]  # last, so they win
+        assert config_of(c) == "configs/gym/walker2d-medium-replay.yaml"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["table2", "--models", "ds4"], "table 2 has no model ['ds4']"),
+    (["table1", "--datasets", "hopper-expert"], "table 1 has no dataset ['hopper-expert']"),
+    (["table1", "--variants", "rc"], "table 1 has no variants"),
+    (["table1", "--", "seed=3"], "use --seeds"),
+    (["table3", "--", "model.channel_mlp=false"], "use --variants"),
+    (["table1", "--", "train.num_iterations"], "must look like key=value"),
+    (["table1", "--", "train.num_iteratons=1"], "num_iteratons"),
+])
+def test_bad_requests_are_refused_with_the_reason(tmp_path, capsys, argv, message):
+    assert sweep.main([*argv[:1], "--dry-run", "--out-dir", str(tmp_path), *argv[1:]]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- launching
+@pytest.fixture(scope="module")
+def hopper_file(tmp_path_factory, hopper_episodes) -> Path:
+    return write_episodes_d4rl(tmp_path_factory.mktemp("data") / "hopper-random-test.hdf5", hopper_episodes)
+
+
+def tiny_sweep_args(out_dir: Path, hopper_file: Path, *flags: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """Table 1's protocol on DC, hopper-medium, seeds 12 and 23, tiny settings, on the test data."""
+    return ["table1", "--out-dir", str(out_dir), "--models", "dc", "--datasets", "hopper-medium",
+            "--seeds", "12", "23", *flags, "--", f"dataset={hopper_file}", *TINY, *overrides]
+
+
+def run_sweep(args: list[str], capsys) -> tuple[int, str, str]:
+    """python -m decision_mamba.sweep ARGS, in this process (the runs are still subprocesses)."""
+    code = sweep.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_local_launcher_runs_two_at_a_time_then_skips_resumes_and_refuses(tmp_path, hopper_file, capsys):
+    out = tmp_path / "runs"
+    code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--slots", "2"), capsys)
+    assert code == 0, stdout + stderr
+    for seed in (12, 23):
+        run_dir = out / f"hopper-medium-dc-s{seed}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["last"]["iteration"] == 2 and summary["steps"] == 6
+        assert (out / "logs" / f"{run_dir.name}.log").read_text().startswith("$ ")  # the command, then its output
+    record = json.loads((out / "sweeps.jsonl").read_text().splitlines()[-1])
+    assert record["launcher"] == "local"
+    assert sorted(record["launched"]) == ["hopper-medium-dc-s12", "hopper-medium-dc-s23"]
+
+    # Re-launching: finished runs are skipped ...
+    code, stdout, _ = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run"), capsys)
+    assert code == 0 and "2 done and skipped" in stdout
+    assert [line for line in stdout.splitlines() if not line.startswith("#")] == []
+    # ... a run without its summary (killed after its last checkpoint) is resumed ...
+    (out / "hopper-medium-dc-s23" / "summary.json").unlink()
+    code, stdout, _ = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run"), capsys)
+    commands = [shlex.split(line) for line in stdout.splitlines() if not line.startswith("#")]
+    assert len(commands) == 1 and commands[0][-1] == "--resume"
+    assert overrides_of(commands[0])["run.name"] == "hopper-medium-dc-s23"
+    # ... and other settings in the same run directories are an error, not a silent skip.
+    code, _, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run",
+                                                overrides=("train.num_iterations=3",)), capsys)
+    assert code == 2 and "train.num_iterations: 2 in the run directory, 3 now" in stderr
+    # Resuming for real finishes the run from its checkpoint.
+    code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file), capsys)
+    assert code == 0, stdout + stderr
+    assert "resumed" in (out / "logs" / "hopper-medium-dc-s23.log").read_text()
+    assert json.loads((out / "hopper-medium-dc-s23" / "summary.json").read_text())["steps"] == 6
+
+
+def test_submitit_local_executor_runs_one_slot_at_a_time(tmp_path, hopper_file, capsys):
+    out = tmp_path / "runs"
+    code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--launcher", "submitit-local",
+                                                     "--slots", "1"), capsys)
+    assert code == 0, stdout + stderr
+    first, second = out / "hopper-medium-dc-s12", out / "hopper-medium-dc-s23"
+    for run_dir in (first, second):
+        assert json.loads((run_dir / "summary.json").read_text())["last"]["iteration"] == 2
+    # one slot: the second run was started only after the first had written its summary
+    assert (first / "summary.json").stat().st_mtime <= (second / "config.yaml").stat().st_mtime
+    assert list((out / "submitit").glob("*_log.out")), "submitit keeps each job's log"
+
+
+def test_slurm_launcher_submits_one_job_array(tmp_path, monkeypatch):
+    # Stand-ins for the SLURM programs: submitit checks that srun exists and calls sbatch.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/usr/bin/env bash\ncp \"$1\" {tmp_path}/sbatch-file.sh\n"
+                                    "echo 'Submitted batch job 4242'\n")
+    for program in ("srun", "sbatch"):
+        (bin_dir / program).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+
+    code = sweep.main(["table2", "--launcher", "slurm", "--models", "dmamba", "--datasets", "pong",
+                       "--partition", "gpu", "--gpus-per-node", "1", "--time", "600", "--array-parallelism", "2",
+                       "--cpus-per-task", "8", "--", "eval.episodes=2"])
+    assert code == 0
+    sbatch = (tmp_path / "sbatch-file.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --time=600", "#SBATCH --cpus-per-task=8", "#SBATCH --job-name=dmamba-table2"):
+        assert line in sbatch
+    # each array task unpickles one run of the table
+    jobs = [DelayedSubmission.load(p).function for p in sorted((tmp_path / "runs/table2/submitit").glob("*.pkl"))]
+    assert sorted(job.run.seed for job in jobs) == PAPER_ATARI_SEEDS
+    assert all(job.run.config == "configs/atari/pong.yaml" and job.run.overrides[-1] == "eval.episodes=2"
+               for job in jobs)
