@@ -42,6 +42,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -494,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(states['resume'])} to resume, {len(states['new'])} new)", flush=True)
 
     if args.dry_run:
+        # `... --dry-run | head` should stop quietly, as other command-line tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         for run in states["done"]:
             print(f"# done, skipped: {run.run_dir}")
         for run in todo:

@@ -118,7 +118,7 @@ def test_table4_script_lists_the_context_lengths(tmp_path):
 
 
 def test_filters_and_pass_through_overrides(tmp_path, capsys):
-    code = sweep.main(["table1", "--dry-run", "--out-dir", str(tmp_path), "--models", "dc", "dmamba",
+    code = sweep.main(["table1", "--dry-run", "--out-dir", str(tmp_path), "--models", "dc", "dmamba", "--wandb", "offline",
                        "--datasets", "walker2d-medium-replay", "--seeds", "7", "--", "train.num_iterations=1",
                        "data_dir=elsewhere"])
     assert code == 0
@@ -128,6 +128,7 @@ def test_filters_and_pass_through_overrides(tmp_path, capsys):
     for c in commands:
         assert c[-2:] == ["train.num_iterations=1", "data_dir=elsewhere"]  # last, so they win
         assert config_of(c) == "configs/gym/walker2d-medium-replay.yaml"
+        assert overrides_of(c)["run.wandb"] == "offline"
 
 
 @pytest.mark.parametrize("argv, message", [
