@@ -30,7 +30,46 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 # ======================================================================================
 # MuJoCo (gym) environments
 # ======================================================================================
-# make_gym_env(...) goes here (written separately; this file's Atari part does not use it).
+# D4RL was recorded on the mujoco-py era environments; Gymnasium's -v4 environments have
+# the same models on the maintained `mujoco` bindings, -v5 fixes some bugs (and is what
+# Minari's mujoco datasets were recorded on). REFERENCE §4.
+GYM_ENV_NAMES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
+
+
+def gym_env_id(env: str, version: str = "v4") -> str:
+    """'hopper', 'v4' -> 'Hopper-v4'."""
+    if env not in GYM_ENV_NAMES:
+        raise ValueError(f"unknown MuJoCo environment {env!r}; choose one of {', '.join(GYM_ENV_NAMES)}")
+    if version not in ("v4", "v5"):
+        raise ValueError(f"environment version must be v4 or v5, got {version!r}")
+    return f"{GYM_ENV_NAMES[env]}-{version}"
+
+
+def make_gym_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 1000,
+                        dataset_obs_dim: int | None = None, dataset_act_dim: int | None = None,
+                        **env_kwargs: Any) -> gym.vector.VectorEnv:
+    """`num_envs` copies of a MuJoCo environment stepped together, without auto-reset.
+
+    Sub-environment i is seeded with seed + i by `reset(seed=seed)`. When the dataset's
+    observation and action sizes are given they are checked against the environment's,
+    so that a dataset evaluated in the wrong environment fails here and not as a
+    shape error deep inside the model.
+    """
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown gymnasium environment {env_id!r}; expected e.g. Hopper-v4, HalfCheetah-v4, "
+                         f"Walker2d-v4 (or -v5)")
+    probe = gym.make(env_id, **env_kwargs)
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    probe.close()
+    if dataset_obs_dim is not None and dataset_obs_dim != obs_dim:
+        raise ValueError(f"the dataset has observation size {dataset_obs_dim} but {env_id} has {obs_dim}: "
+                         f"is the dataset from another environment? (check the config's env and dataset)")
+    if dataset_act_dim is not None and dataset_act_dim != act_dim:
+        raise ValueError(f"the dataset has action size {dataset_act_dim} but {env_id} has {act_dim}: "
+                         f"is the dataset from another environment? (check the config's env and dataset)")
+    make = functools.partial(gym.make, env_id, max_episode_steps=max_episode_steps, **env_kwargs)
+    return gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
 # ======================================================================================

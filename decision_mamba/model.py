@@ -131,7 +131,7 @@ class AtariEncoder(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         # frames (..., 4, 84, 84) uint8 in [0, 255]
         lead = frames.shape[:-3]
-        x = frames.reshape(-1, *frames.shape[-3:]).float() / 255.0
+        x = frames.reshape(-1, *frames.shape[-3:]).to(self.proj[0].weight.dtype) / 255.0
         return self.proj(self.conv(x)).reshape(*lead, -1)
 
 

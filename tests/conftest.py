@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import pytest
+import torch
 
 from helpers import RecordedEpisode, roll_random_hopper
+
+# `make test` runs two pytest workers on two cores: one thread each for torch and numba.
+# Oversubscribed, their spinning thread pools make small steps ten times slower.
+torch.set_num_threads(1)
+numba.set_num_threads(1)
 
 
 @dataclass
