@@ -95,8 +95,8 @@ def evaluate_batched(
     """Run one episode in each sub-environment of `envs`, conditioned on targets[i].
 
     envs must not auto-reset (gymnasium AutoresetMode.DISABLED): a finished episode's
-    sub-environment keeps being stepped with its last action and its results ignored,
-    so that all episodes advance in lock-step with one model call per step.
+    sub-environment is reset and stepped on with its results ignored, so that all
+    episodes advance in lock-step with one model call per step.
     """
     if mode not in ("window", "recurrent"):
         raise ValueError(f"mode must be 'window' or 'recurrent', got {mode!r}")
@@ -154,18 +154,47 @@ def evaluate_batched(
             history.set_last_action(action)
         prev_action = action
 
-        obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
-        reward = np.where(active, reward, 0.0)
-        returns += reward
-        lengths += active
+        obs, reward = _step_lockstep(envs, action.cpu().numpy(), active, returns, lengths)
         rtg.update(reward)
-        active &= ~(terminated | truncated)
         if progress is not None:
             progress(1)
         if not active.any():
             break
     model.train(was_training)
     return EpisodeStats(returns=returns, lengths=lengths, targets=targets)
+
+
+def _step_lockstep(envs: gym.vector.VectorEnv, actions: np.ndarray, active: np.ndarray, returns: np.ndarray,
+                   lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step every sub-environment; count rewards of active episodes only (updated in place).
+
+    A sub-environment whose episode just ended is reset straight away (gymnasium will not
+    step a finished one) and from then on only keeps the batch rectangular.
+    """
+    obs, reward, terminated, truncated, _ = envs.step(actions)
+    reward = np.where(active, reward, 0.0)
+    returns += reward
+    lengths += active
+    done = terminated | truncated
+    active &= ~done
+    if done.any():
+        obs_reset, _ = envs.reset(options={"reset_mask": done})
+        obs = np.where(done.reshape(-1, *([1] * (obs.ndim - 1))), obs_reset, obs)
+    return obs, reward
+
+
+def evaluate_random_policy(envs: gym.vector.VectorEnv, *, max_ep_len: int, seed: int) -> EpisodeStats:
+    """The uniform random policy in the same environments: the floor of every score."""
+    envs.action_space.seed(seed)
+    envs.reset(seed=seed)
+    returns = np.zeros(envs.num_envs)
+    lengths = np.zeros(envs.num_envs, dtype=np.int64)
+    active = np.ones(envs.num_envs, dtype=bool)
+    for _ in range(max_ep_len):
+        _step_lockstep(envs, envs.action_space.sample(), active, returns, lengths)
+        if not active.any():
+            break
+    return EpisodeStats(returns=returns, lengths=lengths, targets=np.full(envs.num_envs, np.nan))
 
 
 def summarize(stats: EpisodeStats, normalize: Callable[[np.ndarray], np.ndarray]) -> dict[str, dict[str, float]]:

@@ -201,7 +201,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(range(steps), desc=f"train {iteration}/{n_iter}", disable=not cfg.run.progress,
-                   leave=False, dynamic_ncols=True)
+                   leave=False, dynamic_ncols=True, mininterval=2.0)
         for _ in bar:
             stats = trainer.train_step()
             losses.append(stats.loss)

@@ -12,6 +12,7 @@ config is shared with atari/train_atari.py.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.d4rl import load_dataset
 from decision_mamba.data.sampler import sample_batch, state_normalization
 from decision_mamba.envs import gym_env_id, make_gym_vector_env
-from decision_mamba.evaluation import evaluate_batched, summarize
+from decision_mamba.evaluation import evaluate_batched, evaluate_random_policy, summarize
 from decision_mamba.model import MODEL_NAMES, DecisionModel
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.scores import d4rl_normalized_score
@@ -31,6 +32,14 @@ def dataset_spec(cfg: GymConfig) -> str:
     if "/" in cfg.dataset or cfg.dataset.endswith((".hdf5", ".h5", ".pkl")) or cfg.dataset.startswith("minari:"):
         return cfg.dataset
     return f"{cfg.env}-{cfg.dataset}-v2"
+
+
+def dataset_label(cfg: GymConfig) -> str:
+    """'hopper-medium', or the file name for a dataset given by path."""
+    spec = dataset_spec(cfg)
+    if spec == f"{cfg.env}-{cfg.dataset}-v2":
+        return f"{cfg.env}-{cfg.dataset}"
+    return f"{cfg.env}-{Path(spec.removeprefix('minari:')).stem}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,37 +72,25 @@ def main(argv: list[str] | None = None) -> dict:
                                  mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std)
         return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
 
-    name = f"{cfg.env}-{cfg.dataset.replace('/', '_')}-{cfg.model.mixer}-s{cfg.seed}"
-    data_return = float(traj.episode_returns.mean())
+    name = f"{dataset_label(cfg)}-{cfg.model.mixer}-s{cfg.seed}"
     reference = {
         "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
-                    "return_mean": data_return,
-                    "score_mean": float(d4rl_normalized_score(cfg.env, np.array([data_return]))[0])},
+                    **_score(cfg.env, traj.episode_returns)},
         "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_score") if k in metadata},
-        "random_policy": random_policy_reference(envs, cfg),
+        "random_policy": _score(cfg.env, evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len,
+                                                                  seed=cfg.seed).returns),
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
-                             group=f"{cfg.env}-{cfg.dataset}/{cfg.model.mixer}", resume=args.resume,
+                             group=f"{dataset_label(cfg)}/{cfg.model.mixer}", resume=args.resume,
                              extra_summary={"reference": reference})
     envs.close()
     print(report(summary, MODEL_NAMES[cfg.model.mixer]))
     return summary
 
 
-def random_policy_reference(envs, cfg: GymConfig) -> dict:
-    """The uniform-random policy measured in the same environments (and D4RL's reference)."""
-    envs.action_space.seed(cfg.seed)
-    envs.reset(seed=cfg.seed)
-    returns = np.zeros(envs.num_envs)
-    active = np.ones(envs.num_envs, dtype=bool)
-    for _ in range(cfg.eval.max_ep_len):
-        _, reward, terminated, truncated, _ = envs.step(envs.action_space.sample())
-        returns += np.where(active, reward, 0.0)
-        active &= ~(terminated | truncated)
-        if not active.any():
-            break
-    return {"return_mean": float(returns.mean()),
-            "score_mean": float(np.mean(d4rl_normalized_score(cfg.env, returns)))}
+def _score(env: str, returns: np.ndarray) -> dict:
+    return {"return_mean": float(np.mean(returns)),
+            "score_mean": float(np.mean(d4rl_normalized_score(env, returns)))}
 
 
 def report(summary: dict, model_name: str) -> str:
