@@ -1,0 +1,548 @@
+"""The selective scan of Mamba (S6), the recurrence inside every DMamba token mixer.
+
+REFERENCE §2 / paper §3. For every batch row b and channel d, with a state h of size N:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        h_0 = 0
+    y_t = C_t . h_t + D * u_t                                      (then y_t *= silu(z_t))
+
+with u, delta, z (B, D, L); A (D, N); B, C (B, N, L) shared by all channels; D (D,).
+`delta_bias` is added to delta and `delta_softplus` maps it through softplus first. The
+signature is that of mamba_ssm's `selective_scan_fn`, so the CUDA kernel drops in.
+
+Three interchangeable implementations behind `selective_scan(..., backend=)`:
+
+- "cuda": mamba_ssm's kernel, used when mamba_ssm is importable and the tensors live on a
+  CUDA device. Never required.
+- "fused": a CPU scan compiled with numba, forward and backward (a torch.autograd.Function),
+  the D skip and the z gate included (softplus and delta_bias stay in torch).
+  It never materialises the (B, L, D, N) state tensor (15.7M values per layer at the paper's
+  gym size): each thread owns one batch row and keeps the N states of a block of channels
+  in a small local buffer. The backward recomputes those states block by block and runs the
+  adjoint recurrence backwards in time.
+- "reference": a plain PyTorch loop over time, obviously correct and differentiable by
+  autograd; the tests' ground truth.
+
+`selective_state_update` is the one-token version for recurrent inference (Mamba.step).
+
+Layout of the fused kernels. They work on u, delta, y as (B, L, D) and on B, C as
+(B, L, N): the innermost loop runs over a block of contiguous channels d, so LLVM
+vectorises it with no horizontal reductions (N = 16 is too short a vector to pay for the
+dot product C_t . h_t across lanes). (B, L, D) is also the natural layout of the Mamba
+block, so the transposes around the kernel cost nothing there. numba's libm exp does not
+vectorise (pip's llvmlite has no SVML), so float32 uses the small vectorisable exp below.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
+from torch import Tensor
+
+__all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "selective_state_update", "cuda_scan_available"]
+
+Backend = Literal["auto", "cuda", "fused", "reference"]
+BACKENDS = ("auto", "cuda", "fused", "reference")
+
+
+# --------------------------------------------------------------------------- numba set-up
+
+# fastmath without nnan/ninf: the kernels may see inf/nan from a diverging model and must
+# pass them through, but reassociation is needed to vectorise the sums over channels.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def jit_kernel(fn):
+    """njit a kernel: parallel, no GIL, cached on disk when a cache directory is writable."""
+    options = dict(parallel=True, nogil=True, fastmath=_FASTMATH)
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:  # numba found no writable cache location: compile at each start
+        return numba.njit(**options)(fn)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (a register bitcast)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (value,) = args
+        if bits.bitwidth != 32:
+            value = builder.trunc(value, ir.IntType(32)) if bits.bitwidth > 32 else builder.sext(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+# exp(x) = 2^k * exp(r), k = round(x / ln2), |r| <= ln2 / 2. ln2 is split in a part exact in
+# float32 and a remainder (Cody & Waite) so that r is accurate, exp(r) is a degree-6
+# polynomial: the Chebyshev interpolant of exp on [-ln2/2, ln2/2]
+# (numpy.polynomial.Chebyshev.interpolate(np.exp, 6, domain=[-ln2/2, ln2/2]) in power
+# form), max relative error 1e-7 in float32 (1.6 ulp), and 2^k is built in the exponent bits.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # 8 significant bits: k * _LN2_HI is exact
+_LN2_LO = np.float32(-2.12194440e-4)  # ln2 - _LN2_HI
+_EXP_MIN = np.float32(-87.33)  # exp(x) underflows float32 (min normal 1.2e-38) below this: return 0
+_EXP_MAX = np.float32(88.0)  # 2^k must stay finite; exp(88.72) overflows float32 anyway
+_HALF = np.float32(0.5)
+_ZERO = np.float32(0.0)
+_P0 = np.float32(1.0)
+_P1 = np.float32(1.0000000377162153)
+_P2 = np.float32(0.5000000047117972)
+_P3 = np.float32(0.16666415514649002)
+_P4 = np.float32(0.041666352896198126)
+_P5 = np.float32(0.008375126398416404)
+_P6 = np.float32(0.001394110846934711)
+
+
+def kernel_exp(x):
+    """exp inside the kernels; numba picks an implementation per dtype (below)."""
+    return math.exp(x)
+
+
+def _exp_float32(x):
+    # Written as selects (not min/max) so that a NaN goes through unchanged.
+    clamped = _EXP_MIN if x < _EXP_MIN else x
+    clamped = _EXP_MAX if clamped > _EXP_MAX else clamped
+    k = np.floor(clamped * _LOG2E + _HALF)
+    r = clamped - k * _LN2_HI - k * _LN2_LO
+    p = _P6
+    p = p * r + _P5
+    p = p * r + _P4
+    p = p * r + _P3
+    p = p * r + _P2
+    p = p * r + _P1
+    p = p * r + _P0
+    two_to_k = _float32_from_bits((np.int32(k) + 127) << 23)
+    return _ZERO if x < _EXP_MIN else p * two_to_k
+
+
+# Compiled apart from the kernels (LLVM inlines it) so that it gets FMA contraction but
+# not the kernels' reassociation, which would fold the Cody-Waite split k*ln2_hi + k*ln2_lo
+# back into k*ln2 and lose ~3 ulp at large |x|.
+@overload(kernel_exp, jit_options={"fastmath": {"contract"}})
+def _exp_overload(x):
+    if x == types.float32:
+        return _exp_float32
+    # float64 runs at reference precision through libm (used by tests and gradcheck).
+    return lambda x: math.exp(x)
+
+
+# --------------------------------------------------------------------------- fused kernels
+
+
+@jit_kernel
+def _scan_forward_kernel(u, delta, A, B, C, D, z, gated, y, h_last, block):
+    """y_t = (C_t . h_t + D u_t) * silu(z_t),  h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t.
+
+    u, delta, z, y: (Bt, L, D); A: (N, D); B, C: (Bt, L, N); D: (D,); h_last: (Bt, N, D) <- h_L.
+    z is read only if `gated`. One batch row per thread; its channels in blocks of `block`
+    with the block's states in an (N, block) buffer.
+    """
+    batch, seqlen, d_inner = u.shape
+    d_state = A.shape[0]
+    one = u.dtype.type(1)
+    for b in prange(batch):
+        h = np.empty((d_state, block), dtype=u.dtype)  # (N, W)
+        delta_u = np.empty(block, dtype=u.dtype)  # (W,)
+        for block_index in range((d_inner + block - 1) // block):
+            # (not `range(0, d_inner, block)`: LLVM must see d0 >= 0 to drop numba's
+            # negative-index checks, or the channel loop does not vectorise: 10x slower)
+            d0 = block_index * block
+            width = min(block, d_inner - d0)
+            h[:, :width] = 0
+            for t in range(seqlen):
+                for j in range(width):
+                    delta_u[j] = delta[b, t, d0 + j] * u[b, t, d0 + j]
+                    y[b, t, d0 + j] = D[d0 + j] * u[b, t, d0 + j]
+                for n in range(d_state):
+                    b_tn = B[b, t, n]
+                    c_tn = C[b, t, n]
+                    for j in range(width):  # contiguous channels: the vectorised loop
+                        h_new = kernel_exp(delta[b, t, d0 + j] * A[n, d0 + j]) * h[n, j] + delta_u[j] * b_tn
+                        h[n, j] = h_new
+                        y[b, t, d0 + j] += c_tn * h_new
+                if gated:
+                    for j in range(width):
+                        z_j = z[b, t, d0 + j]
+                        y[b, t, d0 + j] *= z_j / (one + kernel_exp(-z_j))
+            for n in range(d_state):
+                for j in range(width):
+                    h_last[b, n, d0 + j] = h[n, j]
+
+
+@jit_kernel
+def _scan_backward_kernel(u, delta, A, B, C, D, z, gated, dy, dh_last,
+                          du, ddelta, dA_per_row, dB, dC, dD_per_row, dz, block):
+    """Gradients of _scan_forward_kernel by the adjoint recurrence, backwards in time.
+
+    With s_t = C_t . h_t + D u_t the pre-gate output, e_t = dy_t silu(z_t) its gradient,
+    a_t = exp(delta_t A) and g_t = dLoss/dh_t (through y_t and every later state):
+        g_t = C_t e_t + a_{t+1} g_{t+1},     g_L = C_L e_L + dLoss/dh_L
+        du_t = delta_t (g_t . B_t) + D e_t   ddelta_t = u_t (g_t . B_t) + sum_n A g_t a_t h_{t-1}
+        dA += delta_t g_t a_t h_{t-1}        dB_t += delta_t u_t g_t,  dC_t += e_t h_t  (sums over d)
+        dD += e_t u_t                        dz_t = dy_t s_t silu'(z_t)
+    Each thread takes one batch row and, per channel block, recomputes the states h_0..h_L
+    and decays a_1..a_L into (L+1, N, W) and (L, N, W) buffers (never a (B, L, D, N)
+    array). dB, dC (Bt, L, N) are summed over the row's blocks by its own thread; dA and dD
+    are left per row (dA_per_row (Bt, N, D), dD_per_row (Bt, D)) for the caller to sum:
+    deterministic, no atomics.
+    """
+    batch, seqlen, d_inner = u.shape
+    d_state = A.shape[0]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    for b in prange(batch):
+        hs = np.empty((seqlen + 1, d_state, block), dtype=u.dtype)  # (L+1, N, W): h_0 .. h_L
+        decay = np.empty((seqlen, d_state, block), dtype=u.dtype)  # (L, N, W): a_1 .. a_L
+        pre_gate = np.empty((seqlen, block), dtype=u.dtype)  # (L, W): s_t
+        g = np.empty((d_state, block), dtype=u.dtype)  # (N, W) adjoint, carried backwards
+        dA_acc = np.empty((d_state, block), dtype=u.dtype)  # (N, W)
+        delta_u = np.empty(block, dtype=u.dtype)  # (W,)
+        dy_pre = np.empty(block, dtype=u.dtype)  # (W,) e_t
+        g_dot_B = np.empty(block, dtype=u.dtype)  # (W,)
+        grad_decay = np.empty(block, dtype=u.dtype)  # (W,) sum_n A g a h_{t-1}
+        dB[b] = 0
+        dC[b] = 0
+        for block_index in range((d_inner + block - 1) // block):
+            d0 = block_index * block
+            width = min(block, d_inner - d0)
+            # 1) forward again, keeping every state, decay and pre-gate output of this block
+            hs[0, :, :width] = 0
+            for t in range(seqlen):
+                for j in range(width):
+                    delta_u[j] = delta[b, t, d0 + j] * u[b, t, d0 + j]
+                    pre_gate[t, j] = D[d0 + j] * u[b, t, d0 + j]
+                for n in range(d_state):
+                    b_tn = B[b, t, n]
+                    c_tn = C[b, t, n]
+                    for j in range(width):
+                        a = kernel_exp(delta[b, t, d0 + j] * A[n, d0 + j])
+                        decay[t, n, j] = a
+                        h_t = a * hs[t, n, j] + delta_u[j] * b_tn
+                        hs[t + 1, n, j] = h_t
+                        pre_gate[t, j] += c_tn * h_t
+            # 2) backwards in time
+            for n in range(d_state):
+                for j in range(width):
+                    g[n, j] = dh_last[b, n, d0 + j]
+                    dA_acc[n, j] = 0
+            for j in range(width):
+                dD_per_row[b, d0 + j] = 0
+            for t in range(seqlen - 1, -1, -1):
+                for j in range(width):
+                    delta_u[j] = delta[b, t, d0 + j] * u[b, t, d0 + j]
+                    g_dot_B[j] = 0
+                    grad_decay[j] = 0
+                    if gated:  # (a loop-invariant branch: LLVM unswitches it)
+                        z_j = z[b, t, d0 + j]
+                        sigmoid = one / (one + kernel_exp(-z_j))
+                        dy_pre[j] = dy[b, t, d0 + j] * z_j * sigmoid
+                        dz[b, t, d0 + j] = dy[b, t, d0 + j] * pre_gate[t, j] * sigmoid * (one + z_j * (one - sigmoid))
+                    else:
+                        dy_pre[j] = dy[b, t, d0 + j]
+                    dD_per_row[b, d0 + j] += dy_pre[j] * u[b, t, d0 + j]
+                for n in range(d_state):
+                    b_tn = B[b, t, n]
+                    c_tn = C[b, t, n]
+                    dB_tn = zero
+                    dC_tn = zero
+                    for j in range(width):
+                        e_j = dy_pre[j]
+                        g_t = g[n, j] + c_tn * e_j  # (hs[t + 1] is h_t)
+                        dC_tn += e_j * hs[t + 1, n, j]
+                        dB_tn += g_t * delta_u[j]
+                        g_dot_B[j] += g_t * b_tn
+                        w = g_t * decay[t, n, j] * hs[t, n, j]  # dLoss / d(delta_t A)
+                        dA_acc[n, j] += delta[b, t, d0 + j] * w
+                        grad_decay[j] += A[n, d0 + j] * w
+                        g[n, j] = decay[t, n, j] * g_t  # carried to h_{t-1}
+                    dB[b, t, n] += dB_tn
+                    dC[b, t, n] += dC_tn
+                for j in range(width):
+                    du[b, t, d0 + j] = delta[b, t, d0 + j] * g_dot_B[j] + D[d0 + j] * dy_pre[j]
+                    ddelta[b, t, d0 + j] = u[b, t, d0 + j] * g_dot_B[j] + grad_decay[j]
+            for n in range(d_state):
+                for j in range(width):
+                    dA_per_row[b, n, d0 + j] = dA_acc[n, j]
+
+
+# Channels per block. Larger blocks vectorise better (LLVM's loop body is 4 x 16 lanes) and
+# measured faster even when the backward buffers spill from L2 to L3 (B 64, D 256, L 60 to
+# 180); the cap on the buffers only matters for very long sequences.
+_CHANNEL_BLOCK = 256
+_MAX_BACKWARD_BUFFER_BYTES = 16 * 2**20
+
+
+def _backward_block(seqlen: int, d_state: int, d_inner: int, itemsize: int) -> int:
+    fits = _MAX_BACKWARD_BUFFER_BYTES // (2 * (seqlen + 1) * d_state * itemsize)
+    return max(1, min(d_inner, _CHANNEL_BLOCK, max(16, fits)))
+
+
+def use_torch_thread_count() -> None:
+    """Use as many threads as torch (e.g. 1 when the user runs jobs side by side)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+class _FusedSelectiveScan(torch.autograd.Function):
+    """(y, h_L) of the gated SSM in the kernels' layouts (module docstring).
+
+    u, delta, z: (B, L, D) with delta already discretised (bias, softplus); A: (N, D);
+    B, C: (B, L, N); D: (D,); z may be None (no gate). Returns y (B, L, D), h_L (B, N, D).
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                z: Tensor | None) -> tuple[Tensor, Tensor]:
+        gated = z is not None
+        z = z if gated else u.new_zeros(1, 1, 1)  # a placeholder the kernels never read
+        u, delta, A, B, C, D, z = (t.detach().contiguous() for t in (u, delta, A, B, C, D, z))
+        batch, seqlen, d_inner = u.shape
+        y = torch.empty_like(u)  # (B, L, D)
+        h_last = u.new_empty(batch, A.shape[0], d_inner)  # (B, N, D)
+        use_torch_thread_count()
+        _scan_forward_kernel(u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), z.numpy(), gated,
+                             y.numpy(), h_last.numpy(), min(_CHANNEL_BLOCK, d_inner))
+        ctx.save_for_backward(u, delta, A, B, C, D, z)
+        ctx.gated = gated
+        ctx.set_materialize_grads(False)
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
+        u, delta, A, B, C, D, z = ctx.saved_tensors
+        batch, seqlen, d_inner = u.shape
+        d_state = A.shape[0]
+        dy = torch.zeros_like(u) if dy is None else dy.to(u.dtype).contiguous()
+        dh_last = (u.new_zeros(batch, d_state, d_inner) if dh_last is None
+                   else dh_last.to(u.dtype).contiguous())
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        dA_per_row = u.new_empty(batch, d_state, d_inner)  # (B, N, D)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)  # (B, L, N)
+        dD_per_row = u.new_empty(batch, d_inner)  # (B, D)
+        dz = torch.empty_like(z)
+        use_torch_thread_count()
+        _scan_backward_kernel(u.numpy(), delta.numpy(), A.numpy(), B.numpy(), C.numpy(), D.numpy(), z.numpy(),
+                              ctx.gated, dy.numpy(), dh_last.numpy(), du.numpy(), ddelta.numpy(), dA_per_row.numpy(),
+                              dB.numpy(), dC.numpy(), dD_per_row.numpy(), dz.numpy(),
+                              _backward_block(seqlen, d_state, d_inner, u.element_size()))
+        return du, ddelta, dA_per_row.sum(0), dB, dC, dD_per_row.sum(0), (dz if ctx.gated else None)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(x: object) -> str:
+    return f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if not isinstance(u, Tensor) or u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be a tensor of shape (batch, d_inner, seq_len), got {_describe(u)}")
+    batch, d_inner, seqlen = u.shape
+    if seqlen == 0:
+        raise ValueError("selective_scan: seq_len is 0; pass at least one time step")
+    if not isinstance(A, Tensor) or A.dim() != 2 or A.shape[0] != d_inner:
+        raise ValueError(f"selective_scan: A must have shape (d_inner, d_state) = ({d_inner}, N), got {_describe(A)}"
+                         + ("; complex A and grouped B/C of mamba_ssm are not supported" if isinstance(A, Tensor)
+                            else ""))
+    d_state = A.shape[1]
+    expected = {
+        "delta": (delta, (batch, d_inner, seqlen), "(batch, d_inner, seq_len)"),
+        "B": (B, (batch, d_state, seqlen), "(batch, d_state, seq_len)"),
+        "C": (C, (batch, d_state, seqlen), "(batch, d_state, seq_len)"),
+        "D": (D, (d_inner,), "(d_inner,)"),
+        "z": (z, (batch, d_inner, seqlen), "(batch, d_inner, seq_len)"),
+        "delta_bias": (delta_bias, (d_inner,), "(d_inner,)"),
+    }
+    for name, (tensor, shape, symbols) in expected.items():
+        if tensor is None and name in ("D", "z", "delta_bias"):
+            continue
+        if not isinstance(tensor, Tensor) or tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_scan: {name} must have shape {symbols} = {shape} to match u {tuple(u.shape)} "
+                             f"and A {tuple(A.shape)}, got {_describe(tensor)}")
+    for name, tensor in [("u", u), ("A", A)] + [(k, v[0]) for k, v in expected.items()]:
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise ValueError(f"selective_scan: {name} must be a floating-point tensor, got dtype {tensor.dtype}; "
+                             f"cast it with .float()")
+        if tensor.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {tensor.device} but u is on {u.device}; "
+                             f"move all inputs to one device")
+
+
+def cuda_scan_available() -> bool:
+    """True when mamba_ssm's CUDA selective scan can be imported."""
+    return _import_cuda_scan() is not None
+
+
+@functools.cache
+def _import_cuda_scan():
+    try:  # optional: pip install "decision-mamba[cuda]" on a GPU machine
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA build failing at import
+        return None
+    return selective_scan_fn
+
+
+def _resolve_backend(backend: str, u: Tensor) -> str:
+    if backend == "auto":
+        return "cuda" if u.is_cuda and cuda_scan_available() else ("fused" if u.device.type == "cpu" else "reference")
+    if backend == "cuda":
+        if not u.is_cuda:
+            raise ValueError(f"selective_scan: backend 'cuda' needs CUDA tensors, got u on {u.device}; "
+                             f"use backend='fused' on CPU")
+        if not cuda_scan_available():
+            raise ValueError("selective_scan: backend 'cuda' needs mamba_ssm (pip install mamba-ssm causal-conv1d); "
+                             "use backend='reference' on a GPU without it")
+    if backend == "fused" and u.device.type != "cpu":
+        raise ValueError(f"selective_scan: backend 'fused' runs on CPU tensors, got u on {u.device}; "
+                         f"use backend='cuda' or 'reference'")
+    return backend
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    # float16/bfloat16 inputs are scanned in float32, like mamba_ssm's kernels accumulate.
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: Backend = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The selective scan, with mamba_ssm's `selective_scan_fn` signature plus `backend`.
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
+    Returns y (B, D, L) in u's dtype, and h_L (B, D, N) too if return_last_state.
+    backend: "auto" (cuda on CUDA tensors when mamba_ssm is installed, else fused on CPU),
+    "cuda", "fused" (CPU, numba) or "reference" (a PyTorch loop over time).
+    """
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend)
+    backend = _resolve_backend(backend, u)
+    if backend == "cuda":
+        return _import_cuda_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+    dtype = _compute_dtype(u)
+    dt = _discretisation_step(delta.to(dtype), delta_bias, delta_softplus)  # (B, D, L)
+    # Kernel layouts (module docstring); free when the caller's tensors are (B, L, D) underneath.
+    y, h_last = _FusedSelectiveScan.apply(
+        u.to(dtype).transpose(1, 2),  # (B, L, D)
+        dt.transpose(1, 2),  # (B, L, D)
+        A.to(dtype).t(),  # (N, D)
+        B.to(dtype).transpose(1, 2),  # (B, L, N)
+        C.to(dtype).transpose(1, 2),  # (B, L, N)
+        u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype),  # (D,)
+        None if z is None else z.to(dtype).transpose(1, 2),  # (B, L, D)
+    )
+    y = y.transpose(1, 2).to(u.dtype)  # (B, D, L)
+    return (y, h_last.transpose(1, 2)) if return_last_state else y
+
+
+def _discretisation_step(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(delta.dtype)[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """y + D u, times silu(z): the parts of the Mamba output outside the recurrence. (B, D, L)."""
+    if D is not None:
+        y = torch.addcmul(y, u, D.to(y.dtype)[:, None])
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The recurrence written out step by step in PyTorch (the ground truth of the tests)."""
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, "reference")
+    dtype = _compute_dtype(u)
+    u_c, A_c, B_c, C_c = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
+    dt = _discretisation_step(delta.to(dtype), delta_bias, delta_softplus)  # (B, D, L)
+    batch, d_inner, seqlen = u.shape
+    h = u_c.new_zeros(batch, d_inner, A.shape[1])  # (B, D, N)
+    ys = []
+    for t in range(seqlen):
+        decay = torch.exp(dt[:, :, t, None] * A_c)  # (B, D, N)
+        h = decay * h + (dt[:, :, t] * u_c[:, :, t])[:, :, None] * B_c[:, None, :, t]  # (B, D, N)
+        ys.append((h * C_c[:, None, :, t]).sum(-1))  # (B, D)
+    y = _skip_and_gate(torch.stack(ys, dim=-1), u_c, D, z).to(u.dtype)  # (B, D, L)
+    return (y, h) if return_last_state else y
+
+
+def selective_state_update(
+    h: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence for recurrent inference: returns (y, new_h), h untouched.
+
+    h: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N); D, dt_bias: (D,).
+    y: (B, D). Equal to selective_scan at each time step when iterated from h = 0.
+    """
+    if h.dim() != 3 or x.dim() != 2 or h.shape[:2] != x.shape or h.shape[1:] != A.shape:
+        raise ValueError(f"selective_state_update: expected h (batch, d_inner, d_state), x (batch, d_inner) and "
+                         f"A (d_inner, d_state), got h {_describe(h)}, x {_describe(x)}, A {_describe(A)}")
+    batch, d_inner, d_state = h.shape
+    for name, tensor, shape in [("dt", dt, (batch, d_inner)), ("B", B, (batch, d_state)), ("C", C, (batch, d_state)),
+                                ("D", D, (d_inner,)), ("z", z, (batch, d_inner)), ("dt_bias", dt_bias, (d_inner,))]:
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_state_update: {name} must have shape {shape} to match h {tuple(h.shape)}, "
+                             f"got {_describe(tensor)}")
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    if dt_softplus:
+        dt = F.softplus(dt)
+    decay = torch.exp(dt.unsqueeze(-1) * A)  # (B, D, N)
+    new_h = torch.addcmul((dt * x).unsqueeze(-1) * B.unsqueeze(1), decay, h)  # (B, D, N)
+    y = torch.matmul(new_h, C.unsqueeze(-1)).squeeze(-1)  # (B, D)
+    if D is not None:
+        y = torch.addcmul(y, x, D)
+    if z is not None:
+        y = y * F.silu(z)
+    return y, new_h
