@@ -1,0 +1,84 @@
+"""atari/train_atari.py end to end on the CPU, on DQN-replay files recorded from the real emulator."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from atari_helpers import DopamineBuffer, record_episodes
+from decision_mamba.data.atari_replay import write_replay_buffer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "train.batch_size=8", "train.context_len=4",
+        "train.steps_per_iteration=15", "train.num_iterations=3", "train.warmup_tokens=100",
+        "num_buffers=2", "num_steps=60", "trajectories_per_buffer=2", "eval.episodes=2", "eval.max_ep_len=40",
+        "run.progress=false", "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def replay_root(tmp_path_factory):
+    """Buffers 48 and 49 (the last two of 50, which num_buffers=2 draws from) of Breakout."""
+    episodes = record_episodes("Breakout", num_episodes=16, seed=1, min_steps=8, max_steps=20)
+    root = tmp_path_factory.mktemp("dqn_replay")
+    for index, part in ((48, episodes[:8]), (49, episodes[8:])):
+        buffer = DopamineBuffer(capacity=sum(len(e) + 3 for e in part) + 5)
+        for episode in part:
+            buffer.add_episode(episode)
+        write_replay_buffer(root, "Breakout", index, buffer.observations, buffer.actions, buffer.rewards,
+                            buffer.terminals, add_count=buffer.add_count)
+    return root
+
+
+def experiment(args):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(REPO / "atari" / "train_atari.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "attention"])
+def test_train_evaluate_kill_resume(replay_root, tmp_path, mixer):
+    common = ["--config", "configs/atari/breakout.yaml", f"data_dir={replay_root}", f"model.mixer={mixer}", *TINY]
+    out = finish(experiment([*common, f"run.out_dir={tmp_path / 'a'}", "run.name=run"]))
+    assert "gamer-normalized score" in out
+
+    proc = experiment([*common, f"run.out_dir={tmp_path / 'b'}", "run.name=run"])
+    first = tmp_path / "b" / "run" / "checkpoints" / "iter_001.pt"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "summary.json").exists()
+    finish(experiment([*common, f"run.out_dir={tmp_path / 'b'}", "run.name=run", "--resume"]))
+
+    a = json.loads((tmp_path / "a" / "run" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "run" / "summary.json").read_text())
+    assert a["last"] == b["last"] and a["best"] == b["best"] and a["steps"] == 45
+    wa = torch.load(tmp_path / "a" / "run" / "checkpoints" / "iter_003.pt", weights_only=True)["trainer"]
+    wb = torch.load(tmp_path / "b" / "run" / "checkpoints" / "iter_003.pt", weights_only=True)["trainer"]
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert wa["tokens"] == 45 * 8 * 4  # DT counts one token per action target
+    records = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train"]["loss_mean"] < records[0]["train"]["loss_mean"]
+    assert a["dataset"]["transitions"] >= 60
+
+
+def test_missing_replay_files_are_named(tmp_path):
+    proc = experiment(["--config", "configs/atari/breakout.yaml", f"data_dir={tmp_path}", *TINY,
+                       f"run.out_dir={tmp_path / 'runs'}"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "$store$_observation_ckpt" in out and "Breakout" in out
+    assert not (tmp_path / "runs").exists()
