@@ -1,0 +1,316 @@
+"""The Mamba block, DMamba's token mixer (REFERENCE §2, paper §3 Eq. 1-5).
+
+Parameter-compatible with mamba_ssm's `Mamba` (v1, `mamba_simple.py`): the same names,
+shapes, initialisation and defaults, so a state_dict moves between the two.
+
+    x (B, L, d_model) --in_proj--> x, z (B, L, ED each)
+    x --causal depthwise conv1d (kernel d_conv, left padding d_conv-1)--> SiLU --> u
+    u --x_proj--> (dt_low (R), B (N), C (N));  delta = dt_proj.weight @ dt_low
+    y = selective_scan(u, delta, A = -exp(A_log), B, C, D, z,
+                       delta_bias = dt_proj.bias, delta_softplus = True)
+    out = out_proj(y)
+
+with ED = expand * d_model, R = dt_rank, N = d_state. The block runs on whole sequences
+(`forward`) or one token at a time (`step`, O(1) per token: a rolling conv window and the
+SSM state), and the two agree.
+
+Layout: everything stays (B, L, ED) in memory, the fused CPU scan's own layout, so the
+(B, ED, L) tensors handed to `selective_scan` are views and no transpose is ever copied.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import prange
+from torch import Tensor, nn
+
+from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan, selective_state_update,
+                                           use_torch_thread_count)
+
+__all__ = ["Mamba", "causal_conv1d_silu"]
+
+
+# --------------------------------------------------------------------------- causal conv + SiLU
+# torch's depthwise Conv1d is slow on CPU (its weight gradient alone took longer than the
+# whole selective scan) and wants (B, ED, L) while the block lives in (B, L, ED); these two
+# kernels do silu(causal depthwise conv) in (B, L, ED), the role causal_conv1d plays for
+# mamba_ssm on GPU.
+
+
+@jit_kernel
+def _conv_silu_forward_kernel(x, weight, bias, out):
+    """out[b, t] = silu(bias + sum_k weight[k] * x[b, t - K + 1 + k]) (zeros before t = 0).
+
+    x, out: (B, L, D); weight: (K, D) (taps oldest first, conv1d's cross-correlation order); bias: (D,).
+    """
+    batch, seqlen, channels = x.shape
+    taps = weight.shape[0]
+    one = x.dtype.type(1)
+    for b in prange(batch):
+        pre = np.empty(channels, dtype=x.dtype)
+        for t in range(seqlen):
+            for j in range(channels):
+                pre[j] = bias[j]
+            for k in range(max(0, taps - 1 - t), taps):
+                s = t - (taps - 1) + k
+                for j in range(channels):
+                    pre[j] += weight[k, j] * x[b, s, j]
+            for j in range(channels):
+                out[b, t, j] = pre[j] / (one + kernel_exp(-pre[j]))
+
+
+@jit_kernel
+def _conv_silu_backward_kernel(x, weight, bias, dout, dx, dweight_per_row, dbias_per_row):
+    """Gradients of _conv_silu_forward_kernel; weight and bias gradients left per batch row.
+
+    dx[b, s] = sum_k weight[k] * dpre[b, s + K - 1 - k];  dweight[k] = sum_t dpre[t] x[t - K + 1 + k].
+    """
+    batch, seqlen, channels = x.shape
+    taps = weight.shape[0]
+    one = x.dtype.type(1)
+    for b in prange(batch):
+        dpre = np.empty((seqlen, channels), dtype=x.dtype)  # (L, D) gradient before the SiLU
+        for t in range(seqlen):
+            row = dpre[t]
+            for j in range(channels):
+                row[j] = bias[j]
+            for k in range(max(0, taps - 1 - t), taps):
+                s = t - (taps - 1) + k
+                for j in range(channels):
+                    row[j] += weight[k, j] * x[b, s, j]
+            for j in range(channels):  # silu'(p) = sigmoid(p) (1 + p (1 - sigmoid(p)))
+                p = row[j]
+                sigmoid = one / (one + kernel_exp(-p))
+                row[j] = dout[b, t, j] * sigmoid * (one + p * (one - sigmoid))
+        for j in range(channels):
+            dbias_per_row[b, j] = 0
+        for k in range(taps):
+            for j in range(channels):
+                dweight_per_row[b, k, j] = 0
+        for s in range(seqlen):
+            for j in range(channels):
+                dx[b, s, j] = 0
+                dbias_per_row[b, j] += dpre[s, j]
+            for k in range(taps):
+                t = s + (taps - 1) - k  # the output that saw x[s] through tap k
+                if t < seqlen:
+                    for j in range(channels):
+                        dx[b, s, j] += weight[k, j] * dpre[t, j]
+                        dweight_per_row[b, k, j] += dpre[t, j] * x[b, s, j]
+
+
+class _CausalConvSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        x, weight, bias = (t.detach().contiguous() for t in (x, weight, bias))
+        out = torch.empty_like(x)
+        use_torch_thread_count()
+        _conv_silu_forward_kernel(x.numpy(), weight.numpy(), bias.numpy(), out.numpy())
+        ctx.save_for_backward(x, weight, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        dout = dout.to(x.dtype).contiguous()
+        dx = torch.empty_like(x)
+        dweight_per_row = x.new_empty(x.shape[0], *weight.shape)  # (B, K, D)
+        dbias_per_row = x.new_empty(x.shape[0], x.shape[2])  # (B, D)
+        use_torch_thread_count()
+        _conv_silu_backward_kernel(x.numpy(), weight.numpy(), bias.numpy(), dout.numpy(), dx.numpy(),
+                                   dweight_per_row.numpy(), dbias_per_row.numpy())
+        return dx, dweight_per_row.sum(0), dbias_per_row.sum(0)
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str = "auto") -> Tensor:
+    """silu(causal depthwise conv1d over time) in (B, L, D) layout: output t sees inputs t-K+1 .. t.
+
+    x: (B, L, D); weight: (D, 1, K) as nn.Conv1d stores it; bias: (D,) or None.
+    backend "fused" (or "auto" on CPU): the numba kernels above, in float32 or float64;
+    otherwise torch's conv1d, as "reference" always does.
+    """
+    if backend == "fused" and x.device.type != "cpu":
+        raise ValueError(f"causal_conv1d_silu: backend 'fused' runs on CPU tensors, got x on {x.device}; "
+                         f"use backend='reference'")
+    if backend == "fused" or (backend == "auto" and x.device.type == "cpu"):
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        taps_first = weight[:, 0, :].t().to(dtype)  # (K, D)
+        bias = x.new_zeros(x.shape[2], dtype=dtype) if bias is None else bias.to(dtype)
+        return _CausalConvSiLU.apply(x.to(dtype), taps_first, bias).to(x.dtype)
+    seqlen, taps = x.shape[1], weight.shape[-1]
+    out = F.conv1d(x.transpose(1, 2), weight, bias, padding=taps - 1, groups=x.shape[2])  # (B, D, L + K - 1)
+    return F.silu(out[..., :seqlen]).transpose(1, 2)
+
+
+class Mamba(nn.Module):
+    """Mamba block (mamba_ssm.Mamba v1 layout), with the project's token-mixer interface.
+
+    forward(x, key_padding_mask=None): (B, L, d_model) -> (B, L, d_model); the mask is
+        checked and ignored (Mamba has no mask: the model zeroes padded tokens' embeddings).
+    init_state(batch_size, device=None, dtype=None) -> (conv_state (B, ED, d_conv),
+        ssm_state (B, ED, N)), zeros.
+    step(x, state): x (B, d_model) -> (y (B, d_model), new_state); the state is not mutated.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, value in [("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Mamba: {name} must be a positive integer, got {value!r}")
+        if dt_rank != "auto" and (not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1):
+            raise ValueError(f"Mamba: dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"Mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min!r}, dt_max={dt_max!r}")
+        if scan_backend not in BACKENDS:
+            raise ValueError(f"Mamba: scan_backend must be one of {', '.join(BACKENDS)}, got {scan_backend!r}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        # padding = d_conv - 1 on both sides; forward keeps the first L outputs (causal).
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+
+        # dt_proj: weights keep the variance of dt_low's projection (S4/Mamba init) ...
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_init_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+            # ... and the bias makes softplus(bias) = dt, dt log-uniform in [dt_min, dt_max]
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            inverse_softplus_dt = dt + torch.log(-torch.expm1(-dt))  # log(exp(dt) - 1), stable
+            self.dt_proj.bias.copy_(inverse_softplus_dt)
+        self.dt_proj.bias._no_reinit = True  # a model-wide Linear init must leave it alone
+
+        # S4D-real: A_n = -(n + 1) for every channel, stored as log for positivity.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)  # (ED, N)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner))  # skip connection
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}")
+
+    # ------------------------------------------------------------------ whole sequences
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        self._check_sequence(x, key_padding_mask)
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, ED) each, views of (B, L, 2 ED)
+        u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # (B, L, ED)
+        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, self.dt_proj.weight)  # (B, L, ED); bias and softplus inside the scan
+        A = -torch.exp(self.A_log)  # (ED, N)
+        y = selective_scan(
+            u.transpose(1, 2),  # (B, ED, L) view
+            delta.transpose(1, 2),
+            A,
+            B.transpose(1, 2),  # (B, N, L) view
+            C.transpose(1, 2),
+            self.D,
+            z=z.transpose(1, 2),
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )  # (B, ED, L), (B, L, ED) in memory
+        return self.out_proj(y.transpose(1, 2))
+
+    # ------------------------------------------------------------------ one token at a time
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Zeros: (conv_state (B, ED, d_conv), the last d_conv conv inputs, oldest first;
+        ssm_state (B, ED, N))."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"Mamba.init_state: batch_size must be a positive integer, got {batch_size!r}")
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)
+        return conv_state, ssm_state
+
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One new token per sequence: x (B, d_model) -> y (B, d_model), new state.
+
+        Computes in x's dtype; the new state tensors keep the dtypes of the old ones, which
+        are left untouched.
+        """
+        self._check_step(x, state)
+        conv_state, ssm_state = state
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, ED) each
+        # The conv window slides by one: drop the oldest input, append the new one.
+        window = torch.cat([conv_state[:, :, 1:].to(x.dtype), x_in.unsqueeze(-1)], dim=-1)  # (B, ED, K)
+        u = torch.einsum("bdk,dk->bd", window, self.conv1d.weight[:, 0, :])  # (B, ED)
+        if self.conv1d.bias is not None:
+            u = u + self.conv1d.bias
+        u = F.silu(u)
+        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, self.dt_proj.weight)  # (B, ED); bias and softplus in the update
+        y, h = selective_state_update(ssm_state.to(x.dtype), u, delta, -torch.exp(self.A_log), B, C, self.D, z=z,
+                                      dt_bias=self.dt_proj.bias, dt_softplus=True)  # (B, ED), (B, ED, N)
+        return self.out_proj(y), (window.to(conv_state.dtype), h.to(ssm_state.dtype))
+
+    # ------------------------------------------------------------------ validation
+    def _check_sequence(self, x: Tensor, key_padding_mask: Tensor | None) -> None:
+        expected = f"(batch, seq_len, {self.d_model})"
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"Mamba.forward: expected x of shape {expected}, got {got}; for one token use step()")
+        if not x.is_floating_point():
+            raise ValueError(f"Mamba.forward: x must be a floating-point tensor of shape {expected}, "
+                             f"got dtype {x.dtype}; cast it with x.float()")
+        if x.shape[1] == 0:
+            raise ValueError("Mamba.forward: the sequence is empty (seq_len = 0); pass at least one token")
+        if key_padding_mask is not None and (not isinstance(key_padding_mask, Tensor)
+                                             or key_padding_mask.shape != x.shape[:2]):
+            got = tuple(key_padding_mask.shape) if isinstance(key_padding_mask, Tensor) else type(key_padding_mask)
+            raise ValueError(f"Mamba.forward: key_padding_mask must have shape (batch, seq_len) = "
+                             f"{tuple(x.shape[:2])}, got {got}")
+
+    def _check_step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> None:
+        expected = f"(batch, {self.d_model})"
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"Mamba.step: expected x of shape {expected} (one token per sequence), got {got}; "
+                             f"for a whole sequence use forward()")
+        if not x.is_floating_point():
+            raise ValueError(f"Mamba.step: x must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
+        shapes = ((x.shape[0], self.d_inner, self.d_conv), (x.shape[0], self.d_inner, self.d_state))
+        if (not isinstance(state, tuple) or len(state) != 2
+                or any(not isinstance(s, Tensor) or tuple(s.shape) != shape for s, shape in zip(state, shapes))):
+            got = (tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in state)
+                   if isinstance(state, tuple) else type(state).__name__)
+            raise ValueError(f"Mamba.step: state must be (conv_state {shapes[0]}, ssm_state {shapes[1]}) as built by "
+                             f"init_state({x.shape[0]}), got {got}")
