@@ -1,0 +1,243 @@
+"""Speed and memory of the models and of evaluation, side by side in one run.
+
+    python benchmarks/bench.py [--quick] [--out benchmarks/results.md]
+
+Measures, on whatever machine runs it (the README's table is from our 2-core CPU):
+  1. one training step at the paper's gym setting (batch 64, K 20, 3 layers, width 128)
+     for DMamba (fused CPU scan), DT, DC, DS4, and DMamba with the plain sequential
+     PyTorch scan (what a pure-PyTorch implementation costs);
+  2. the peak memory of those training steps (each in a fresh process);
+  3. choosing one action: DMamba's recurrent step against recomputing the K-step window,
+     at K 20 and K 60;
+  4. evaluating 10 Hopper episodes batched against one at a time with the same model
+     (the DT-style loop).
+Timings are interleaved round-robin and the median is reported, so that a noisy
+machine slows every contender alike; ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from decision_mamba.envs import make_gym_vector_env  # noqa: E402
+from decision_mamba.evaluation import evaluate_batched  # noqa: E402
+from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
+from decision_mamba.run import write_text_atomic  # noqa: E402
+
+OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
+CONTENDERS = {  # label -> ModelConfig overrides
+    "DMamba (fused CPU scan)": {"mixer": "mamba", "scan_backend": "fused"},
+    "DT": {"mixer": "attention"},
+    "DC": {"mixer": "conv"},
+    "DS4": {"mixer": "s4"},
+    "DMamba (sequential PyTorch scan)": {"mixer": "mamba", "scan_backend": "reference"},
+}
+
+
+def build(overrides: dict, d_model=128, n_layer=3) -> DecisionModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=d_model, n_layer=n_layer, **overrides)
+    return DecisionModel(cfg, (OBS_DIM,), ACT_DIM, discrete=False)
+
+
+def random_batch(B: int, K: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "states": torch.randn(B, K, OBS_DIM, generator=g),
+        "actions": torch.rand(B, K, ACT_DIM, generator=g) * 2 - 1,
+        "returns_to_go": torch.randn(B, K, 1, generator=g),
+        "timesteps": torch.randint(0, 1000 - K, (B, 1), generator=g) + torch.arange(K),
+        "mask": torch.ones(B, K, dtype=torch.bool),
+    }
+
+
+def train_step_fn(model: DecisionModel, batch: dict):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    model.train()
+
+    def step():
+        loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+
+    return step
+
+
+def interleaved_medians(fns: dict, reps: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call, calling the contenders round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+# ---------------------------------------------------------------- 1. training step
+def bench_training(reps: int, B=64, K=20) -> dict[str, float]:
+    batch = random_batch(B, K)
+    fns = {}
+    for label, overrides in CONTENDERS.items():
+        fns[label] = train_step_fn(build(overrides), batch)
+    slow = "DMamba (sequential PyTorch scan)"
+    medians = interleaved_medians({k: v for k, v in fns.items() if k != slow}, reps)
+    medians[slow] = interleaved_medians({slow: fns[slow]}, max(2, reps // 5), warmup=1)[slow]
+    return medians
+
+
+# ---------------------------------------------------------------- 2. peak memory
+def _proc_status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+def peak_memory_child(label: str, steps: int, B=64, K=20) -> None:
+    """Run in a fresh process: print how far training steps raise the resident set above its level before."""
+    step = train_step_fn(build(CONTENDERS[label]), random_batch(B, K))
+    step()  # first call: lazy allocations, numba compilation
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _proc_status_mib("VmRSS")
+    for _ in range(steps):
+        step()
+    print(json.dumps({"peak_growth_mib": _proc_status_mib("VmHWM") - before, "peak_rss_mib": _proc_status_mib("VmHWM")}))
+
+
+def bench_memory(steps: int) -> dict[str, dict]:
+    out = {}
+    for label in CONTENDERS:
+        n = 1 if "sequential" in label else steps
+        res = subprocess.run([sys.executable, __file__, "--memory-child", label, "--steps", str(n)],
+                             capture_output=True, text=True, check=True)
+        out[label] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+# ------------------------------------------------------------ 3. action selection
+def bench_action_selection(reps: int, batch_sizes=(1, 10), Ks=(20, 60)) -> list[dict]:
+    model = build({"mixer": "mamba", "scan_backend": "fused"}).eval()
+    rows = []
+    for E in batch_sizes:
+        fns = {}
+        for K in Ks:
+            b = random_batch(E, K, seed=1)
+
+            def window(b=b):
+                with torch.no_grad():
+                    model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+
+            fns[("window", K)] = window
+            # The recurrent state after K steps has the same size as after 1: what a
+            # step costs cannot depend on K; measured after K warm-up steps to show it.
+            state = model.init_state(E)
+            with torch.no_grad():
+                for t in range(K):
+                    _, state = model.step(b["states"][:, t], b["returns_to_go"][:, t], b["timesteps"][:, t],
+                                          b["actions"][:, t - 1] if t else None, state)
+
+            def step(b=b, state=state):
+                with torch.no_grad():
+                    model.step(b["states"][:, -1], b["returns_to_go"][:, -1], b["timesteps"][:, -1],
+                               b["actions"][:, -2], state)
+
+            fns[("recurrent", K)] = step
+        medians = interleaved_medians(fns, reps)
+        for K in Ks:
+            rows.append({"envs": E, "K": K, "window_ms": medians[("window", K)] * 1e3,
+                         "recurrent_ms": medians[("recurrent", K)] * 1e3})
+    return rows
+
+
+# ------------------------------------------------------------------ 4. evaluation
+def bench_evaluation(episodes: int, max_steps: int) -> dict[str, float]:
+    """The same model evaluates `episodes` Hopper episodes of fixed length batched and one by one."""
+    torch.manual_seed(0)
+    model = DecisionModel(ModelConfig(mixer="mamba", d_model=128, n_layer=3), (11,), 3, discrete=False)
+    kwargs = dict(context_len=20, rtg_scale=1000.0, max_ep_len=max_steps, mode="window")
+    # terminate_when_unhealthy=False: every episode lasts max_steps, so both loops do equal work.
+    envs = make_gym_vector_env("Hopper-v4", episodes, max_episode_steps=max_steps, terminate_when_unhealthy=False)
+    t0 = time.perf_counter()
+    evaluate_batched(model, envs, np.full(episodes, 3600.0), seed=0, **kwargs)
+    batched = time.perf_counter() - t0
+    envs.close()
+    single = make_gym_vector_env("Hopper-v4", 1, max_episode_steps=max_steps, terminate_when_unhealthy=False)
+    t0 = time.perf_counter()
+    for i in range(episodes):
+        evaluate_batched(model, single, np.full(1, 3600.0), seed=i, **kwargs)
+    one_by_one = time.perf_counter() - t0
+    single.close()
+    return {"batched_s": batched, "one_at_a_time_s": one_by_one}
+
+
+def report(train: dict, memory: dict, actions: list[dict], evaluation: dict, args) -> str:
+    dt = train["DT"]
+    lines = [
+        f"Machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
+        f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}`.",
+        "",
+        "Training step at the paper's gym setting (batch 64, K 20, 3 layers, width 128), median of "
+        f"{args.reps} interleaved steps:",
+        "",
+        "| model | ms / step | vs DT | peak RSS growth (MiB) |",
+        "|---|---|---|---|",
+    ]
+    for label, t in train.items():
+        lines.append(f"| {label} | {t * 1e3:.1f} | {t / dt:.2f}x | {memory[label]['peak_growth_mib']:.0f} |")
+    lines += ["", "Choosing one action with DMamba (no gradient), median ms:", "",
+              "| episodes batched | K | recompute K-step window | recurrent step | speed-up |", "|---|---|---|---|---|"]
+    for r in actions:
+        lines.append(f"| {r['envs']} | {r['K']} | {r['window_ms']:.2f} | {r['recurrent_ms']:.2f} | "
+                     f"{r['window_ms'] / r['recurrent_ms']:.1f}x |")
+    lines += ["", f"Evaluating {args.episodes} Hopper episodes of {args.episode_steps} steps with the same DMamba "
+              "(K-window mode):", "",
+              "| batched (one model call per step) | one episode at a time (DT-style loop) | speed-up |",
+              "|---|---|---|",
+              f"| {evaluation['batched_s']:.1f} s | {evaluation['one_at_a_time_s']:.1f} s | "
+              f"{evaluation['one_at_a_time_s'] / evaluation['batched_s']:.1f}x |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter episodes")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.memory_child, args.steps)
+        return
+    args.reps = 5 if args.quick else 20
+    args.episodes = 10
+    args.episode_steps = 100 if args.quick else 1000
+    train = bench_training(args.reps)
+    print("training step (ms):", {k: round(v * 1e3, 1) for k, v in train.items()}, flush=True)
+    memory = bench_memory(3)
+    actions = bench_action_selection(args.reps * 5)
+    evaluation = bench_evaluation(args.episodes, args.episode_steps)
+    text = report(train, memory, actions, evaluation, args)
+    write_text_atomic(Path(args.out), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
