@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Literal
 
 import numba
@@ -54,6 +55,15 @@ BACKENDS = ("auto", "cuda", "fused", "reference")
 
 
 # --------------------------------------------------------------------------- numba set-up
+
+# numba's default threading layer is OpenMP through the system libgomp, a second OpenMP
+# runtime next to the one torch bundles; after each parallel region both keep their idle
+# threads spinning, and on a 2-core machine they steal each other's cores (measured: a
+# Mamba block's forward+backward 3x slower, even with one thread asked of numba). The
+# workqueue layer's idle threads sleep. It does not support calls from several Python
+# threads at once; set NUMBA_THREADING_LAYER to choose another layer.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # fastmath without nnan/ninf: the kernels may see inf/nan from a diverging model and must
 # pass them through, but reassociation is needed to vectorise the sums over channels.
