@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(iteration: int) -> dict:
         stats = evaluate_batched(model, envs, targets, context_len=K, rtg_scale=cfg.train.rtg_scale,
                                  max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed * 1000 + iteration,
-                                 mode=cfg.eval.mode, sample_actions=cfg.eval.sample_actions)
+                                 mode=cfg.eval.mode, sample_actions=cfg.eval.sample_actions,
+                                 progress=cfg.run.progress)
         return summarize(stats, lambda r: atari_normalized_score(cfg.game, r))
 
     name = f"{cfg.game.lower()}-{cfg.model.mixer}-k{K}-s{cfg.seed}"

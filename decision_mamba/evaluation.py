@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from decision_mamba.model import DecisionModel
 
@@ -90,7 +91,7 @@ def evaluate_batched(
     state_mean: np.ndarray | None = None,
     state_std: np.ndarray | None = None,
     sample_actions: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> EpisodeStats:
     """Run one episode in each sub-environment of `envs`, conditioned on targets[i].
 
@@ -132,6 +133,8 @@ def evaluate_batched(
     recurrent_state = model.init_state(E, device=device) if mode == "recurrent" else None
     prev_action: torch.Tensor | None = None
 
+    bar = tqdm(total=max_ep_len, desc=f"eval {E} episodes", disable=not progress, leave=False,
+               dynamic_ncols=True, mininterval=2.0)
     for t in range(max_ep_len):
         state = prepare(obs)
         rtg_t = torch.as_tensor(rtg.values / rtg_scale, dtype=torch.float32, device=device).unsqueeze(-1)
@@ -156,10 +159,10 @@ def evaluate_batched(
 
         obs, reward = _step_lockstep(envs, action.cpu().numpy(), active, returns, lengths)
         rtg.update(reward)
-        if progress is not None:
-            progress(1)
+        bar.update(1)
         if not active.any():
             break
+    bar.close()
     model.train(was_training)
     return EpisodeStats(returns=returns, lengths=lengths, targets=targets)
 

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(iteration: int) -> dict:
         stats = evaluate_batched(model, envs, targets, context_len=K, rtg_scale=rtg_scale,
                                  max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed * 1000 + iteration,
-                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std)
+                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std,
+                                 progress=cfg.run.progress)
         return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
 
     name = f"{dataset_label(cfg)}-{cfg.model.mixer}-s{cfg.seed}"
