@@ -253,8 +253,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _settings(runs: list[RunRecord]) -> str:
     """The training / evaluation budget of the runs, so a smoke table cannot pass for a full one."""
-    keys = [("train", "num_iterations"), ("train", "steps_per_iteration"), ("eval", "episodes"),
-            ("data_dir", None), ("dataset", None)]
+    keys = [("train", "num_iterations"), ("train", "steps_per_iteration"), ("train", "warmup_steps"),
+            ("eval", "episodes"), ("data_dir", None), ("dataset", None)]
     parts = []
     for section, key in keys:
         values = sorted({str(r.config[section][key] if key else r.config.get(section))
@@ -262,6 +262,22 @@ def _settings(runs: list[RunRecord]) -> str:
         if values:
             parts.append(f"`{section}{'.' + key if key else ''}` = {', '.join(values)}")
     return "; ".join(parts)
+
+
+def _reference_rows(done: list[RunRecord]) -> list[list[str]]:
+    """Per dataset: the mean normalized score of its episodes, of the policy that recorded
+    them (from the file's metadata, when known) and of the uniform random policy."""
+    rows = []
+    for dataset in dict.fromkeys(r.dataset for r in done):
+        refs = [r.summary.get("reference", {}) for r in done if r.dataset == dataset]
+        values = []
+        for section, key in (("dataset", "score_mean"), ("behaviour_policy", "behaviour_score"),
+                             ("random_policy", "score_mean")):
+            found = [ref[section][key] for ref in refs if key in ref.get(section, {})]
+            values.append(f"{np.mean(found):.1f}" if found else "—")
+        if any(v != "—" for v in values):
+            rows.append([dataset, *values])
+    return rows
 
 
 def _sweep_commands(roots: Sequence[Path]) -> list[str]:
@@ -285,7 +301,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         f"- Scores: **last** = the final evaluation; **best** = the best evaluation seen during training "
         f"(what the paper's released code reports). Mean ± std over seeds (np.std, ddof={STD_DDOF}); a run's "
         f"score is the best over its return-to-go targets of the mean normalized score.",
-        f"- Runs: {len(done)} finished, {len(incomplete)} unfinished (listed below), read from "
+        f"- Runs: {len(done)} finished, {len(incomplete)} unfinished{' (listed below)' if incomplete else ''}, read from "
         f"{', '.join(f'`{root}`' for root in roots)}.",
         f"- Settings of the runs: {_settings(runs)}.",
     ]
@@ -313,6 +329,12 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         names = {dataset: ", ".join(group["name"]) for dataset, group in not_run.groupby("dataset", sort=False)}
         lines += [f"Not run (no run directory): {'; '.join(f'{d} ({n})' for d, n in names.items())}.", ""]
 
+    references = _reference_rows(done)
+    if references:
+        lines += ["Scores of the data and of a random policy, as measured by the runs (gym runs write them "
+                  "to summary.json), for comparison:", "",
+                  _markdown_table(["Dataset", "Dataset episodes", "Behaviour policy", "Uniform random policy"],
+                                  references), ""]
     if incomplete:
         lines += ["## Unfinished runs", "",
                   _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],

@@ -91,6 +91,11 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     assert "| 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line and dt_line.endswith("| 68.4 |")
     assert "Not run (no run directory): halfcheetah-medium (DMamba, DT, DC, DS4); hopper-medium (DMamba, DS4);" in markdown
     assert "`train.num_iterations` = 3" in markdown  # a smoke table says it is one
+    # the data's and a random policy's scores, as the finished runs measured them
+    references = [s["reference"] for model in ("dt", "dc") for s in summaries(table1_runs, model)]
+    data_score = statistics.fmean(r["dataset"]["score_mean"] for r in references)
+    random_score = statistics.fmean(r["random_policy"]["score_mean"] for r in references)
+    assert f"| hopper-medium | {data_score:.1f} | — | {random_score:.1f} |" in markdown
 
 
 def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
