@@ -346,10 +346,10 @@ def visible_gpus() -> list[int]:
 def _slot_env(slot: int, slots: int, gpus: list[int]) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": str(gpus[slot % len(gpus)])}
-    # On the CPU, share the cores between slots rather than oversubscribing them.
-    if "OMP_NUM_THREADS" in os.environ:
-        return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // slots))}
+    # On the CPU, share the cores between slots rather than oversubscribing them: torch
+    # reads OMP_NUM_THREADS, numba's scan kernels NUMBA_NUM_THREADS. A user's setting wins.
+    per_slot = str(max(1, (os.cpu_count() or 1) // slots))
+    return {name: per_slot for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if name not in os.environ}
 
 
 def launch_local(runs: list[Run], slots: int, gpus: list[int], log_dir: Path) -> dict[str, str | None]:

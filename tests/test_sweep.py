@@ -236,3 +236,15 @@ def test_slurm_launcher_submits_one_job_array(tmp_path, monkeypatch):
     assert sorted(job.run.seed for job in jobs) == PAPER_ATARI_SEEDS
     assert all(job.run.config == "configs/atari/pong.yaml" and job.run.overrides[-1] == "eval.episodes=2"
                for job in jobs)
+
+
+def test_slots_get_their_own_gpu_or_a_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    assert sweep._slot_env(1, 4, []) == {"OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice is kept
+    assert sweep._slot_env(0, 4, []) == {"NUMBA_NUM_THREADS": "2"}
+    # GPUs: slot i on GPU i, round robin when there are more slots than GPUs
+    assert [sweep._slot_env(slot, 3, [0, 1]) for slot in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0"}]
