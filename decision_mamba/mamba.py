@@ -268,19 +268,43 @@ class Mamba(nn.Module):
         are left untouched.
         """
         self._check_step(x, state)
+        y, state = self.step_chunk(x.unsqueeze(1), state)
+        return y[:, 0], state
+
+    def step_chunk(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """T new tokens per sequence at once: x (B, T, d_model) -> y (B, T, d_model), new state.
+
+        Equal to T calls of `step`, but the position-wise work (projections, gate) runs
+        once on the whole chunk and only the recurrence loops over T. The decision model
+        feeds the 2-3 tokens of one environment step this way.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"Mamba.step_chunk: expected x of shape (batch, tokens, {self.d_model}), "
+                             f"got {tuple(x.shape)}")
+        self._check_step(x[:, 0], state)
         conv_state, ssm_state = state
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, ED) each
-        # The conv window slides by one: drop the oldest input, append the new one.
-        window = torch.cat([conv_state[:, :, 1:].to(x.dtype), x_in.unsqueeze(-1)], dim=-1)  # (B, ED, K)
-        u = torch.einsum("bdk,dk->bd", window, self.conv1d.weight[:, 0, :])  # (B, ED)
+        T = x.shape[1]
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, ED) each
+        # conv_state holds the last d_conv inputs; the chunk's windows slide over them.
+        history = torch.cat([conv_state.to(x.dtype), x_in.transpose(1, 2)], dim=-1)  # (B, ED, d_conv + T)
+        windows = history[:, :, 1:].unfold(-1, self.d_conv, 1)  # (B, ED, T, d_conv)
+        u = torch.einsum("bdtk,dk->btd", windows, self.conv1d.weight[:, 0, :])  # (B, T, ED)
         if self.conv1d.bias is not None:
             u = u + self.conv1d.bias
         u = F.silu(u)
         dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt_low, self.dt_proj.weight)  # (B, ED); bias and softplus in the update
-        y, h = selective_state_update(ssm_state.to(x.dtype), u, delta, -torch.exp(self.A_log), B, C, self.D, z=z,
-                                      dt_bias=self.dt_proj.bias, dt_softplus=True)  # (B, ED), (B, ED, N)
-        return self.out_proj(y), (window.to(conv_state.dtype), h.to(ssm_state.dtype))
+        delta = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias))  # (B, T, ED)
+        decay = torch.exp(delta.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, ED, N)
+        drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, ED, N)
+        h = ssm_state.to(x.dtype)
+        states = []
+        for t in range(T):  # h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
+            h = torch.addcmul(drive[:, t], decay[:, t], h)
+            states.append(h)
+        y = torch.einsum("btdn,btn->btd", torch.stack(states, dim=1), C)  # y_t = C_t . h_t
+        y = torch.addcmul(y, u, self.D) * F.silu(z)
+        new_state = (history[:, :, -self.d_conv:].to(conv_state.dtype), h.to(ssm_state.dtype))
+        return self.out_proj(y), new_state
 
     # ------------------------------------------------------------------ validation
     def _check_sequence(self, x: Tensor, key_padding_mask: Tensor | None) -> None:

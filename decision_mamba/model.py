@@ -108,7 +108,21 @@ class DecisionLayer(nn.Module):
         return x
 
     def step(self, x: Tensor, state: tuple) -> tuple[Tensor, tuple]:
-        y, state = self.mixer.step(self.ln_mixer(x), state)
+        """T new tokens (B, T, d) given the mixer's state of everything before them.
+
+        Layer by layer rather than token by token: the MLP and the residuals are
+        position-wise, so only the mixer has to see the tokens in order (in one call
+        where it has `step_chunk`).
+        """
+        h = self.ln_mixer(x)
+        if hasattr(self.mixer, "step_chunk"):
+            y, state = self.mixer.step_chunk(h, state)
+        else:
+            ys = []
+            for t in range(h.shape[1]):
+                y_t, state = self.mixer.step(h[:, t], state)
+                ys.append(y_t)
+            y = torch.stack(ys, dim=1)
         x = x + y
         if self.mlp is not None:
             x = x + self.mlp(self.ln_mlp(x))
@@ -261,14 +275,6 @@ class DecisionModel(nn.Module):
         dtype = self.ln_f.weight.dtype
         return [layer.mixer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
 
-    def _step_token(self, token: Tensor, states: list[tuple]) -> tuple[Tensor, list[tuple]]:
-        x = self.embed_dropout(token)
-        new_states = []
-        for layer, state in zip(self.layers, states):
-            x, state = layer.step(x, state)
-            new_states.append(state)
-        return self.ln_f(x), new_states
-
     def step(self, state: Tensor, return_to_go: Tensor, timestep: Tensor, prev_action: Tensor | None,
              inference_state: list[tuple]) -> tuple[Tensor, list[tuple]]:
         """Advance by one environment step; returns the action prediction for a_t.
@@ -278,21 +284,21 @@ class DecisionModel(nn.Module):
         without padding. state (B, *state_shape); return_to_go (B, 1); timestep (B,);
         prev_action (B, act_dim) / (B,) or None at t = 0.
         """
-        B = state.shape[0]
         if tuple(state.shape[1:]) != self.state_shape:
             raise ValueError(f"state must have shape (B, {', '.join(map(str, self.state_shape))}), "
                              f"got {tuple(state.shape)}")
         time = self.embed_timestep(timestep)  # (B, d)
+        tokens = [self.embed_return(return_to_go) + time, self.embed_state(state) + time]
         if prev_action is not None:
             # a_{t-1} carries the timestep of its own step.
             prev_time = self.embed_timestep((timestep - 1).clamp(min=0))
-            _, inference_state = self._step_token(self.embed_ln(self.embed_action(prev_action) + prev_time),
-                                                  inference_state)
-        _, inference_state = self._step_token(self.embed_ln(self.embed_return(return_to_go) + time),
-                                              inference_state)
-        h, inference_state = self._step_token(self.embed_ln(self.embed_state(state) + time), inference_state)
-        assert h.shape[0] == B
-        return self.action_head(h), inference_state
+            tokens.insert(0, self.embed_action(prev_action) + prev_time)
+        x = self.embed_dropout(self.embed_ln(torch.stack(tokens, dim=1)))  # (B, 2 or 3, d)
+        new_state = []
+        for layer, layer_state in zip(self.layers, inference_state):
+            x, layer_state = layer.step(x, layer_state)
+            new_state.append(layer_state)
+        return self.action_head(self.ln_f(x[:, -1])), new_state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -240,3 +240,19 @@ def test_bad_inputs_raise_clear_errors():
         Mamba(16, scan_backend="triton")
     with pytest.raises(ValueError, match="dt_init must be 'random' or 'constant'"):
         Mamba(16, dt_init="normal")
+
+
+@pytest.mark.parametrize("chunks", [(1, 3, 2), (4, 1, 1, 3), (9,)])
+def test_chunked_steps_equal_the_forward_pass(chunks):
+    torch.manual_seed(0)
+    block = Mamba(16, d_state=4, scan_backend="reference").double()
+    x = torch.randn(2, sum(chunks), 16, dtype=torch.float64)
+    full = block(x)
+    state, outputs, start = block.init_state(2, dtype=torch.float64), [], 0
+    for size in chunks:
+        y, state = block.step_chunk(x[:, start:start + size], state)
+        outputs.append(y)
+        start += size
+    torch.testing.assert_close(torch.cat(outputs, dim=1), full, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(batch, tokens, 16\)"):
+        block.step_chunk(x[:, 0], state)
