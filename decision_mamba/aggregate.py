@@ -122,6 +122,16 @@ class RunRecord:
     iterations_done: int = 0
 
     @property
+    def data(self) -> str:
+        """Where the run's training data came from: a D4RL / DQN-replay name or a file's name."""
+        if "game" in self.config:
+            return f"DQN-replay ({self.config['data_dir']})"
+        dataset = str(self.config["dataset"])
+        if "/" in dataset or dataset.endswith((".hdf5", ".h5", ".pkl")) or dataset.startswith("minari:"):
+            return Path(dataset.removeprefix("minari:")).name
+        return f"D4RL {self.config['env']}-{dataset}-v2"
+
+    @property
     def complete(self) -> bool:
         return self.summary is not None and self.summary.get("last") is not None
 
@@ -206,13 +216,14 @@ def _expected_cells(table: int) -> list[tuple[str, str]]:
 def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
     """One row per cell: seeds, last and best mean ± std, the paper's number."""
     finished = pd.DataFrame(
-        [{"dataset": r.dataset, "column": r.column, "seed": r.seed,
+        [{"dataset": r.dataset, "column": r.column, "seed": r.seed, "data": r.data,
           "last": float(r.summary["last"]["score"]), "best": float(r.summary["best"]["score"])}
          for r in runs if r.complete],
-        columns=["dataset", "column", "seed", "last", "best"])
+        columns=["dataset", "column", "seed", "data", "last", "best"])
     stats = finished.groupby(["dataset", "column"], sort=False).agg(
         seeds_done=("seed", "count"),
         seeds=("seed", lambda s: " ".join(str(v) for v in sorted(s))),
+        data=("data", lambda d: ", ".join(sorted(set(d)))),
         last_mean=("last", "mean"), last_std=("last", lambda x: float(np.std(x, ddof=STD_DDOF))),
         best_mean=("best", "mean"), best_std=("best", lambda x: float(np.std(x, ddof=STD_DDOF))),
     )
@@ -227,7 +238,7 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
         if (dataset, column) in stats.index:
             row.update(stats.loc[(dataset, column)].to_dict())
         else:
-            row.update(seeds_done=0, seeds="", last_mean=np.nan, last_std=np.nan, best_mean=np.nan, best_std=np.nan)
+            row.update(seeds_done=0, seeds="", data="", last_mean=np.nan, last_std=np.nan, best_mean=np.nan, best_std=np.nan)
         mean, std = paper.get((dataset, column), (np.nan, None))
         row.update(paper_mean=mean, paper_std=np.nan if std is None else std)
         rows.append(row)
@@ -318,8 +329,9 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
     # that a partial sweep reads as one (the CSV has every cell).
     started = {(r.dataset, r.column) for r in runs}
     shown = frame[[(row.dataset, row.column) in started for row in frame.itertuples()]]
-    header = ["Dataset" if table in (1, 3) else "Game", COLUMN_HEADERS[table], "Seeds", "Last", "Best", "Paper"]
-    rows = [[row.dataset, row.name, f"{row.seeds_done}/{row.seeds_expected}"
+    header = ["Dataset" if table in (1, 3) else "Game", COLUMN_HEADERS[table], "Trained on", "Seeds", "Last", "Best",
+              "Paper"]
+    rows = [[row.dataset, row.name, row.data or "—", f"{row.seeds_done}/{row.seeds_expected}"
              + (f" ({row.seeds})" if row.seeds_done else ""),
              _mean_std(row.last_mean, row.last_std), _mean_std(row.best_mean, row.best_std),
              _mean_std(row.paper_mean, row.paper_std)] for row in shown.itertuples()]

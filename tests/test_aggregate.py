@@ -80,6 +80,7 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     assert float(rows[("hopper-medium", "dc")]["best_mean"]) >= float(rows[("hopper-medium", "dc")]["last_mean"])
     # the paper's numbers sit beside them; cells without runs are empty, not zero
     assert float(rows[("hopper-medium", "dt")]["paper_mean"]) == 68.4
+    assert rows[("hopper-medium", "dt")]["data"] == "hopper-random-test.hdf5"
     assert float(rows[("hopper-medium", "dmamba")]["paper_std"]) == 12.5
     assert rows[("hopper-medium", "dmamba")]["seeds_done"] == "0" and rows[("hopper-medium", "dmamba")]["last_mean"] == ""
 
@@ -88,7 +89,8 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     last = [s["last"]["score"] for s in dt]
     expected_cell = f"{statistics.fmean(last):.1f} ± "
     dt_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DT |"))
-    assert "| 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line and dt_line.endswith("| 68.4 |")
+    # the table says the runs were trained on the test file, not on D4RL's hopper-medium
+    assert "| hopper-random-test.hdf5 | 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line and dt_line.endswith("| 68.4 |")
     assert "Not run (no run directory): halfcheetah-medium (DMamba, DT, DC, DS4); hopper-medium (DMamba, DS4);" in markdown
     assert "`train.num_iterations` = 3" in markdown  # a smoke table says it is one
     # the data's and a random policy's scores, as the finished runs measured them
