@@ -227,7 +227,11 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
         save_checkpoint(ckpt_dir / f"iter_{iteration:03d}.pt", {"iteration": iteration, "trainer": trainer.state_dict()})
         _prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
 
-    summary = {"run_dir": str(run_dir), "group": group, "steps": trainer.step, **best_and_last(log.records()),
+    records = log.records()
+    seconds = {"train": sum(r["train"]["time_s"] for r in records),
+               "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
+    summary = {"run_dir": str(run_dir), "group": group, "steps": trainer.step, **best_and_last(records),
+               "time_s": seconds,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",
                **(extra_summary or {})}

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     reference = {
         "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
                     **_score(cfg.env, traj.episode_returns)},
-        "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_score") if k in metadata},
+        "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_normalized_score") if k in metadata},
         "random_policy": _score(cfg.env, evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len,
                                                                   seed=cfg.seed).returns),
     }
@@ -96,7 +96,9 @@ def _score(env: str, returns: np.ndarray) -> dict:
 
 def report(summary: dict, model_name: str) -> str:
     """The closing lines: the model's normalized score beside the data's references."""
-    lines = [f"run directory: {summary['run_dir']}"]
+    lines = [f"run directory: {summary['run_dir']}",
+             f"time: {summary['time_s']['train']:.0f} s training ({summary['steps']} steps), "
+             f"{summary['time_s']['eval']:.0f} s evaluating"]
     for which in ("last", "best"):
         s = summary[which]
         if s is not None:
@@ -104,9 +106,9 @@ def report(summary: dict, model_name: str) -> str:
                          f"normalized score {s['score']:.1f}")
     ref = summary.get("reference", {})
     behaviour = ref.get("behaviour_policy", {})
-    if "behaviour_score" in behaviour:
+    if "behaviour_normalized_score" in behaviour:
         lines.append(f"behaviour policy (from the dataset's metadata): normalized score "
-                     f"{behaviour['behaviour_score']:.1f} (return {behaviour['behaviour_return_mean']:.1f})")
+                     f"{behaviour['behaviour_normalized_score']:.1f} (return {behaviour['behaviour_return_mean']:.1f})")
     if "dataset" in ref:
         lines.append(f"dataset episodes: mean normalized score {ref['dataset']['score_mean']:.1f}")
     if "random_policy" in ref:
