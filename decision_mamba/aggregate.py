@@ -282,9 +282,12 @@ def _reference_rows(done: list[RunRecord]) -> list[list[str]]:
     for dataset in dict.fromkeys(r.dataset for r in done):
         refs = [r.summary.get("reference", {}) for r in done if r.dataset == dataset]
         values = []
-        for section, key in (("dataset", "score_mean"), ("behaviour_policy", "behaviour_score"),
-                             ("random_policy", "score_mean")):
-            found = [ref[section][key] for ref in refs if key in ref.get(section, {})]
+        # (section, keys): the behaviour score's key was "behaviour_score" in earlier summaries
+        for section, keys in (("dataset", ("score_mean",)),
+                              ("behaviour_policy", ("behaviour_normalized_score", "behaviour_score")),
+                              ("random_policy", ("score_mean",))):
+            found = [next(ref[section][k] for k in keys if k in ref[section])
+                     for ref in refs if any(k in ref.get(section, {}) for k in keys)]
             values.append(f"{np.mean(found):.1f}" if found else "—")
         if any(v != "—" for v in values):
             rows.append([dataset, *values])

@@ -38,7 +38,9 @@ def table1_runs(tmp_path_factory, hopper_episodes) -> Path:
     """Table 1's runs for DT and DC on hopper-medium, seeds 12 and 23, tiny settings, on real
     Hopper-v4 data; plus DC seed 34, stopped after its last checkpoint (no summary.json)."""
     root = tmp_path_factory.mktemp("aggregate")
-    data = write_episodes_d4rl(root / "hopper-random-test.hdf5", hopper_episodes)
+    # the behaviour policy's score in the file's metadata, as the project's generator writes it
+    data = write_episodes_d4rl(root / "hopper-random-test.hdf5", hopper_episodes,
+                               metadata={"behaviour_return_mean": 28.4, "behaviour_normalized_score": 1.5})
     out = root / "runs" / "table1"
     experiment = load_gym_experiment()
     runs = sweep.table_runs(1, out_dir=str(out), models=["dt", "dc"], datasets=["hopper-medium"],
@@ -97,7 +99,7 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     references = [s["reference"] for model in ("dt", "dc") for s in summaries(table1_runs, model)]
     data_score = statistics.fmean(r["dataset"]["score_mean"] for r in references)
     random_score = statistics.fmean(r["random_policy"]["score_mean"] for r in references)
-    assert f"| hopper-medium | {data_score:.1f} | — | {random_score:.1f} |" in markdown
+    assert f"| hopper-medium | {data_score:.1f} | 1.5 | {random_score:.1f} |" in markdown
 
 
 def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
