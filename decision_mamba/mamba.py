@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numba import prange
 from torch import Tensor, nn
 
-from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan, selective_state_update,
+from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan,
                                            use_torch_thread_count)
 
 __all__ = ["Mamba", "causal_conv1d_silu"]

@@ -17,11 +17,9 @@ import argparse
 import json
 import os
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from decision_mamba.atomic import atomic_path, write_text_atomic
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
 from decision_mamba.trainer import Trainer
 
@@ -60,26 +59,6 @@ def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
 
 
 # ----------------------------------------------------------------- atomic files
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

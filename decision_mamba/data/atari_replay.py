@@ -67,7 +67,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from decision_mamba.atomic import atomic_path
 from decision_mamba.data.trajectories import Trajectories
 
 FRAME_SHAPE = (84, 84)
@@ -310,14 +310,9 @@ def read_replay_buffer(root: str | os.PathLike, game: str, index: int, *, max_ro
 def _save_npy_gz_atomic(path: Path, array: np.ndarray, compresslevel: int) -> None:
     # Write next to the target, then rename: a crash never leaves a half-written file
     # under the final name (the reader would take it for a truncated download).
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as gz:
-            np.save(gz, array, allow_pickle=False)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel) as gz:
+        np.save(gz, array, allow_pickle=False)
 
 
 def write_replay_buffer(

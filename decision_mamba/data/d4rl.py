@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from decision_mamba.atomic import atomic_path
 from decision_mamba.data.trajectories import Trajectories
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -158,23 +158,15 @@ def write_d4rl_hdf5(
             raise ValueError(f"{key} has a NaN or inf value at transition {bad}; refusing to write it")
     attributes = {key: _check_metadata_value(key, value) for key, value in (metadata or {}).items()}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the destination, then os.replace: readers never see a half-written file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as f:
-            for key, array in arrays.items():
-                if compress:
-                    f.create_dataset(key, data=array, compression="gzip", shuffle=True)
-                else:
-                    f.create_dataset(key, data=array)
-            for key, value in attributes.items():
-                f.attrs[key] = value
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # Readers never see a half-written file.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, array in arrays.items():
+            if compress:
+                f.create_dataset(key, data=array, compression="gzip", shuffle=True)
+            else:
+                f.create_dataset(key, data=array)
+        for key, value in attributes.items():
+            f.attrs[key] = value
     return path
 
 

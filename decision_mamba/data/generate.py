@@ -69,6 +69,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
+from decision_mamba.atomic import atomic_path
 from decision_mamba.data.d4rl import write_d4rl_hdf5
 from decision_mamba.scores import D4RL_REFERENCE_RETURNS, d4rl_normalized_score
 
@@ -220,21 +221,8 @@ def _exclusive_lock(out_dir: Path) -> Iterator[None]:
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """write(tmp_path) next to path, then os.replace: readers never see a partial file."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        write(Path(tmp_name))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -828,7 +816,6 @@ def generate(config: GenerateConfig) -> dict[str, Path]:
                 print(f"{path.name}: up to date, not regenerated")
                 written[dataset] = path
                 continue
-            from decision_mamba.data.d4rl import write_d4rl_hdf5
 
             data, info = _build_dataset(config, sac_state, dataset)
             metadata = _metadata(config, dataset, data, info)
