@@ -10,8 +10,8 @@
 #
 # Arguments go to `python -m decision_mamba.sweep table1` (filters, launcher; key=value
 # overrides for every run after --). Environment: RUNS (run directories, default
-# runs/table1), OUT (output prefix, default results/table1), NOTE (a paragraph for the
-# table's header), PYTHON (default .venv/bin/python).
+# runs/table1), OUT (output prefix, default results/table1), TITLE and NOTE (the table's
+# title and a paragraph under it), PYTHON (default .venv/bin/python).
 TABLE=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +34,5 @@ for arg in "$@"; do
 done
 # Also after failed runs: the table lists them as unfinished.
 "$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
-  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+  --produced-by "${PRODUCED_BY% }" ${TITLE:+--title "$TITLE"} ${NOTE:+--note "$NOTE"}
 exit $status

@@ -7,8 +7,8 @@
 #   scripts/table2_atari.sh --launcher slurm --partition gpu --time 2880
 #   scripts/table2_atari.sh --datasets breakout --models dmamba --slots 2
 #
-# Arguments go to `python -m decision_mamba.sweep table2`; environment: RUNS, OUT, NOTE,
-# PYTHON as in scripts/table1_gym.sh.
+# Arguments go to `python -m decision_mamba.sweep table2`; environment: RUNS, OUT, TITLE,
+# NOTE, PYTHON as in scripts/table1_gym.sh.
 TABLE=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +31,5 @@ for arg in "$@"; do
 done
 # Also after failed runs: the table lists them as unfinished.
 "$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
-  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+  --produced-by "${PRODUCED_BY% }" ${TITLE:+--title "$TITLE"} ${NOTE:+--note "$NOTE"}
 exit $status

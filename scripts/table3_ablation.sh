@@ -5,8 +5,8 @@
 #
 #   scripts/table3_ablation.sh --variants rc rc-2l --slots 2
 #
-# Arguments go to `python -m decision_mamba.sweep table3`; environment: RUNS, OUT, NOTE,
-# PYTHON as in scripts/table1_gym.sh.
+# Arguments go to `python -m decision_mamba.sweep table3`; environment: RUNS, OUT, TITLE,
+# NOTE, PYTHON as in scripts/table1_gym.sh.
 TABLE=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +29,5 @@ for arg in "$@"; do
 done
 # Also after failed runs: the table lists them as unfinished.
 "$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
-  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+  --produced-by "${PRODUCED_BY% }" ${TITLE:+--title "$TITLE"} ${NOTE:+--note "$NOTE"}
 exit $status

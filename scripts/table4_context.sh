@@ -4,8 +4,8 @@
 #
 #   scripts/table4_context.sh --variants k10 k60 --launcher slurm --partition gpu
 #
-# Arguments go to `python -m decision_mamba.sweep table4`; environment: RUNS, OUT, NOTE,
-# PYTHON as in scripts/table1_gym.sh.
+# Arguments go to `python -m decision_mamba.sweep table4`; environment: RUNS, OUT, TITLE,
+# NOTE, PYTHON as in scripts/table1_gym.sh.
 TABLE=4
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +28,5 @@ for arg in "$@"; do
 done
 # Also after failed runs: the table lists them as unfinished.
 "$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
-  --produced-by "${PRODUCED_BY% }" ${NOTE:+--note "$NOTE"}
+  --produced-by "${PRODUCED_BY% }" ${TITLE:+--title "$TITLE"} ${NOTE:+--note "$NOTE"}
 exit $status
