@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from decision_mamba.run import write_text_atomic  # noqa: E402
+from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.sweep import MODEL_OF_MIXER, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
@@ -397,10 +397,8 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_prefix.parent / f"{out_prefix.name}-{dataset}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp.png"
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)  # atomic, as write_text_atomic
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")  # the temporary name does not end in .png
         plt.close(fig)
         files[dataset] = path.name
     return files

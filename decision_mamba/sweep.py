@@ -54,7 +54,7 @@ import submitit
 from omegaconf import OmegaConf
 
 from decision_mamba.config import AtariConfig, GymConfig, load_config
-from decision_mamba.run import write_text_atomic
+from decision_mamba.atomic import write_text_atomic
 
 GYM_ENTRY = "gym/experiment.py"
 ATARI_ENTRY = "atari/train_atari.py"
