@@ -2,7 +2,7 @@
 
 The D4RL servers are unreachable here, so we follow the D4RL recipe ourselves:
 
-  1. train SAC online (stable-baselines3, the SAC hyperparameters of D4RL's rlkit runs),
+  1. train SAC online (stable-baselines3 with its default SAC settings),
      evaluating the deterministic policy every `checkpoint_interval` environment steps;
   2. "medium"        = rollouts of the policy snapshot at the first evaluation whose mean
                        return reaches `medium_fraction` (default 1/3) of the D4RL expert
@@ -33,7 +33,7 @@ checks this). Finished datasets are not regenerated. Nothing here is unpickled: 
 are read with torch.load(weights_only=True), np.load(allow_pickle=False) and json.
 
     python -m decision_mamba.data.generate --env Hopper-v4 --out data/generated/hopper-v4 \
-        --seed 0 --sac-steps 150000 --transitions 50000
+        --seed 0 --sac-steps 320000 --transitions 50000     # data/README.md has the bundled run
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
-from decision_mamba.atomic import atomic_path
+from decision_mamba.atomic import write_text_atomic
 from decision_mamba.data.d4rl import write_d4rl_hdf5
 from decision_mamba.scores import D4RL_REFERENCE_RETURNS, d4rl_normalized_score
 
@@ -219,14 +219,8 @@ def _exclusive_lock(out_dir: Path) -> Iterator[None]:
 # ----- atomic files ------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp_path) next to path, then os.replace: readers never see a partial file."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 # ----- transitions -------------------------------------------------------------------
@@ -816,7 +810,6 @@ def generate(config: GenerateConfig) -> dict[str, Path]:
                 print(f"{path.name}: up to date, not regenerated")
                 written[dataset] = path
                 continue
-
             data, info = _build_dataset(config, sac_state, dataset)
             metadata = _metadata(config, dataset, data, info)
             write_d4rl_hdf5(
