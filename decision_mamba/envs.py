@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -34,6 +35,8 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 # the same models on the maintained `mujoco` bindings, -v5 fixes some bugs (and is what
 # Minari's mujoco datasets were recorded on). REFERENCE §4.
 GYM_ENV_NAMES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
+# -v4 is chosen on purpose for D4RL data; gymnasium's advice to upgrade is noise here.
+warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading", category=DeprecationWarning)
 
 
 def gym_env_id(env: str, version: str = "v4") -> str:
