@@ -161,3 +161,33 @@ def synthetic_trajectories(
         starts=np.concatenate([[0], np.cumsum(lengths_array)[:-1]]),
         lengths=lengths_array,
     )
+
+
+def run_entry_point(script: str, args: list[str]):
+    """Start gym/experiment.py or atari/train_atari.py in a subprocess, one thread, output captured."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(repo / script), *args], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout: float = 600) -> str:
+    """Wait for a run started by run_entry_point; it must succeed. Returns its output."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def kill_when_exists(proc, path: Path, timeout: float = 600) -> None:
+    """SIGKILL the process as soon as `path` appears (e.g. its first checkpoint): a hard crash."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -1,20 +1,14 @@
 """atari/train_atari.py end to end on the CPU, on DQN-replay files recorded from the real emulator."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from atari_helpers import DopamineBuffer, record_episodes
+from helpers import finish, kill_when_exists, run_entry_point
 from decision_mamba.data.atari_replay import write_replay_buffer
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "train.batch_size=8", "train.context_len=4",
         "train.steps_per_iteration=15", "train.num_iterations=3", "train.warmup_tokens=100",
         "num_buffers=2", "num_steps=60", "trajectories_per_buffer=2", "eval.episodes=2", "eval.max_ep_len=40",
@@ -36,15 +30,8 @@ def replay_root(tmp_path_factory):
 
 
 def experiment(args):
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, str(REPO / "atari" / "train_atari.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return run_entry_point("atari/train_atari.py", args)
 
-
-def finish(proc, timeout=600):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "attention"])
@@ -55,11 +42,7 @@ def test_train_evaluate_kill_resume(replay_root, tmp_path, mixer):
 
     proc = experiment([*common, f"run.out_dir={tmp_path / 'b'}", "run.name=run"])
     first = tmp_path / "b" / "run" / "checkpoints" / "iter_001.pt"
-    deadline = time.time() + 600
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, first)
     assert not (tmp_path / "b" / "run" / "summary.json").exists()
     finish(experiment([*common, f"run.out_dir={tmp_path / 'b'}", "run.name=run", "--resume"]))
 

@@ -1,18 +1,13 @@
 """gym/experiment.py end to end on the CPU: train, evaluate, get killed, resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import roll_random_hopper, write_episodes_d4rl
+from helpers import finish, kill_when_exists, roll_random_hopper, run_entry_point, write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.d_model=32", "model.n_layer=2", "train.batch_size=16", "train.context_len=5",
@@ -29,16 +24,9 @@ def hopper_file(tmp_path_factory):
     return path
 
 
-def experiment(args, **kw):
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, str(REPO / "gym" / "experiment.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+def experiment(args):
+    return run_entry_point("gym/experiment.py", args)
 
-
-def finish(proc, timeout=600):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
 
 
 def test_train_evaluate_kill_resume_matches_an_uninterrupted_run(hopper_file, tmp_path):
@@ -49,11 +37,7 @@ def test_train_evaluate_kill_resume_matches_an_uninterrupted_run(hopper_file, tm
 
     proc = experiment([*common, f"run.out_dir={tmp_path / 'b'}", "run.name=run"])
     first_ckpt = tmp_path / "b" / "run" / "checkpoints" / "iter_001.pt"
-    deadline = time.time() + 600
-    while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, first_ckpt)
     run_b = tmp_path / "b" / "run"
     assert not (run_b / "summary.json").exists(), "the run finished before it could be killed"
     assert not list((run_b / "checkpoints").glob("*.tmp")), "a half-written checkpoint was left behind"
