@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
 #   make test   create .venv, install, run the test suite
-# On a GPU machine:  make run TORCH="torch" EXTRAS="dev,cuda"
+# On a GPU machine: make run EXTRAS=dev,cuda  (PyPI's torch==2.13.0 wheel for Linux is a CUDA build)
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
