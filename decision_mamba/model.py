@@ -18,7 +18,8 @@ paper's release pads actions with -10 in training and 0 at evaluation; Mamba has
 mask, so that inconsistency reaches the model. We do not repeat it.)
 
 The same model runs recurrently: `init_state` + `step` feed one timestep's tokens
-through every mixer's own `step`, O(1) per token for Mamba, conv and S4.
+through every mixer's own `step`, O(1) per token for Mamba, conv and S4. DMamba's
+inference steps on the CPU run all layers in one numba kernel (fused_step.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decision_mamba.fused_step import fused_layers_step, fused_step_applies
 from decision_mamba.mixers import build_mixer
 
 # The paper's names for the models built with each token mixer.
@@ -57,7 +59,9 @@ class ModelConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    scan_backend: str = "auto"  # auto | cuda | fused | reference
+    # auto | cuda | fused | reference. On the CPU, auto and fused also run inference steps
+    # through the fused kernel (fused_step.py); reference keeps every step in PyTorch.
+    scan_backend: str = "auto"
     # s4 (DS4)
     s4_d_state: int = 64
 
@@ -294,10 +298,13 @@ class DecisionModel(nn.Module):
             prev_time = self.embed_timestep((timestep - 1).clamp(min=0))
             tokens.insert(0, self.embed_action(prev_action) + prev_time)
         x = self.embed_dropout(self.embed_ln(torch.stack(tokens, dim=1)))  # (B, 2 or 3, d)
-        new_state = []
-        for layer, layer_state in zip(self.layers, inference_state):
-            x, layer_state = layer.step(x, layer_state)
-            new_state.append(layer_state)
+        if fused_step_applies(self, x):  # DMamba inference on the CPU: one numba kernel per layer
+            x, new_state = fused_layers_step(self.layers, x, inference_state)
+        else:
+            new_state = []
+            for layer, layer_state in zip(self.layers, inference_state):
+                x, layer_state = layer.step(x, layer_state)
+                new_state.append(layer_state)
         return self.action_head(self.ln_f(x[:, -1])), new_state
 
     def num_parameters(self) -> int:

@@ -15,13 +15,30 @@ y.square().sum().backward()
 digest = hashlib.sha1()
 for t in [y.detach(), x.grad] + [p.grad for p in block.parameters()]:
     digest.update(t.numpy().tobytes())
+
+# DMamba's fused recurrent step: one sequence (serial kernel), three (parallel kernel)
+from decision_mamba.model import DecisionModel, ModelConfig
+torch.set_num_threads(2)
+model = DecisionModel(ModelConfig(d_model=32, n_layer=2), (5,), 3, discrete=False).eval()
+with torch.no_grad():
+    for batch in (1, 3):
+        state = model.init_state(batch)
+        for t in range(4):
+            out, state = model.step(torch.randn(batch, 5), torch.randn(batch, 1), torch.full((batch,), t),
+                                    torch.randn(batch, 3) if t else None, state)
+            digest.update(out.numpy().tobytes())
 print(digest.hexdigest())
 """
 
 
 def test_fresh_compile_and_cached_kernels_agree_bitwise(tmp_path):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "NUMBA_NUM_THREADS": "1"}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "NUMBA_NUM_THREADS": "2"}
     digests = [subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True,
                               check=True, timeout=600).stdout.strip() for _ in range(2)]
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the first run should have filled the cache"
     assert digests[0] == digests[1]
+    # numba files cached kernels by function name and ignores the compile options: the
+    # serial and parallel variants of the fused step must have entries of their own, or
+    # one would run the other's machine code.
+    cached = {path.name.split("-")[0] for path in (tmp_path / "numba-cache").rglob("*.nbi")}
+    assert {"fused_step._decision_layers_step_serial", "fused_step._decision_layers_step_parallel"} <= cached

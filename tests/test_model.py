@@ -162,4 +162,4 @@ def test_bad_inputs_name_what_was_expected():
         make_model("transformer")
     with pytest.raises(ValueError, match="state_shape"):
         DecisionModel(ModelConfig(mixer="conv", d_model=16), (3, 4), 2, discrete=False)
-    assert not math.isnan(float(model.loss(b)))
+    assert not math.isnan(float(model.loss(b).detach()))

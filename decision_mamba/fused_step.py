@@ -1,0 +1,294 @@
+"""DMamba's recurrent step on the CPU: all layers in one numba kernel call.
+
+`DecisionModel.step` advances every layer by the 2-3 tokens of one environment step. In
+PyTorch that is about 35 small operations per layer, each a few microseconds of dispatch
+(and, with several threads, a wake-up of the thread pool) around a few microseconds of
+arithmetic: at batch 1 the step cost as much as recomputing a 20-step window. Here one
+call runs Eq. (8)-(9) for every layer, new token and sequence:
+
+    h  = LN(x);  x_in, z = in_proj(h)
+    u  = silu(conv1d over the last d_conv x_in)             conv_state keeps them
+    dt_low, B, C = x_proj(u);  delta = softplus(dt_proj(dt_low))
+    s  = exp(delta A) s + delta B u;  y = (C . s + D u) silu(z)     ssm_state is s
+    x += out_proj(y);  x += fc2(gelu(fc1(LN(x))))           (the MLP unless "RC")
+
+the arithmetic of `Mamba.step_chunk` and `ChannelMLP` (tests/test_fused_step.py holds
+them equal). Inference only: no gradient, no dropout.
+
+Only the conv and SSM states need the tokens in order; the projections and the MLP are
+position-wise and run over all new tokens at once. Matrix products are row updates,
+out[r] += x[r, i] * W^T[i, :], over the rows of the transposed weight: the inner loop is
+contiguous and free of reductions, so LLVM vectorises it without reassociating sums
+(which the kernels avoid: see selective_scan.py). The transposed copies are made once and
+remade when a parameter changes (a new tensor, or an in-place update, which torch counts
+in `Tensor._version`).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import weakref
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+from torch import Tensor, nn
+
+from decision_mamba.selective_scan import _FASTMATH, kernel_exp, use_torch_thread_count
+
+__all__ = ["fused_step_applies", "fused_layers_step"]
+
+
+
+def _helper(fn):
+    return numba.njit(fastmath=_FASTMATH, cache=True, nogil=True)(fn)
+
+
+@_helper
+def _layer_norm(x, weight, bias, out):
+    n = x.shape[0]
+    mean = x.dtype.type(0)
+    for i in range(n):
+        mean += x[i]
+    mean /= n
+    var = x.dtype.type(0)
+    for i in range(n):
+        var += (x[i] - mean) * (x[i] - mean)
+    inv_std = 1 / math.sqrt(var / n + x.dtype.type(1e-5))  # nn.LayerNorm's default eps
+    for i in range(n):
+        out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i]
+
+
+@_helper
+def _linear_rows(x, weight_t, bias, out):
+    """out = x @ weight_t (+ bias unless it is empty); x (M, in), weight_t (in, out), out (M, out)."""
+    rows, n_out = out.shape
+    for r in range(rows):
+        if bias.shape[0]:
+            out[r] = bias
+        else:
+            out[r] = 0
+    for i in range(x.shape[1]):
+        w = weight_t[i]
+        for r in range(rows):
+            xi = x[r, i]
+            o = out[r]
+            for j in range(n_out):
+                o[j] += xi * w[j]
+
+
+@_helper
+def _silu(v):
+    return v / (1 + kernel_exp(-v))
+
+
+@_helper
+def _softplus(v):
+    return v if v > 20 else math.log1p(kernel_exp(v))  # F.softplus's threshold
+
+
+@_helper
+def _gelu(v):
+    return v * 0.5 * (1 + math.erf(v * 0.7071067811865476))  # exact GELU, F.gelu's default
+
+
+def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_states, n_chunks,
+                          ln1_w, ln1_b, in_w_t, in_b, conv_w_t, conv_b, x_proj_w_t, dt_w_t, dt_b, A_t, D,
+                          out_w_t, out_b, ln2_w, ln2_b, fc_w_t, fc_b, proj_w_t, proj_b):
+    """Every DecisionLayer of a DMamba over the T new tokens of each sequence; x is updated in place.
+
+    x: (B, T, d). conv_states[l]: (B, ED, d_conv), oldest first; ssm_states[l]: (B, ED, N);
+    both left untouched, the new states go to new_*[l]. Weights are stacked over the L
+    layers, the linear ones transposed to (in, out); conv_w_t: (L, d_conv, ED);
+    A_t = -exp(A_log)^T: (L, N, ED). Biases of size 0 mean none; fc weights of size 0 mean
+    no channel MLP (the RC ablation).
+
+    The sequences are split into `n_chunks` contiguous chunks, one per thread, each taken
+    through all the layers: a single parallel region per call (waking the threads costs
+    about as much as a layer's work at small batch), and each weight row is read once
+    per chunk.
+    """
+    batch, tokens, d_model = x.shape
+    n_layer, d_conv, d_inner = conv_w_t.shape
+    d_state = A_t.shape[1]
+    dt_rank = dt_w_t.shape[1]
+    d_hidden = fc_w_t.shape[2]
+    per_chunk = (batch + n_chunks - 1) // n_chunks
+    for chunk in prange(n_chunks):
+        b0 = chunk * per_chunk
+        b1 = min(batch, b0 + per_chunk)
+        rows = max(0, b1 - b0) * tokens
+        xs = x[b0:b1].reshape(rows, d_model)  # row r: token r % T of sequence b0 + r // T
+        normed = np.empty((rows, d_model), x.dtype)
+        xz = np.empty((rows, 2 * d_inner), x.dtype)  # x_in (ED) then the gate z (ED)
+        y = np.empty((rows, d_inner), x.dtype)
+        mixed = np.empty((rows, d_model), x.dtype)
+        hidden = np.empty((rows, d_hidden), x.dtype)
+        u = np.empty((1, d_inner), x.dtype)
+        dbc = np.empty((1, dt_rank + 2 * d_state), x.dtype)  # dt_low (R), B (N), C (N)
+        delta = np.empty((1, d_inner), x.dtype)
+        for layer in range(n_layer):
+            # 1. Position-wise: the pre-norm and in_proj of every new token.
+            for r in range(rows):
+                _layer_norm(xs[r], ln1_w[layer], ln1_b[layer], normed[r])
+            _linear_rows(normed, in_w_t[layer], in_b[layer], xz)
+
+            # 2. The recurrences, token after token. The states are held channel-last,
+            # (d_conv, ED) and (N, ED), so that the loops over channels vectorise;
+            # mamba_ssm's (ED, .) layout is restored on the way out.
+            for b in range(b0, b1):
+                window = conv_states[layer][b].T.copy()  # (d_conv, ED)
+                s = ssm_states[layer][b].T.copy()  # (N, ED)
+                for t in range(tokens):
+                    r = (b - b0) * tokens + t
+                    for k in range(d_conv - 1):
+                        window[k] = window[k + 1]
+                    window[d_conv - 1] = xz[r, :d_inner]
+                    for j in range(d_inner):
+                        u[0, j] = conv_b[layer, j] if conv_b.shape[1] else 0
+                    for k in range(d_conv):
+                        for j in range(d_inner):
+                            u[0, j] += conv_w_t[layer, k, j] * window[k, j]
+                    for j in range(d_inner):
+                        u[0, j] = _silu(u[0, j])
+                    _linear_rows(u, x_proj_w_t[layer], dt_b[layer, :0], dbc)
+                    _linear_rows(dbc[:, :dt_rank], dt_w_t[layer], dt_b[layer], delta)
+                    y_r = y[r]
+                    for j in range(d_inner):
+                        delta[0, j] = _softplus(delta[0, j])
+                        y_r[j] = D[layer, j] * u[0, j]
+                    for n in range(d_state):  # s = exp(delta A) s + delta B u;  y += C s  (Eq. 2-3)
+                        B_n = dbc[0, dt_rank + n]
+                        C_n = dbc[0, dt_rank + d_state + n]
+                        for j in range(d_inner):
+                            s[n, j] = kernel_exp(delta[0, j] * A_t[layer, n, j]) * s[n, j] + delta[0, j] * u[0, j] * B_n
+                            y_r[j] += C_n * s[n, j]
+                    for j in range(d_inner):
+                        y_r[j] *= _silu(xz[r, d_inner + j])
+                new_conv_states[layer][b] = window.T
+                new_ssm_states[layer][b] = s.T
+
+            # 3. Position-wise: out_proj and the residual, then the channel MLP (Eq. 8-9).
+            _linear_rows(y, out_w_t[layer], out_b[layer], mixed)
+            xs += mixed
+            if d_hidden:
+                for r in range(rows):
+                    _layer_norm(xs[r], ln2_w[layer], ln2_b[layer], normed[r])
+                _linear_rows(normed, fc_w_t[layer], fc_b[layer], hidden)
+                for r in range(rows):
+                    for i in range(d_hidden):
+                        hidden[r, i] = _gelu(hidden[r, i])
+                _linear_rows(hidden, proj_w_t[layer], proj_b[layer], mixed)
+                xs += mixed
+
+
+def _compile(fn, parallel: bool):
+    # numba's disk cache files a kernel under its function's qualified name and keys it by
+    # signature and source, not by the compile options: two dispatchers of one function
+    # would load each other's machine code (measured: the "parallel" one ran serially).
+    # So each variant gets a function object of its own name.
+    name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
+    variant = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    variant.__qualname__ = name
+    return numba.njit(fastmath=_FASTMATH, cache=True, nogil=True, parallel=parallel)(variant)
+
+
+# The same kernel twice: with parallel regions for many tokens, plain loops for few. Every
+# token's arithmetic is the same in both, so are the results.
+_layers_step_serial = _compile(_decision_layers_step, parallel=False)
+_layers_step_parallel = _compile(_decision_layers_step, parallel=True)
+
+
+# ------------------------------------------------------------------ weights, once
+def _stacked(tensors: list, dtype: torch.dtype, transpose: bool = False) -> np.ndarray:
+    """(L, ...) over the layers; (L, 0) when the tensors are None (no bias), copied."""
+    if tensors[0] is None:
+        return np.zeros((len(tensors), 0), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    return torch.stack([(t.t() if transpose else t).detach().to(dtype) for t in tensors]).contiguous().numpy()
+
+
+def _stacked_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The kernel's weight arguments, in its order."""
+    mixers = [layer.mixer for layer in layers]
+    if layers[0].mlp is not None:
+        mlp = [
+            _stacked([layer.ln_mlp.weight for layer in layers], dtype),
+            _stacked([layer.ln_mlp.bias for layer in layers], dtype),
+            _stacked([layer.mlp.fc.weight for layer in layers], dtype, transpose=True),
+            _stacked([layer.mlp.fc.bias for layer in layers], dtype),
+            _stacked([layer.mlp.proj.weight for layer in layers], dtype, transpose=True),
+            _stacked([layer.mlp.proj.bias for layer in layers], dtype),
+        ]
+    else:  # RC: empty weights, d_hidden = 0
+        none = [None] * len(layers)
+        empty = _stacked(none, dtype)
+        mlp = [empty, empty, empty.reshape(len(layers), 0, 0), empty, empty.reshape(len(layers), 0, 0), empty]
+    return (
+        _stacked([layer.ln_mixer.weight for layer in layers], dtype),
+        _stacked([layer.ln_mixer.bias for layer in layers], dtype),
+        _stacked([m.in_proj.weight for m in mixers], dtype, transpose=True),
+        _stacked([m.in_proj.bias for m in mixers], dtype),
+        _stacked([m.conv1d.weight[:, 0, :] for m in mixers], dtype, transpose=True),
+        _stacked([m.conv1d.bias for m in mixers], dtype),
+        _stacked([m.x_proj.weight for m in mixers], dtype, transpose=True),
+        _stacked([m.dt_proj.weight for m in mixers], dtype, transpose=True),
+        _stacked([m.dt_proj.bias for m in mixers], dtype),
+        _stacked([-torch.exp(m.A_log.detach()) for m in mixers], dtype, transpose=True),
+        _stacked([m.D for m in mixers], dtype),
+        _stacked([m.out_proj.weight for m in mixers], dtype, transpose=True),
+        _stacked([m.out_proj.bias for m in mixers], dtype),
+        *mlp,
+    )
+
+
+# layers -> (parameters, version key, weights); weak, so that a deleted model frees its copies.
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The kernel's weights, remade when a parameter's storage or version changed. The list
+    of parameters is kept (walking the modules costs more than the rest of a step at batch
+    1), so a Parameter object swapped in by assignment goes unseen: use load_state_dict."""
+    cached = _WEIGHTS.get(layers)
+    params = cached[0] if cached is not None else list(layers.parameters())
+    key = (dtype, *[p._version for p in params], *[p.data_ptr() for p in params])
+    if cached is None or cached[1] != key:
+        cached = (params, key, _stacked_weights(layers, dtype))
+        _WEIGHTS[layers] = cached
+    return cached[2]
+
+
+# ------------------------------------------------------------------ entry points
+def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
+    """Whether `fused_layers_step` may run this step: a DMamba in eval mode, CPU tokens in
+    float32/float64, no gradient wanted, and a scan backend that allows it (not "reference")."""
+    cfg = model.cfg
+    return (cfg.mixer == "mamba" and cfg.scan_backend in ("auto", "fused") and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and not model.training
+            and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))
+
+
+def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tensor, Tensor]]
+                      ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """All DecisionLayers of a DMamba over T new tokens: x (B, T, d) -> (B, T, d), new states.
+
+    The old states are left untouched (as by `Mamba.step`); the new ones keep their dtypes.
+    """
+    dtype = x.dtype
+    x = x.detach().to(dtype, copy=True).contiguous()  # the kernel updates it in place
+    old = [tuple(s.detach().to(dtype).contiguous() for s in layer_state) for layer_state in states]
+    new = [tuple(torch.empty_like(s) for s in layer_state) for layer_state in old]
+    # A thread per chunk of sequences. One sequence runs without a parallel region, whose
+    # start-up (~0.1 ms here) would cost a third of its step; from two on, threads pay.
+    n_chunks = min(x.shape[0], torch.get_num_threads())
+    if n_chunks > 1:
+        use_torch_thread_count()
+        n_chunks = min(n_chunks, numba.get_num_threads())
+    kernel = _layers_step_parallel if n_chunks > 1 else _layers_step_serial
+    kernel(x.numpy(),
+           tuple(c.numpy() for c, _ in old), tuple(s.numpy() for _, s in old),
+           tuple(c.numpy() for c, _ in new), tuple(s.numpy() for _, s in new), n_chunks,
+           *_cached_weights(layers, dtype))
+    return x, [(c.to(c0.dtype), s.to(s0.dtype)) for (c, s), (c0, s0) in zip(new, states)]

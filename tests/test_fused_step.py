@@ -1,0 +1,203 @@
+"""DMamba's fused recurrent step (numba, CPU) against the PyTorch step and the full forward."""
+
+import numba
+import pytest
+import torch
+
+from decision_mamba import fused_step
+from decision_mamba.mamba import Mamba
+from decision_mamba.model import DecisionModel, ModelConfig
+
+
+def make_dmamba(seed=0, obs_dim=5, act_dim=3, discrete=False, state_shape=None, **kw) -> DecisionModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(mixer="mamba", d_model=32, n_layer=3, dropout=0.0, max_ep_len=50, **kw)
+    model = DecisionModel(cfg, state_shape or (obs_dim,), act_dim, discrete=discrete).eval()
+    # Off the structured init (A_log rows alike, D = 1, zero biases), so that a wrong index
+    # or a dropped term cannot hide.
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+def reference_twin(model: DecisionModel) -> DecisionModel:
+    """The same weights with scan_backend='reference': every layer steps in PyTorch."""
+    cfg = ModelConfig(**{**vars(model.cfg), "scan_backend": "reference"})
+    twin = DecisionModel(cfg, model.state_shape, model.act_dim, model.discrete).eval()
+    for twin_layer, layer in zip(twin.layers, model.layers):  # the same mixer modules (with any swapped-in biases)
+        twin_layer.mixer = layer.mixer
+    twin.load_state_dict(model.state_dict())
+    return twin.to(next(model.parameters()).dtype)
+
+
+def inputs(B, T, seed=1, dtype=torch.float32, d_model=32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, d_model, generator=g, dtype=dtype)
+
+
+def random_state(model, B, seed=2, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(s.shape, generator=g, dtype=dtype) for s in layer_state)
+            for layer_state in model.init_state(B)]
+
+
+def torch_layers_step(model, x, state):
+    new_state = []
+    for layer, layer_state in zip(model.layers, state):
+        x, layer_state = layer.step(x, layer_state)
+        new_state.append(layer_state)
+    return x, new_state
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("channel_mlp", [True, False])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 3), (4, 2), (5, 3)])
+def test_fused_layers_equal_the_pytorch_layer_steps(dtype, tol, channel_mlp, B, T):
+    model = make_dmamba(channel_mlp=channel_mlp).to(dtype)
+    x = inputs(B, T, dtype=dtype)
+    state = random_state(model, B, dtype=dtype)  # not zeros: the old state must enter correctly
+    with torch.no_grad():
+        expected, expected_state = torch_layers_step(model, x, state)
+        got, got_state = fused_step.fused_layers_step(model.layers, x, state)
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    for (c, s), (c_ref, s_ref) in zip(got_state, expected_state):
+        torch.testing.assert_close(c, c_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(s, s_ref, rtol=tol, atol=tol)
+
+
+def test_optional_biases_enter_like_in_the_pytorch_step():
+    """mamba_ssm's bias=True (in_proj, out_proj) and conv_bias=False, which the default layout lacks."""
+    model = make_dmamba()
+    for i, layer in enumerate(model.layers):
+        torch.manual_seed(10 + i)
+        layer.mixer = Mamba(32, bias=True, conv_bias=False)
+        with torch.no_grad():
+            layer.mixer.in_proj.bias.normal_()
+            layer.mixer.out_proj.bias.normal_()
+    model.eval()
+    x, state = inputs(3, 3), random_state(model, 3)
+    with torch.no_grad():
+        expected, _ = torch_layers_step(model, x, state)
+        got, _ = fused_step.fused_layers_step(model.layers, x, state)
+    torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_model_step_with_the_fused_layers_equals_the_full_forward(discrete):
+    model = make_dmamba(discrete=discrete).double()
+    g = torch.Generator().manual_seed(3)
+    B, K = 3, 7
+    states = torch.randn(B, K, 5, generator=g, dtype=torch.float64)
+    actions = (torch.randint(0, 3, (B, K), generator=g) if discrete
+               else torch.rand(B, K, 3, generator=g, dtype=torch.float64) * 2 - 1)
+    rtg = torch.randn(B, K, 1, generator=g, dtype=torch.float64)
+    timesteps = torch.arange(K).repeat(B, 1) + 4
+    with torch.no_grad():
+        full = model(states, actions, rtg, timesteps)
+        state = model.init_state(B)
+        for t in range(K):
+            assert fused_step.fused_step_applies(model, states[:, t])
+            pred, state = model.step(states[:, t], rtg[:, t], timesteps[:, t], actions[:, t - 1] if t else None, state)
+            torch.testing.assert_close(pred, full[:, t], rtol=1e-10, atol=1e-11)
+
+
+def test_the_old_state_is_untouched_and_the_new_one_keeps_its_dtype():
+    model = make_dmamba()
+    x = inputs(2, 3)
+    state = random_state(model, 2)
+    before = [tuple(s.clone() for s in layer_state) for layer_state in state]
+    half_state = [(c.double(), s.double()) for c, s in state]
+    with torch.no_grad():
+        _, new = fused_step.fused_layers_step(model.layers, x, state)
+        _, new_from_double = fused_step.fused_layers_step(model.layers, x, half_state)
+    for (c, s), (c0, s0) in zip(state, before):
+        assert torch.equal(c, c0) and torch.equal(s, s0)
+    assert all(c.dtype == torch.float32 and s.dtype == torch.float32 for c, s in new)
+    assert all(c.dtype == torch.float64 and s.dtype == torch.float64 for c, s in new_from_double)
+    assert not torch.equal(new[0][1], state[0][1])
+
+
+def test_threads_give_the_same_bits_as_one_thread():
+    """The parallel kernel (one chunk of sequences per thread) and the serial one."""
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    if threads < 2:
+        pytest.skip("needs 2 numba threads")
+    model = make_dmamba()
+    x, state = inputs(5, 3), random_state(model, 5)
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            serial, serial_state = fused_step.fused_layers_step(model.layers, x, state)
+            torch.set_num_threads(threads)
+            parallel, parallel_state = fused_step.fused_layers_step(model.layers, x, state)
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+    assert torch.equal(serial, parallel)
+    for a, b in zip(serial_state, parallel_state):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # and a sequence's result does not depend on its neighbours in the batch
+    with torch.no_grad():
+        alone, _ = fused_step.fused_layers_step(model.layers, x[3:4], [(c[3:4], s[3:4]) for c, s in state])
+    assert torch.equal(alone[0], serial[3])
+
+
+def test_weights_are_recopied_after_training_changes_them():
+    model = make_dmamba()
+    x, state = inputs(2, 3), random_state(model, 2)
+    with torch.no_grad():
+        before, _ = fused_step.fused_layers_step(model.layers, x, state)
+    # an optimiser step changes parameters in place
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(5)
+    batch_states = torch.randn(2, 4, 5, generator=g)
+    loss = model(batch_states, torch.zeros(2, 4, 3), torch.ones(2, 4, 1), torch.arange(4).repeat(2, 1)).square().sum()
+    loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        after, _ = fused_step.fused_layers_step(model.layers, x, state)
+        expected, _ = torch_layers_step(model, x, state)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, expected, rtol=2e-5, atol=2e-5)
+    # load_state_dict copies in place too
+    other = make_dmamba(seed=7)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        loaded, _ = fused_step.fused_layers_step(model.layers, x, state)
+        expected, _ = torch_layers_step(other, x, state)
+    torch.testing.assert_close(loaded, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_the_fused_step_runs_only_where_it_applies():
+    model = make_dmamba()
+    x = inputs(1, 3)
+    with torch.no_grad():
+        assert fused_step.fused_step_applies(model, x)
+        assert not fused_step.fused_step_applies(model.train(), x)  # dropout would be skipped
+        model.eval()
+        assert not fused_step.fused_step_applies(model, x.half())
+        assert not fused_step.fused_step_applies(reference_twin(model), x)
+        dt = DecisionModel(ModelConfig(mixer="attention", d_model=32), (5,), 3, discrete=False).eval()
+        assert not fused_step.fused_step_applies(dt, x)
+    assert not fused_step.fused_step_applies(model, x)  # autograd wants a graph: the PyTorch step gives one
+
+
+def test_reference_backend_steps_equal_the_fused_ones_through_the_model():
+    model = make_dmamba()
+    twin = reference_twin(model)
+    g = torch.Generator().manual_seed(4)
+    B, K = 2, 5
+    states, rtg = torch.randn(B, K, 5, generator=g), torch.randn(B, K, 1, generator=g)
+    actions = torch.rand(B, K, 3, generator=g)
+    with torch.no_grad():
+        s1, s2 = model.init_state(B), twin.init_state(B)
+        for t in range(K):
+            ts = torch.full((B,), t)
+            p1, s1 = model.step(states[:, t], rtg[:, t], ts, actions[:, t - 1] if t else None, s1)
+            p2, s2 = twin.step(states[:, t], rtg[:, t], ts, actions[:, t - 1] if t else None, s2)
+            torch.testing.assert_close(p1, p2, rtol=2e-5, atol=2e-6)
