@@ -36,14 +36,14 @@ import torch
 from numba import prange
 from torch import Tensor, nn
 
-from decision_mamba.selective_scan import _FASTMATH, kernel_exp, use_torch_thread_count
+from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
 __all__ = ["fused_step_applies", "fused_layers_step"]
 
 
 
 def _helper(fn):
-    return numba.njit(fastmath=_FASTMATH, cache=True, nogil=True)(fn)
+    return jit_kernel(fn, parallel=False)  # called from the kernels below, which are parallel or not
 
 
 @_helper
@@ -192,7 +192,7 @@ def _compile(fn, parallel: bool):
     name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
     variant = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     variant.__qualname__ = name
-    return numba.njit(fastmath=_FASTMATH, cache=True, nogil=True, parallel=parallel)(variant)
+    return jit_kernel(variant, parallel=parallel)
 
 
 # The same kernel twice: with parallel regions for many tokens, plain loops for few. Every

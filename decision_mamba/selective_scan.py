@@ -74,9 +74,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 
-def jit_kernel(fn):
-    """njit a kernel: parallel, no GIL, cached on disk when a cache directory is writable."""
-    options = dict(parallel=True, nogil=True, fastmath=_FASTMATH)
+def jit_kernel(fn, *, parallel: bool = True):
+    """njit a kernel: parallel (unless told), no GIL, cached on disk when a cache directory is writable."""
+    options = dict(parallel=parallel, nogil=True, fastmath=_FASTMATH)
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # numba found no writable cache location: compile at each start
