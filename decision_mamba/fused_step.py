@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from numba import prange
 from torch import Tensor, nn
+from torch.nn.modules.module import (register_module_module_registration_hook,
+                                      register_module_parameter_registration_hook)
 
 from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
 __all__ = ["fused_step_applies", "fused_layers_step"]
-
 
 
 def _helper(fn):
@@ -243,21 +244,40 @@ def _stacked_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndar
     )
 
 
-# layers -> (parameters, version key, weights); weak, so that a deleted model frees its copies.
+# Walking a model's modules for its parameters costs ~70 us, a tenth of a whole step at batch
+# 1, so the list is kept. What could make it stale is a Parameter or a submodule assigned in
+# place of another; torch announces every such registration, anywhere, to global hooks, and
+# this counter of them is part of the cache key (a few model constructions elsewhere cost one
+# walk more, nothing else).
+_registrations = 0
+
+
+def _count_registration(*_) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_parameter_registration_hook(_count_registration)
+register_module_module_registration_hook(_count_registration)
+
+# layers -> (registrations seen, parameters, version key, weights); weak, so that a deleted
+# model frees its copies.
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
-    """The kernel's weights, remade when a parameter's storage or version changed. The list
-    of parameters is kept (walking the modules costs more than the rest of a step at batch
-    1), so a Parameter object swapped in by assignment goes unseen: use load_state_dict."""
+    """The kernel's weights, remade when a parameter was replaced, or changed in place (an
+    optimiser step, load_state_dict: torch counts in-place updates in `Tensor._version`)."""
     cached = _WEIGHTS.get(layers)
-    params = cached[0] if cached is not None else list(layers.parameters())
+    if cached is not None and cached[0] == _registrations:
+        params = cached[1]
+    else:
+        params = list(layers.parameters())
     key = (dtype, *[p._version for p in params], *[p.data_ptr() for p in params])
-    if cached is None or cached[1] != key:
-        cached = (params, key, _stacked_weights(layers, dtype))
+    if cached is None or cached[1] is not params or cached[2] != key:
+        cached = (_registrations, params, key, _stacked_weights(layers, dtype))
         _WEIGHTS[layers] = cached
-    return cached[2]
+    return cached[3]
 
 
 # ------------------------------------------------------------------ entry points
@@ -276,19 +296,33 @@ def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tenso
 
     The old states are left untouched (as by `Mamba.step`); the new ones keep their dtypes.
     """
+    # The bookkeeping is in numpy: a torch call costs a few microseconds even when it does
+    # nothing (a .to() to the same dtype), and at batch 1 the whole kernel takes ~0.5 ms.
     dtype = x.dtype
-    x = x.detach().to(dtype, copy=True).contiguous()  # the kernel updates it in place
-    old = [tuple(s.detach().to(dtype).contiguous() for s in layer_state) for layer_state in states]
-    new = [tuple(torch.empty_like(s) for s in layer_state) for layer_state in old]
+    x_np = np.array(x.detach().numpy(), order="C")  # a copy: the kernel updates it in place
+    old = [tuple(_array(s, dtype) for s in layer_state) for layer_state in states]
+    new = [tuple(np.empty_like(a) for a in layer_state) for layer_state in old]
     # A thread per chunk of sequences. One sequence runs without a parallel region, whose
     # start-up (~0.1 ms here) would cost a third of its step; from two on, threads pay.
-    n_chunks = min(x.shape[0], torch.get_num_threads())
+    n_chunks = min(x_np.shape[0], torch.get_num_threads())
     if n_chunks > 1:
         use_torch_thread_count()
         n_chunks = min(n_chunks, numba.get_num_threads())
     kernel = _layers_step_parallel if n_chunks > 1 else _layers_step_serial
-    kernel(x.numpy(),
-           tuple(c.numpy() for c, _ in old), tuple(s.numpy() for _, s in old),
-           tuple(c.numpy() for c, _ in new), tuple(s.numpy() for _, s in new), n_chunks,
-           *_cached_weights(layers, dtype))
-    return x, [(c.to(c0.dtype), s.to(s0.dtype)) for (c, s), (c0, s0) in zip(new, states)]
+    kernel(x_np, tuple(c for c, _ in old), tuple(s for _, s in old), tuple(c for c, _ in new), tuple(s for _, s in new),
+           n_chunks, *_cached_weights(layers, dtype))
+    return torch.from_numpy(x_np), [tuple(_tensor(a, like) for a, like in zip(layer_new, layer_old))
+                                    for layer_new, layer_old in zip(new, states)]
+
+
+def _array(t: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """t as a C-contiguous array of dtype, without a copy where it already is one."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return np.ascontiguousarray(t.detach().numpy())
+
+
+def _tensor(a: np.ndarray, like: Tensor) -> Tensor:
+    """a as a tensor of like's dtype (the state's own dtype, which the kernel may not compute in)."""
+    t = torch.from_numpy(a)
+    return t if t.dtype == like.dtype else t.to(like.dtype)

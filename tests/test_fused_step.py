@@ -173,6 +173,26 @@ def test_weights_are_recopied_after_training_changes_them():
     torch.testing.assert_close(loaded, expected, rtol=2e-5, atol=2e-5)
 
 
+def test_weights_are_recopied_after_a_parameter_or_a_block_is_assigned():
+    model = make_dmamba()
+    x, state = inputs(2, 3), random_state(model, 2)
+    with torch.no_grad():
+        before, _ = fused_step.fused_layers_step(model.layers, x, state)  # fills the cache
+        model.layers[1].mixer.D = torch.nn.Parameter(torch.randn(model.layers[1].mixer.D.shape))
+        got, _ = fused_step.fused_layers_step(model.layers, x, state)
+        expected, _ = torch_layers_step(model, x, state)
+    assert (got - before).abs().max() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+    # a block built earlier (its parameters registered before the cache was filled)
+    spare = make_dmamba(seed=9).layers[2].mixer
+    with torch.no_grad():
+        fused_step.fused_layers_step(model.layers, x, state)
+        model.layers[2].mixer = spare
+        got, _ = fused_step.fused_layers_step(model.layers, x, state)
+        expected, _ = torch_layers_step(model, x, state)
+    torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+
+
 def test_the_fused_step_runs_only_where_it_applies():
     model = make_dmamba()
     x = inputs(1, 3)
