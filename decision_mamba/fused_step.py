@@ -260,8 +260,7 @@ def _count_registration(*_) -> None:
 register_module_parameter_registration_hook(_count_registration)
 register_module_module_registration_hook(_count_registration)
 
-# layers -> (registrations seen, parameters, version key, weights); weak, so that a deleted
-# model frees its copies.
+# layers -> (parameters, key, weights); weak, so that a deleted model frees its copies.
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -269,15 +268,12 @@ def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarr
     """The kernel's weights, remade when a parameter was replaced, or changed in place (an
     optimiser step, load_state_dict: torch counts in-place updates in `Tensor._version`)."""
     cached = _WEIGHTS.get(layers)
-    if cached is not None and cached[0] == _registrations:
-        params = cached[1]
-    else:
-        params = list(layers.parameters())
-    key = (dtype, *[p._version for p in params], *[p.data_ptr() for p in params])
-    if cached is None or cached[1] is not params or cached[2] != key:
-        cached = (_registrations, params, key, _stacked_weights(layers, dtype))
+    params = cached[0] if cached is not None and cached[1][0] == _registrations else list(layers.parameters())
+    key = (_registrations, dtype, *[p._version for p in params], *[p.data_ptr() for p in params])
+    if cached is None or cached[1] != key:
+        cached = (params, key, _stacked_weights(layers, dtype))
         _WEIGHTS[layers] = cached
-    return cached[3]
+    return cached[2]
 
 
 # ------------------------------------------------------------------ entry points
@@ -300,8 +296,10 @@ def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tenso
     # nothing (a .to() to the same dtype), and at batch 1 the whole kernel takes ~0.5 ms.
     dtype = x.dtype
     x_np = np.array(x.detach().numpy(), order="C")  # a copy: the kernel updates it in place
-    old = [tuple(_array(s, dtype) for s in layer_state) for layer_state in states]
-    new = [tuple(np.empty_like(a) for a in layer_state) for layer_state in old]
+    old_conv = tuple(_array(c, dtype) for c, _ in states)
+    old_ssm = tuple(_array(s, dtype) for _, s in states)
+    new_conv = tuple(np.empty_like(a) for a in old_conv)
+    new_ssm = tuple(np.empty_like(a) for a in old_ssm)
     # A thread per chunk of sequences. One sequence runs without a parallel region, whose
     # start-up (~0.1 ms here) would cost a third of its step; from two on, threads pay.
     n_chunks = min(x_np.shape[0], torch.get_num_threads())
@@ -309,10 +307,9 @@ def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tenso
         use_torch_thread_count()
         n_chunks = min(n_chunks, numba.get_num_threads())
     kernel = _layers_step_parallel if n_chunks > 1 else _layers_step_serial
-    kernel(x_np, tuple(c for c, _ in old), tuple(s for _, s in old), tuple(c for c, _ in new), tuple(s for _, s in new),
-           n_chunks, *_cached_weights(layers, dtype))
-    return torch.from_numpy(x_np), [tuple(_tensor(a, like) for a, like in zip(layer_new, layer_old))
-                                    for layer_new, layer_old in zip(new, states)]
+    kernel(x_np, old_conv, old_ssm, new_conv, new_ssm, n_chunks, *_cached_weights(layers, dtype))
+    return torch.from_numpy(x_np), [(_tensor(c, c0), _tensor(s, s0))
+                                    for c, s, (c0, s0) in zip(new_conv, new_ssm, states)]
 
 
 def _array(t: Tensor, dtype: torch.dtype) -> np.ndarray:
