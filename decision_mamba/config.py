@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from decision_mamba.errors import UserError
 from decision_mamba.model import ModelConfig
 
 VALID_MIXERS = ("mamba", "attention", "conv", "s4")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema."""
 
 
