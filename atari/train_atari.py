@@ -16,14 +16,15 @@ import sys
 
 import numpy as np
 
+from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.atari_replay import load_dqn_replay
 from decision_mamba.data.sampler import sample_batch
-from decision_mamba.envs import make_atari_vector_env, num_actions
-from decision_mamba.evaluation import evaluate_batched, summarize
+from decision_mamba.envs import atari_env_id, make_atari_vector_env, num_actions
+from decision_mamba.errors import cli_main
+from decision_mamba.evaluate import evaluate_policy, evaluation_seed
 from decision_mamba.model import MODEL_NAMES, DecisionModel
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
-from decision_mamba.scores import atari_normalized_score
 from decision_mamba.trainer import Trainer, resolve_device
 
 
@@ -55,21 +56,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     envs = make_atari_vector_env(cfg.game, num_envs=max(1, cfg.eval.episodes * len(cfg.eval.targets)),
                                  seed=cfg.seed)
-    targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
 
-    def evaluate(iteration: int) -> dict:
-        stats = evaluate_batched(model, envs, targets, context_len=K, rtg_scale=cfg.train.rtg_scale,
-                                 max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed * 1000 + iteration,
-                                 mode=cfg.eval.mode, sample_actions=cfg.eval.sample_actions,
-                                 progress=cfg.run.progress)
-        return summarize(stats, lambda r: atari_normalized_score(cfg.game, r))
+    def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
+        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), progress=cfg.run.progress)
 
     name = f"{cfg.game.lower()}-{cfg.model.mixer}-k{K}-s{cfg.seed}"
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
                              group=f"{cfg.game.lower()}/{cfg.model.mixer}", resume=args.resume,
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
-                                                        "transitions": int(traj.num_transitions)}})
+                                                        "transitions": int(traj.num_transitions)}},
+                             identity=run_identity("atari", traj, env_id=atari_env_id(cfg.game), obs_shape=(4, 84, 84),
+                                                   act_dim=n_actions, discrete=True))
     envs.close()
     for which in ("last", "best"):
         if summary[which] is not None:
@@ -79,4 +77,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli_main(main, sys.argv[1:]))

@@ -8,6 +8,7 @@ names the key. `validate()` checks what types alone cannot.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from decision_mamba.checkpoint import parse_keep
 from decision_mamba.errors import UserError
 from decision_mamba.model import ModelConfig
 
@@ -64,7 +66,7 @@ class RunConfig:
     wandb: str = "disabled"  # disabled | offline | online
     wandb_project: str = "decision-mamba"
     wandb_group: str = ""  # e.g. table1/hopper-medium/dmamba (scripts set it)
-    keep_checkpoints: int = 0  # 0 = keep one per iteration; N = only the last N
+    keep_checkpoints: str = "last_and_best"  # last_and_best | all | N (the newest N and the best)
     progress: bool = True
 
 
@@ -151,9 +153,15 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
            f"train.lr_schedule must be linear_warmup or warmup_cosine_tokens, got {t.lr_schedule!r}")
     _check(t.rtg_scale > 0, "train.rtg_scale must be positive")
     _check(e.mode in ("window", "recurrent"), f"eval.mode must be window or recurrent, got {e.mode!r}")
-    _check(e.episodes >= 0, "eval.episodes must be >= 0")
-    _check(len(e.targets) > 0, "eval.targets needs at least one target return")
-    _check(e.every > 0, "eval.every must be positive")
+    _check(e.episodes > 0, f"eval.episodes (per target) must be positive, got {e.episodes}")
+    _check(len(e.targets) > 0 and all(math.isfinite(x) for x in e.targets),
+           f"eval.targets needs at least one target return, all finite, got {e.targets}")
+    _check(e.every > 0, f"eval.every must be positive, got {e.every}")
+    _check(e.max_ep_len > 0, f"eval.max_ep_len must be positive, got {e.max_ep_len}")
+    try:
+        parse_keep(cfg.run.keep_checkpoints)
+    except UserError as err:
+        raise ConfigError(str(err)) from None
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
            f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
     if isinstance(cfg, GymConfig):

@@ -3,10 +3,16 @@
 A run directory holds
     config.yaml          the resolved config
     metrics.jsonl        one line per iteration: training statistics and the evaluation
-    checkpoints/iter_NNN.pt  the trainer's full state after iteration NNN (atomic)
+    identity.json        what the numbers depend on besides the config: data fingerprint,
+                         environment, thread counts, code version (decision_mamba/checkpoint.py)
+    checkpoints/iter_NNN.pt  self-contained: the trainer's full state after iteration NNN, the
+                         config and the identity (atomic, verified on load); by default only
+                         the newest and the best are kept (run.keep_checkpoints)
     summary.json         the last and the best evaluation, saying which is which
 
-`--resume` reloads the newest checkpoint, drops metrics written after it, and goes on;
+`--resume` first compares the config and the identity with the run's and refuses any
+difference; then it reloads the newest intact checkpoint, drops metrics written after it
+(and a torn last line), and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
 checkpoint carries every random state and each evaluation is seeded from (seed, iteration).
 """
@@ -27,7 +33,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from decision_mamba.atomic import atomic_path, write_text_atomic
+from decision_mamba.atomic import write_text_atomic
+from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path,
+                                       code_version, newest_intact, remove_leftovers,
+                                       retain, save_checkpoint, thread_counts)
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
 from decision_mamba.trainer import Trainer
 
@@ -58,17 +67,6 @@ def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
     return Path(cfg.run.out_dir) / (cfg.run.name or default_name)
 
 
-# ----------------------------------------------------------------- atomic files
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    # weights_only: a checkpoint is data, never code.
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # --------------------------------------------------------------------- logging
 class MetricsLog:
     """metrics.jsonl plus, optionally, wandb (offline when there are no credentials)."""
@@ -86,9 +84,7 @@ class MetricsLog:
             )
 
     def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_records(self.path)
 
     def truncate(self, last_iteration: int) -> None:
         """Forget iterations after `last_iteration` (written by a run killed after its checkpoint)."""
@@ -107,6 +103,24 @@ class MetricsLog:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(_flatten(summary))
             self.wandb_run.finish()
+
+
+def read_records(path: Path) -> list[dict]:
+    """The lines of metrics.jsonl. A torn last line (a kill, power loss or full disk in the
+    middle of an append) is dropped, saying so; a damaged line before it is an error."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise CheckpointError(f"{path} line {number} is damaged (not JSON); only a torn last line "
+                                      f"can be repaired: fix or delete the line, then --resume") from None
+            print(f"warning: dropped the torn last line of {path} (an append cut short): {line[:60]!r}")
+    return records
 
 
 def _wandb_id(run_dir: Path) -> str:
@@ -152,8 +166,11 @@ def best_and_last(records: list[dict]) -> dict:
 # ------------------------------------------------------------------ main loop
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
-                   extra_summary: dict | None = None) -> dict:
-    """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary."""
+                   extra_summary: dict | None = None, identity: dict | None = None) -> dict:
+    """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary.
+
+    `identity` (checkpoint.run_identity) makes the checkpoints self-contained and is what
+    --resume compares besides the config."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -161,17 +178,26 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             f"run directory {run_dir} already exists; pass --resume to continue it, "
             f"or choose another run.name / run.out_dir"
         )
+    config_yaml = to_yaml(cfg)
+    identity = {**(identity or {}), "threads": thread_counts(), "code": code_version()}
+    found = None
+    if resume:
+        check_resume(run_dir, config_yaml, identity)  # reads only: a refusal leaves the run as it was
+        remove_leftovers(run_dir)
+        found = newest_intact(ckpt_dir)
+        if found is None and any(ckpt_dir.glob("iter_*.pt.damaged")):
+            print(f"warning: no intact checkpoint in {ckpt_dir}; starting {run_dir} over from iteration 1")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    write_text_atomic(run_dir / "config.yaml", config_yaml)
+    write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=2))
     log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name)
 
     start_iteration = 1
-    checkpoints = sorted(ckpt_dir.glob("iter_*.pt"))
-    if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1])
+    if found is not None:
+        path, state = found
         trainer.load_state_dict(state["trainer"])
         start_iteration = state["iteration"] + 1
-        print(f"resumed {run_dir} from {checkpoints[-1].name} (step {trainer.step})")
+        print(f"resumed {run_dir} from {path.name} (step {trainer.step})")
     log.truncate(start_iteration - 1)
 
     steps = steps_per_iteration if steps_per_iteration is not None else cfg.train.steps_per_iteration
@@ -203,8 +229,10 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             record["eval_time_s"] = time.perf_counter() - t1
             print(_format_eval(iteration, n_iter, record))
         log.log(record)
-        save_checkpoint(ckpt_dir / f"iter_{iteration:03d}.pt", {"iteration": iteration, "trainer": trainer.state_dict()})
-        _prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+        save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),
+                                                               "config": config_yaml, "identity": identity})
+        best = best_and_last(log.records())["best"]
+        retain(ckpt_dir, cfg.run.keep_checkpoints, best["iteration"] if best else None)
 
     records = log.records()
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
@@ -217,12 +245,6 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     log.close(summary)
     return summary
-
-
-def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    if keep > 0:
-        for old in sorted(ckpt_dir.glob("iter_*.pt"))[:-keep]:
-            old.unlink()
 
 
 def _format_eval(iteration: int, n_iter: int, record: dict) -> str:

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.d4rl import load_dataset
 from decision_mamba.data.sampler import sample_batch, state_normalization
 from decision_mamba.envs import gym_env_id, make_gym_vector_env
-from decision_mamba.evaluation import evaluate_batched, evaluate_random_policy, summarize
+from decision_mamba.errors import cli_main
+from decision_mamba.evaluate import evaluate_policy, evaluation_seed
+from decision_mamba.evaluation import evaluate_random_policy
 from decision_mamba.model import MODEL_NAMES, DecisionModel
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.scores import d4rl_normalized_score
@@ -64,14 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
                             rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len, mode="dt-gym")
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
-    targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
 
-    def evaluate(iteration: int) -> dict:
-        stats = evaluate_batched(model, envs, targets, context_len=K, rtg_scale=rtg_scale,
-                                 max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed * 1000 + iteration,
-                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std,
-                                 progress=cfg.run.progress)
-        return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
+    def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
+        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
+                               progress=cfg.run.progress)
 
     name = f"{dataset_label(cfg)}-{cfg.model.mixer}-s{cfg.seed}"
     reference = {
@@ -83,7 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
                              group=f"{dataset_label(cfg)}/{cfg.model.mixer}", resume=args.resume,
-                             extra_summary={"reference": reference})
+                             extra_summary={"reference": reference},
+                             identity=run_identity("gym", traj, env_id=env_id, obs_shape=(obs_dim,), act_dim=act_dim,
+                                                   discrete=False, state_mean=state_mean, state_std=state_std))
     envs.close()
     print(report(summary, MODEL_NAMES[cfg.model.mixer]))
     return summary
@@ -117,4 +118,4 @@ def report(summary: dict, model_name: str) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli_main(main, sys.argv[1:]))

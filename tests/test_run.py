@@ -11,7 +11,8 @@ from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.sampler import sample_batch
 from decision_mamba.data.trajectories import Trajectories
 from decision_mamba.model import DecisionModel
-from decision_mamba.run import best_and_last, load_checkpoint, run_experiment
+from decision_mamba.checkpoint import load_checkpoint
+from decision_mamba.run import best_and_last, run_experiment
 from decision_mamba.trainer import Trainer, configure_optimizer, linear_warmup, warmup_cosine_tokens
 
 
@@ -96,7 +97,8 @@ def test_resume_after_an_interruption_ends_with_the_same_numbers(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "b" / "run", group="g")
     assert not (tmp_path / "b" / "run" / "summary.json").exists()
-    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["iter_001.pt", "iter_002.pt"]
+    # retention (last_and_best): iteration 2 is both the newest and the best (score -18.1 > -21.9)
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == ["iter_002.pt"]
 
     # a fresh process: new objects, weights re-initialised differently on purpose
     torch.manual_seed(12345)

@@ -1,0 +1,202 @@
+"""Evaluate a trained checkpoint: the logged evaluation again, or another protocol.
+
+    python -m decision_mamba.evaluate RUN_DIR_OR_CHECKPOINT [--which last|best] [--episodes N]
+        [--targets R [R ...]] [--mode window|recurrent] [--seed S] [--device D] [--json OUT]
+
+A checkpoint is self-contained (decision_mamba/checkpoint.py): the config, the state
+normalisation and the environment come from the file, not from the data. Given a run
+directory it takes the newest checkpoint (`--which last`) or the best evaluation's
+(`--which best`, the run's own selection rule, as in summary.json). With the run's
+settings and the default seed (seed * 1000 + iteration, as during training) and the
+run's thread counts, it reproduces the evaluation logged in metrics.jsonl number for
+number: training and this command call the same functions below. Works for gym and
+Atari runs alike. Prints one line per target and writes JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from decision_mamba.atomic import write_text_atomic
+from decision_mamba.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
+from decision_mamba.config import AtariConfig, ConfigError, GymConfig, validate
+from decision_mamba.errors import cli_main
+from decision_mamba.evaluation import evaluate_batched, summarize
+from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.scores import atari_normalized_score, d4rl_normalized_score
+from decision_mamba.trainer import resolve_device
+
+SCHEMAS = {"gym": GymConfig, "atari": AtariConfig}
+
+
+# --------------------------------------------- shared with the training entry points
+def evaluation_seed(seed: int, iteration: int) -> int:
+    """The seed of the evaluation after `iteration`: fixed per (seed, iteration), so a resumed
+    run and this command replay exactly the episodes the uninterrupted run played."""
+    return seed * 1000 + iteration
+
+
+def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, seed: int,
+                    state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
+                    progress: bool = False) -> dict[str, dict[str, float]]:
+    """One evaluation (every target x cfg.eval.episodes, batched) -> summarize()'s per-target dict."""
+    targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
+    stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len, rtg_scale=cfg.train.rtg_scale,
+                             max_ep_len=cfg.eval.max_ep_len, seed=seed, mode=cfg.eval.mode,
+                             state_mean=state_mean, state_std=state_std,
+                             sample_actions=cfg.eval.sample_actions, progress=progress)  # ignored when continuous
+    if isinstance(cfg, GymConfig):
+        return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
+    return summarize(stats, lambda r: atari_normalized_score(cfg.game, r))
+
+
+# -------------------------------------------------------------------- the command
+def resolve_checkpoint(target: Path, which: str) -> Path:
+    """A checkpoint file as given, or the run directory's newest / best one."""
+    if target.is_file():
+        return target
+    ckpt_dir = target / "checkpoints"
+    if not target.is_dir() or not ckpt_dir.is_dir():
+        raise CheckpointError(f"{target} is neither a checkpoint file nor a run directory with checkpoints/")
+    if which == "last":
+        checkpoints = list_checkpoints(ckpt_dir)
+        if not checkpoints:
+            raise CheckpointError(f"no checkpoint in {ckpt_dir}")
+        return checkpoints[-1][1]
+    from decision_mamba.run import best_and_last, read_records  # the run's own selection rule
+
+    best = best_and_last(read_records(target / "metrics.jsonl"))["best"]
+    if best is None:
+        raise CheckpointError(f"{target / 'metrics.jsonl'} has no evaluation yet, so there is no best checkpoint")
+    path = checkpoint_path(ckpt_dir, best["iteration"])
+    if not path.is_file():
+        raise CheckpointError(f"the best evaluation was iteration {best['iteration']} but {path} is gone "
+                              f"(run.keep_checkpoints removed it?); use --which last or give a file")
+    return path
+
+
+def config_from_checkpoint(state: dict, path: Path, overrides: list[str]) -> GymConfig | AtariConfig:
+    identity = state.get("identity") or {}
+    schema = SCHEMAS.get(identity.get("experiment"))
+    if schema is None or "config" not in state:
+        raise CheckpointError(f"{path} is not self-contained (no config or identity: written by an older "
+                              f"version, or by run_experiment without an identity); it cannot be evaluated alone")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(state["config"]),
+                                 OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid evaluation settings for {path}: {err}") from None
+    validate(cfg)
+    return cfg
+
+
+def _set_threads(threads: dict[str, int] | None) -> None:
+    """The run's thread counts: reductions, hence the last bits, depend on them."""
+    if not threads:
+        return
+    torch.set_num_threads(int(threads["torch"]))
+    import numba
+
+    if int(threads["numba"]) <= numba.config.NUMBA_NUM_THREADS:
+        numba.set_num_threads(int(threads["numba"]))
+    else:
+        print(f"warning: the run used {threads['numba']} numba threads, this process has at most "
+              f"{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS); the last bits may differ", file=sys.stderr)
+
+
+def make_envs(cfg: GymConfig | AtariConfig, identity: dict) -> gym.vector.VectorEnv:
+    from decision_mamba.envs import make_atari_vector_env, make_gym_vector_env
+
+    num_envs = cfg.eval.episodes * len(cfg.eval.targets)
+    if isinstance(cfg, GymConfig):
+        return make_gym_vector_env(identity["env_id"], num_envs=num_envs, max_episode_steps=cfg.eval.max_ep_len,
+                                   dataset_obs_dim=identity["obs_shape"][0], dataset_act_dim=identity["act_dim"])
+    return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed)
+
+
+def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Sequence[float] | None = None,
+                        mode: str | None = None, seed: int | None = None, device: str | None = None) -> dict:
+    """Rebuild the policy of checkpoint `path` and evaluate it; returns the JSON report."""
+    state = load_checkpoint(path)
+    overrides = [f"eval.episodes={episodes}"] if episodes is not None else []
+    if targets is not None:
+        overrides.append(f"eval.targets=[{','.join(repr(float(t)) for t in targets)}]")
+    if mode is not None:
+        overrides.append(f"eval.mode={mode}")
+    cfg = config_from_checkpoint(state, path, overrides)
+    identity = state["identity"]
+    _set_threads(identity.get("threads"))
+    torch_device = resolve_device(device or cfg.train.device)
+    model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"])
+    model.load_state_dict(state["trainer"]["model"])
+    model.to(torch_device)
+    normalization = {}
+    if identity.get("state_mean") is not None:
+        normalization = {"state_mean": np.asarray(identity["state_mean"], dtype=np.float32),
+                         "state_std": np.asarray(identity["state_std"], dtype=np.float32)}
+    seed = evaluation_seed(cfg.seed, state["iteration"]) if seed is None else seed
+    envs = make_envs(cfg, identity)
+    # A --video DIR option belongs here: record the episodes of this same evaluation
+    # (the video module wraps `envs`), so the videos show the scored episodes.
+    try:
+        results = evaluate_policy(cfg, model, envs, seed, **normalization, progress=cfg.run.progress)
+    finally:
+        envs.close()
+    return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),
+            "model": MODEL_NAMES.get(cfg.model.mixer, cfg.model.mixer), "env_id": identity.get("env_id"),
+            "seed": seed, "mode": cfg.eval.mode, "episodes_per_target": cfg.eval.episodes,
+            "targets": results, "code": identity.get("code"), "threads": identity.get("threads")}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']} from {report['checkpoint']} (iteration {report['iteration']}, step {report['step']}) "
+             f"on {report['env_id'] or 'Atari'}: {report['episodes_per_target']} episodes per target, "
+             f"mode {report['mode']}, seed {report['seed']}",
+             f"{'target':>10} {'return':>20} {'normalized score':>20} {'length':>8}"]
+    for target, s in report["targets"].items():
+        lines.append(f"{target:>10} {s['return_mean']:>11.1f} ± {s['return_std']:<6.1f} "
+                     f"{s['score_mean']:>11.1f} ± {s['score_std']:<6.1f} {s['length_mean']:>8.0f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m decision_mamba.evaluate",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("target", type=Path, help="a run directory or a checkpoint file (iter_NNN.pt)")
+    parser.add_argument("--which", choices=("last", "best"), default="last",
+                        help="for a run directory: the newest checkpoint (default) or the best evaluation's")
+    parser.add_argument("--episodes", type=int, help="episodes per target (default: the run's eval.episodes)")
+    parser.add_argument("--targets", type=float, nargs="+", help="target returns (default: the run's eval.targets)")
+    parser.add_argument("--mode", choices=("window", "recurrent"), help="default: the run's eval.mode")
+    parser.add_argument("--seed", type=int, help="default: seed * 1000 + iteration, the seed training used")
+    parser.add_argument("--device", help="default: the run's train.device")
+    parser.add_argument("--json", type=Path, help="write the report here as JSON")
+    # --video DIR (recorded episodes) is added by the video module; see evaluate_checkpoint.
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    path = resolve_checkpoint(args.target, args.which)
+    report = evaluate_checkpoint(path, episodes=args.episodes, targets=args.targets, mode=args.mode,
+                                 seed=args.seed, device=args.device)
+    print(format_report(report))
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(main, sys.argv[1:]))
