@@ -187,7 +187,9 @@ def load_checkpoint(path: Path) -> dict:
         # weights_only: a checkpoint is data, never code. torch's own message for a file it
         # refuses suggests weights_only=False, which must never be followed: it is not repeated.
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zipfile, unpickling, EOF, RuntimeError: all mean "not a checkpoint"
+    except PermissionError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    except Exception as err:  # zipfile, unpickling, EOF, OSError, RuntimeError: all mean "not a checkpoint"
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint of this project "
                               f"({type(err).__name__} while reading it)") from None
     if not isinstance(state, dict) or not {"iteration", "trainer"} <= set(state):
