@@ -1,6 +1,10 @@
 """atari/train_atari.py end to end on the CPU, on DQN-replay files recorded from the real emulator."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +37,12 @@ def experiment(args):
     return run_entry_point("atari/train_atari.py", args)
 
 
+def evaluate_command(*args):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "decision_mamba.evaluate", *map(str, args)], env=env,
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+
+
 
 @pytest.mark.parametrize("mixer", ["mamba", "attention"])
 def test_train_evaluate_kill_resume(replay_root, tmp_path, mixer):
@@ -56,6 +66,10 @@ def test_train_evaluate_kill_resume(replay_root, tmp_path, mixer):
     records = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["train"]["loss_mean"] < records[0]["train"]["loss_mean"]
     assert a["dataset"]["transitions"] >= 60
+    # the checkpoint alone reproduces the logged evaluation (sampled actions included)
+    done = evaluate_command(tmp_path / "a" / "run", "--json", tmp_path / "eval.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["targets"] == records[-1]["eval"]
 
 
 def test_missing_replay_files_are_named(tmp_path):
