@@ -242,6 +242,24 @@ def retain(ckpt_dir: Path, policy: str, best_iteration: int | None) -> list[Path
     return removed
 
 
+def resumable(state: dict) -> bool:
+    return "optimizer" in state["trainer"]
+
+
+def compact_finished(ckpt_dir: Path, policy: str) -> None:
+    """At the end of a run, rewrite the kept checkpoints without the optimizer and random
+    states (a third of the size): evaluation needs only the weights, the config and the
+    identity, and nothing is left to resume. run.keep_checkpoints=all keeps them whole."""
+    if parse_keep(policy) is None:
+        return
+    for _, path in list_checkpoints(ckpt_dir):
+        state = load_checkpoint(path)
+        if resumable(state):
+            trainer = state["trainer"]
+            state["trainer"] = {"model": trainer["model"], "step": trainer["step"], "tokens": trainer["tokens"]}
+            save_checkpoint(path, state)
+
+
 # ---------------------------------------------------------------- resume checks
 def remove_leftovers(run_dir: Path, say: Say = print) -> list[Path]:
     """Delete the temporary files a kill during an atomic write leaves (only our own pattern:

@@ -66,7 +66,8 @@ class RunConfig:
     wandb: str = "disabled"  # disabled | offline | online
     wandb_project: str = "decision-mamba"
     wandb_group: str = ""  # e.g. table1/hopper-medium/dmamba (scripts set it)
-    keep_checkpoints: str = "last_and_best"  # last_and_best | all | N (the newest N and the best)
+    # last_and_best | N (the newest N and the best; weights only once the run ends) | all (whole)
+    keep_checkpoints: str = "last_and_best"
     progress: bool = True
 
 

@@ -34,9 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from decision_mamba.atomic import write_text_atomic
-from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path,
-                                       code_version, newest_intact, remove_leftovers,
-                                       retain, save_checkpoint, thread_counts)
+from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path, code_version,
+                                       compact_finished, newest_intact, remove_leftovers, resumable, retain,
+                                       save_checkpoint, thread_counts)
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
 from decision_mamba.trainer import Trainer
 
@@ -195,7 +195,14 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     start_iteration = 1
     if found is not None:
         path, state = found
-        trainer.load_state_dict(state["trainer"])
+        if resumable(state):
+            trainer.load_state_dict(state["trainer"])
+        elif state["iteration"] >= cfg.train.num_iterations:  # a finished run, compacted: nothing to train
+            trainer.model.load_state_dict(state["trainer"]["model"])
+            trainer.step = int(state["trainer"]["step"])
+        else:
+            raise CheckpointError(f"{path} holds the weights only (compacted at the end of a run), so the run "
+                                  f"cannot continue from it; start a new run")
         start_iteration = state["iteration"] + 1
         print(f"resumed {run_dir} from {path.name} (step {trainer.step})")
     log.truncate(start_iteration - 1)
@@ -234,6 +241,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
         best = best_and_last(log.records())["best"]
         retain(ckpt_dir, cfg.run.keep_checkpoints, best["iteration"] if best else None)
 
+    compact_finished(ckpt_dir, cfg.run.keep_checkpoints)
     records = log.records()
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}

@@ -282,6 +282,10 @@ def scripted_run(tmp_path, scores, policy):
 ])
 def test_retention_keeps_the_newest_and_the_best(tmp_path, policy, kept):
     assert scripted_run(tmp_path, [5, 9, 1, 9, 2], policy) == kept
+    # once the run has ended only "all" keeps the optimizer state; the weights are always there
+    for name in kept:
+        trainer = load_checkpoint(tmp_path / "run" / "checkpoints" / name)["trainer"]
+        assert ("optimizer" in trainer) == (policy == "all") and "model" in trainer
 
 
 def test_retention_is_the_default_and_counts_iterations_past_999(tmp_path):
