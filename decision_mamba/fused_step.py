@@ -21,7 +21,8 @@ out[r] += x[r, i] * W^T[i, :], over the rows of the transposed weight: the inner
 contiguous and free of reductions, so LLVM vectorises it without reassociating sums
 (which the kernels avoid: see selective_scan.py). The transposed copies are made once and
 remade when a parameter changes (a new tensor, or an in-place update, which torch counts
-in `Tensor._version`).
+in `Tensor._version`), checked at every call by reading the weights off the modules: no
+process-wide torch hooks.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import numpy as np
 import torch
 from numba import prange
 from torch import Tensor, nn
-from torch.nn.modules.module import (register_module_module_registration_hook,
-                                      register_module_parameter_registration_hook)
 
 from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
@@ -210,68 +209,78 @@ def _stacked(tensors: list, dtype: torch.dtype, transpose: bool = False) -> np.n
     return torch.stack([(t.t() if transpose else t).detach().to(dtype) for t in tensors]).contiguous().numpy()
 
 
-def _stacked_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
-    """The kernel's weight arguments, in its order."""
-    mixers = [layer.mixer for layer in layers]
-    if layers[0].mlp is not None:
-        mlp = [
-            _stacked([layer.ln_mlp.weight for layer in layers], dtype),
-            _stacked([layer.ln_mlp.bias for layer in layers], dtype),
-            _stacked([layer.mlp.fc.weight for layer in layers], dtype, transpose=True),
-            _stacked([layer.mlp.fc.bias for layer in layers], dtype),
-            _stacked([layer.mlp.proj.weight for layer in layers], dtype, transpose=True),
-            _stacked([layer.mlp.proj.bias for layer in layers], dtype),
-        ]
-    else:  # RC: empty weights, d_hidden = 0
-        none = [None] * len(layers)
-        empty = _stacked(none, dtype)
-        mlp = [empty, empty, empty.reshape(len(layers), 0, 0), empty, empty.reshape(len(layers), 0, 0), empty]
-    return (
-        _stacked([layer.ln_mixer.weight for layer in layers], dtype),
-        _stacked([layer.ln_mixer.bias for layer in layers], dtype),
-        _stacked([m.in_proj.weight for m in mixers], dtype, transpose=True),
-        _stacked([m.in_proj.bias for m in mixers], dtype),
-        _stacked([m.conv1d.weight[:, 0, :] for m in mixers], dtype, transpose=True),
-        _stacked([m.conv1d.bias for m in mixers], dtype),
-        _stacked([m.x_proj.weight for m in mixers], dtype, transpose=True),
-        _stacked([m.dt_proj.weight for m in mixers], dtype, transpose=True),
-        _stacked([m.dt_proj.bias for m in mixers], dtype),
-        _stacked([-torch.exp(m.A_log.detach()) for m in mixers], dtype, transpose=True),
-        _stacked([m.D for m in mixers], dtype),
-        _stacked([m.out_proj.weight for m in mixers], dtype, transpose=True),
-        _stacked([m.out_proj.bias for m in mixers], dtype),
-        *mlp,
-    )
+# Where each kernel weight lives in a DecisionLayer, in the kernel's order, and whether it
+# is transposed. The paths are walked through the modules' own dicts (_modules,
+# _parameters): nn.Module.__getattr__ costs ~2 us a call, which at 57 weights was a fifth
+# of a batch-1 step.
+_MIXER_WEIGHTS = (
+    (("ln_mixer", "weight"), False), (("ln_mixer", "bias"), False),
+    (("mixer", "in_proj", "weight"), True), (("mixer", "in_proj", "bias"), False),
+    (("mixer", "conv1d", "weight"), True),  # (ED, 1, d_conv): taps [:, 0, :], then transposed
+    (("mixer", "conv1d", "bias"), False),
+    (("mixer", "x_proj", "weight"), True),
+    (("mixer", "dt_proj", "weight"), True), (("mixer", "dt_proj", "bias"), False),
+    (("mixer", "A_log"), True),  # A = -exp(A_log), transposed
+    (("mixer", "D"), False),
+    (("mixer", "out_proj", "weight"), True), (("mixer", "out_proj", "bias"), False),
+)
+_MLP_WEIGHTS = (
+    (("ln_mlp", "weight"), False), (("ln_mlp", "bias"), False),
+    (("mlp", "fc", "weight"), True), (("mlp", "fc", "bias"), False),
+    (("mlp", "proj", "weight"), True), (("mlp", "proj", "bias"), False),
+)
 
 
-# Walking a model's modules for its parameters costs ~70 us, a tenth of a whole step at batch
-# 1, so the list is kept. What could make it stale is a Parameter or a submodule assigned in
-# place of another; torch announces every such registration, anywhere, to global hooks, and
-# this counter of them is part of the cache key (a few model constructions elsewhere cost one
-# walk more, nothing else).
-_registrations = 0
+def _lookup(module: nn.Module, path: tuple[str, ...]) -> Tensor | None:
+    for name in path[:-1]:
+        module = module._modules[name]
+        if module is None:
+            return None
+    return module._parameters.get(path[-1])
 
 
-def _count_registration(*_) -> None:
-    global _registrations
-    _registrations += 1
+def _weight_tensors(layers: nn.ModuleList) -> list[tuple[list[Tensor | None], bool]]:
+    """The kernel's weight arguments, in its order: (the tensor of each layer or None, transpose).
+    Read afresh at every step, so a Parameter or block assigned in place of another is seen."""
+    layer_list = list(layers._modules.values())
+    mlp = _MLP_WEIGHTS if layer_list[0]._modules.get("mlp") is not None else ()
+    tensors = [([_lookup(layer, path) for layer in layer_list], transpose) for path, transpose in _MIXER_WEIGHTS + mlp]
+    if not mlp:  # RC: no channel MLP, empty weights (d_hidden = 0)
+        tensors += [([None] * len(layer_list), False)] * len(_MLP_WEIGHTS)
+    return tensors
 
 
-register_module_parameter_registration_hook(_count_registration)
-register_module_module_registration_hook(_count_registration)
+def _stacked_weights(tensors: list, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The kernel's weight arrays from `_weight_tensors`: stacked over the layers, copied."""
+    arrays = []
+    for index, (per_layer, transpose) in enumerate(tensors):
+        if index == 4:  # the conv taps
+            per_layer = [w[:, 0, :] for w in per_layer]
+        elif index == 9:  # A from A_log
+            per_layer = [-torch.exp(a.detach()) for a in per_layer]
+        arrays.append(_stacked(per_layer, dtype, transpose))
+    if tensors[-2][0][0] is None:  # RC: the fc and proj weights are (L, 0, 0)
+        n_layer = len(tensors[0][0])
+        arrays[-4] = arrays[-4].reshape(n_layer, 0, 0)
+        arrays[-2] = arrays[-2].reshape(n_layer, 0, 0)
+    return tuple(arrays)
 
-# layers -> (parameters, key, weights); weak, so that a deleted model frees its copies.
+
+# layers -> (tensors, key, weights); weak, so that a deleted model frees its copies. The
+# entry holds the tensors it was made from, so their ids cannot be reused while it lives.
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
-    """The kernel's weights, remade when a parameter was replaced, or changed in place (an
-    optimiser step, load_state_dict: torch counts in-place updates in `Tensor._version`)."""
+    """The kernel's weights, remade when a parameter was replaced (another tensor), changed
+    in place (an optimiser step, load_state_dict: torch counts in-place updates in
+    `Tensor._version`) or given new storage (`.data =`)."""
+    tensors = _weight_tensors(layers)
+    flat = [t for per_layer, _ in tensors for t in per_layer if t is not None]
+    key = (dtype, *[(id(t), t._version, t.data_ptr()) for t in flat])
     cached = _WEIGHTS.get(layers)
-    params = cached[0] if cached is not None and cached[1][0] == _registrations else list(layers.parameters())
-    key = (_registrations, dtype, *[p._version for p in params], *[p.data_ptr() for p in params])
     if cached is None or cached[1] != key:
-        cached = (params, key, _stacked_weights(layers, dtype))
+        cached = (flat, key, _stacked_weights(tensors, dtype))
         _WEIGHTS[layers] = cached
     return cached[2]
 

@@ -70,7 +70,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 # channels (the scan is ~2x faster with it): with reassoc, a kernel compiled in the running
 # process and the same kernel loaded from numba's on-disk cache gave different low bits
 # (measured here), so the first run on a machine and every later one disagreed. Runs with
-# the same seed must give the same numbers.
+# the same seed must give the same numbers. Where a sum over channels is needed (the
+# backward kernel's dB and dC), its association is written out in the source (`_dot`).
 _FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 
@@ -195,6 +196,31 @@ def _scan_forward_kernel(u, delta, A, B, C, D, z, gated, y, h_last, block):
                     h_last[b, n, d0 + j] = h[n, j]
 
 
+@numba.njit(inline="always")
+def _dot(x, y, n):
+    """sum_j x[j] y[j] over j < n in eight interleaved partial sums, added in a fixed order.
+
+    A single running sum is one chain of dependent adds (each waits for the last: ~4 cycles
+    per channel); eight independent ones keep the FPU busy. The association is written
+    here, not left to fastmath reassoc, so every compile gives the same bits."""
+    zero = x.dtype.type(0)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+    full = n // 8 * 8
+    for k in range(n // 8):
+        j0 = k * 8
+        s0 += x[j0] * y[j0]
+        s1 += x[j0 + 1] * y[j0 + 1]
+        s2 += x[j0 + 2] * y[j0 + 2]
+        s3 += x[j0 + 3] * y[j0 + 3]
+        s4 += x[j0 + 4] * y[j0 + 4]
+        s5 += x[j0 + 5] * y[j0 + 5]
+        s6 += x[j0 + 6] * y[j0 + 6]
+        s7 += x[j0 + 7] * y[j0 + 7]
+    for j in range(full, n):
+        s0 += x[j] * y[j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @jit_kernel
 def _scan_backward_kernel(u, delta, A, B, C, D, z, gated, dy, dh_last,
                           du, ddelta, dA_per_row, dB, dC, dD_per_row, dz, block):
@@ -226,6 +252,7 @@ def _scan_backward_kernel(u, delta, A, B, C, D, z, gated, dy, dh_last,
         dy_pre = np.empty(block, dtype=u.dtype)  # (W,) e_t
         g_dot_B = np.empty(block, dtype=u.dtype)  # (W,)
         grad_decay = np.empty(block, dtype=u.dtype)  # (W,) sum_n A g a h_{t-1}
+        g_t = np.empty(block, dtype=u.dtype)  # (W,) the adjoint g_t of one state n
         dB[b] = 0
         dC[b] = 0
         for block_index in range((d_inner + block - 1) // block):
@@ -269,20 +296,17 @@ def _scan_backward_kernel(u, delta, A, B, C, D, z, gated, dy, dh_last,
                 for n in range(d_state):
                     b_tn = B[b, t, n]
                     c_tn = C[b, t, n]
-                    dB_tn = zero
-                    dC_tn = zero
-                    for j in range(width):
-                        e_j = dy_pre[j]
-                        g_t = g[n, j] + c_tn * e_j  # (hs[t + 1] is h_t)
-                        dC_tn += e_j * hs[t + 1, n, j]
-                        dB_tn += g_t * delta_u[j]
-                        g_dot_B[j] += g_t * b_tn
-                        w = g_t * decay[t, n, j] * hs[t, n, j]  # dLoss / d(delta_t A)
-                        dA_acc[n, j] += delta[b, t, d0 + j] * w
+                    g_n, decay_n, h_prev, h_t = g[n], decay[t, n], hs[t, n], hs[t + 1, n]
+                    dA_n = dA_acc[n]
+                    for j in range(width):  # no sums over j here: the vectorised loop
+                        g_t[j] = g_n[j] + c_tn * dy_pre[j]
+                        g_dot_B[j] += g_t[j] * b_tn
+                        w = g_t[j] * decay_n[j] * h_prev[j]  # dLoss / d(delta_t A)
+                        dA_n[j] += delta[b, t, d0 + j] * w
                         grad_decay[j] += A[n, d0 + j] * w
-                        g[n, j] = decay[t, n, j] * g_t  # carried to h_{t-1}
-                    dB[b, t, n] += dB_tn
-                    dC[b, t, n] += dC_tn
+                        g_n[j] = decay_n[j] * g_t[j]  # carried to h_{t-1}
+                    dB[b, t, n] += _dot(g_t, delta_u, width)
+                    dC[b, t, n] += _dot(dy_pre, h_t, width)
                 for j in range(width):
                     du[b, t, d0 + j] = delta[b, t, d0 + j] * g_dot_B[j] + D[d0 + j] * dy_pre[j]
                     ddelta[b, t, d0 + j] = u[b, t, d0 + j] * g_dot_B[j] + grad_decay[j]

@@ -40,7 +40,11 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW
             (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
+    # fused: one kernel for the whole update instead of ~10 tensor ops per parameter (on
+    # the CPU the optimiser step went from 15.6 to 5.8 ms at the gym size); the same AdamW
+    # formula, deterministic (same bits at 1 and 2 threads). Only for CPU/CUDA floats.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), fused=fused)
 
 
 def linear_warmup(step: int, warmup_steps: int) -> float:

@@ -221,3 +221,14 @@ def test_reference_backend_steps_equal_the_fused_ones_through_the_model():
             p1, s1 = model.step(states[:, t], rtg[:, t], ts, actions[:, t - 1] if t else None, s1)
             p2, s2 = twin.step(states[:, t], rtg[:, t], ts, actions[:, t - 1] if t else None, s2)
             torch.testing.assert_close(p1, p2, rtol=2e-5, atol=2e-6)
+
+
+def test_importing_the_model_installs_no_process_wide_torch_hooks():
+    # (issue 14) the weight cache notices replaced parameters by reading them off the
+    # modules at each step, not through torch's global registration hooks.
+    program = ("import torch.nn.modules.module as m, decision_mamba.model; "
+               "print(len(m._global_parameter_registration_hooks) + len(m._global_module_registration_hooks))")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"

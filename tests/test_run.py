@@ -1,5 +1,6 @@
 """The shared trainer and run loop: schedules, optimiser groups, checkpoints, resume, summaries."""
 
+import copy
 import json
 import math
 
@@ -76,6 +77,29 @@ def test_matmul_only_weight_decay_groups():
     assert not {"layers.0.mixer.A_log", "layers.0.mixer.D", "embed_timestep.weight",
                 "layers.0.ln_mixer.weight"} & names
     assert len(decay) + len(opt.param_groups[1]["params"]) == len(list(model.parameters()))
+
+
+def test_the_fused_optimizer_step_is_adamw_with_the_weight_decay_groups():
+    cfg = load_config(GymConfig, None, ["model.mixer=mamba", "model.d_model=16", "model.n_layer=1",
+                                        "train.weight_decay=0.1"])
+    model = DecisionModel(cfg.model, (4,), 2, discrete=False)
+    opt = configure_optimizer(model, cfg.train)
+    assert opt.defaults["fused"]
+    # The reference: torch's loop implementation of AdamW on a copy, with the same groups.
+    twin = copy.deepcopy(model)
+    twin_params = dict(twin.named_parameters())
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    reference = torch.optim.AdamW([{**{k: v for k, v in g.items() if k != "params"},
+                                    "params": [twin_params[by_id[id(p)]] for p in g["params"]], "fused": False,
+                                    "foreach": False} for g in opt.param_groups])
+    for step in range(3):
+        for m in (model, twin):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.sin(p.detach() * (step + 1) + i)
+        opt.step()
+        reference.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, twin_params[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_resume_after_an_interruption_ends_with_the_same_numbers(tmp_path):
