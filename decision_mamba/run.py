@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from decision_mamba.atomic import atomic_path, write_text_atomic
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.errors import UserError
 from decision_mamba.trainer import Trainer
+
+
+
+class RunExistsError(UserError, FileExistsError):
+    """The run directory holds another run, and --resume was not asked for."""
+
 
 # evaluate(iteration) -> {"targets": {target: {"return_mean", ..., "score_mean"}}, ...}
 Evaluate = Callable[[int], dict[str, Any]]
@@ -157,7 +164,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise FileExistsError(
+        raise RunExistsError(
             f"run directory {run_dir} already exists; pass --resume to continue it, "
             f"or choose another run.name / run.out_dir"
         )

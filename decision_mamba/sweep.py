@@ -55,6 +55,7 @@ from omegaconf import OmegaConf
 
 from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.atomic import write_text_atomic
+from decision_mamba.errors import UserError, cli_main
 
 GYM_ENTRY = "gym/experiment.py"
 ATARI_ENTRY = "atari/train_atari.py"
@@ -103,7 +104,7 @@ IGNORED_WHEN_COMPARING = {
 }
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep request that cannot be honoured (unknown names, conflicting settings)."""
 
 
@@ -291,12 +292,12 @@ def plan(runs: list[Run]) -> dict[str, list[Run]]:
         state = run_status(run)
         differences = settings_differences(run) if state != "new" else []
         if differences:
-            conflicts.append(f"  {run.run_dir}: " + "; ".join(differences))
+            conflicts.append(f"{run.run_dir} ({'; '.join(differences)})")
         states[state].append(run)
     if conflicts:
         raise SweepError("these run directories were made with other settings, so they can be neither "
-                         "skipped nor resumed:\n" + "\n".join(conflicts)
-                         + "\ndelete them, or pass --out-dir to write this sweep elsewhere")
+                         "skipped nor resumed: " + ", ".join(conflicts)
+                         + "; delete them, or pass --out-dir to write this sweep elsewhere")
     return states
 
 
@@ -480,15 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     own, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(own)
     table = int(args.table.removeprefix("table"))
-    try:
-        runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
-                          variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
-        for run in runs[:1]:
-            run.resolved_config()  # a misspelt override fails here, before anything starts
-        states = plan(runs)
-    except (SweepError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # SweepError and ConfigError are UserErrors: cli_main prints them in one line, status 2.
+    runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
+                      variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
+    for run in runs[:1]:
+        run.resolved_config()  # a misspelt override fails here, before anything starts
+    states = plan(runs)
     todo = states["resume"] + states["new"]
     out_dir = Path(runs[0].out_dir) if runs else Path(args.out_dir or f"runs/table{table}")
     print(f"# table {table}: {len(runs)} runs ({len(states['done'])} done and skipped, "
@@ -516,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = visible_gpus()
     slots = args.slots or max(1, len(gpus))
     if slots < 1:
-        print("error: --slots must be at least 1", file=sys.stderr)
-        return 2
+        raise SweepError(f"--slots must be at least 1, got {slots}")
     if args.launcher == "local":
         outcome = launch_local(todo, slots, gpus, out_dir / "logs")
     else:
@@ -529,4 +526,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission
 
 from decision_mamba import sweep
+from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def test_filters_and_pass_through_overrides(tmp_path, capsys):
     (["table1", "--", "train.num_iteratons=1"], "num_iteratons"),
 ])
 def test_bad_requests_are_refused_with_the_reason(tmp_path, capsys, argv, message):
-    assert sweep.main([*argv[:1], "--dry-run", "--out-dir", str(tmp_path), *argv[1:]]) == 2
+    assert cli_main(sweep.main, [*argv[:1], "--dry-run", "--out-dir", str(tmp_path), *argv[1:]]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -158,7 +159,7 @@ def tiny_sweep_args(out_dir: Path, hopper_file: Path, *flags: str, overrides: tu
 
 def run_sweep(args: list[str], capsys) -> tuple[int, str, str]:
     """python -m decision_mamba.sweep ARGS, in this process (the runs are still subprocesses)."""
-    code = sweep.main(args)
+    code = cli_main(sweep.main, args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
