@@ -322,7 +322,8 @@ class RunJob(submitit.helpers.Checkpointable):
         if state == "done":
             return str(summary)
         command = self.run.command(self.python, resume=state == "resume")
-        environment = {**os.environ, **self.env}
+        # Unbuffered: a run's log file shows its progress as it goes, not only once it exits.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.log_path is None:
             subprocess.run(command, cwd=self.cwd, env=environment, check=True)
         else:
@@ -433,20 +434,30 @@ def launch_slurm(runs: list[Run], folder: Path, *, table: int, partition: str | 
         parameters["slurm_account"] = account
     executor.update_parameters(**parameters)
     jobs = []
-    with executor.batch():  # everything submitted inside the block becomes one array
-        for run in runs:
-            jobs.append(executor.submit(RunJob(run)))
+    try:
+        with executor.batch():  # everything submitted inside the block becomes one array
+            for run in runs:
+                jobs.append(executor.submit(RunJob(run)))
+    except Exception as error:  # sbatch refused the array (partition, account, limits, ...)
+        raise SweepError(f"SLURM submission failed, nothing was submitted: {type(error).__name__}: {error}; "
+                         "check --partition / --account / --time and the sbatch output above") from error
     return [job.job_id for job in jobs]
 
 
 # ---------------------------------------------------------------------- CLI
-def _record_sweep(out_dir: Path, argv: list[str], launcher: str, launched: list[Run], skipped: list[Run]) -> None:
-    """Append this invocation to <out-dir>/sweeps.jsonl (the aggregator quotes it)."""
+def _record_sweep(out_dir: Path, argv: list[str], launcher: str, launched: list[Run], skipped: list[Run],
+                  **extra: Any) -> None:
+    """Append this invocation to <out-dir>/sweeps.jsonl (the aggregator quotes it).
+
+    Called once the runs are started (local launchers) or submitted (SLURM), never before:
+    a submission that fails records nothing as launched.
+    """
     path = out_dir / "sweeps.jsonl"
     previous = path.read_text() if path.is_file() else ""
     record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": shlex.join(["python", "-m", "decision_mamba.sweep", *argv]),
-              "launcher": launcher, "launched": [r.name for r in launched], "skipped": [r.name for r in skipped]}
+              "launcher": launcher, "launched": [r.name for r in launched], "skipped": [r.name for r in skipped],
+              **extra}
     write_text_atomic(path, previous + json.dumps(record) + "\n")
 
 
@@ -502,12 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not todo:
         return 0
-    _record_sweep(out_dir, own + (["--", *overrides] if overrides else []), args.launcher, todo, states["done"])
+    recorded_argv = own + (["--", *overrides] if overrides else [])
 
     if args.launcher == "slurm":
         ids = launch_slurm(todo, out_dir / "submitit", table=table, partition=args.partition,
                            gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                            timeout_min=args.time, array_parallelism=args.array_parallelism, account=args.account)
+        _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"], slurm_job_ids=ids)
         print(f"submitted {len(ids)} runs as SLURM job array {ids[0].split('_')[0]}; logs in {out_dir / 'submitit'}; "
               f"re-run this command to resubmit unfinished runs")
         return 0
@@ -515,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = args.slots or max(1, len(gpus))
     if slots < 1:
         raise SweepError(f"--slots must be at least 1, got {slots}")
+    _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"])
     if args.launcher == "local":
         outcome = launch_local(todo, slots, gpus, out_dir / "logs")
     else:
