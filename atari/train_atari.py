@@ -21,7 +21,7 @@ from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.atari_replay import load_dqn_replay
 from decision_mamba.data.sampler import sample_batch
 from decision_mamba.envs import atari_env_id, make_atari_vector_env, num_actions
-from decision_mamba.errors import cli_main
+from decision_mamba.errors import DataError, cli_main
 from decision_mamba.evaluate import evaluate_policy, evaluation_seed
 from decision_mamba.model import MODEL_NAMES, DecisionModel
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
+    n_actions = num_actions(cfg.game)  # an unknown game fails here, before the data is read
     traj = load_dqn_replay(cfg.data_dir, cfg.game, num_buffers=cfg.num_buffers, num_steps=cfg.num_steps,
-                           trajectories_per_buffer=cfg.trajectories_per_buffer, seed=cfg.seed)
-    n_actions = num_actions(cfg.game)
+                           trajectories_per_buffer=cfg.trajectories_per_buffer, seed=cfg.seed,
+                           verify_checksums=cfg.verify_checksums)
     if int(traj.actions.max()) >= n_actions:
-        raise ValueError(f"the replay data of {cfg.game} has action {int(traj.actions.max())}, but the game's "
+        raise DataError(f"the replay data of {cfg.game} has action {int(traj.actions.max())}, but the game's "
                          f"minimal action set has {n_actions} actions: is data_dir holding another game?")
     model = DecisionModel(cfg.model, (4, 84, 84), n_actions, discrete=True).to(device)
     K, B = cfg.train.context_len, cfg.train.batch_size

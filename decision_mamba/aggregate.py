@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
+from decision_mamba.errors import UserError, cli_main  # noqa: E402
 from decision_mamba.sweep import MODEL_OF_MIXER, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
@@ -103,7 +104,7 @@ GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[
 STD_DDOF = 0  # numpy's np.std, as DT-style codebases print it
 
 
-class AggregateError(ValueError):
+class AggregateError(UserError, ValueError):
     """Input the aggregator cannot make a table from."""
 
 
@@ -444,17 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
     parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")
     args = parser.parse_args(argv)
-    try:
-        frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
-                          produced_by=args.produced_by,
-                          aggregate_command=_command_line(argv))
-    except AggregateError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
+                      produced_by=args.produced_by, aggregate_command=_command_line(argv))
     print(f"wrote {args.out}.md and {args.out}.csv "
           f"({int((frame.seeds_done > 0).sum())} of {len(frame)} cells have runs)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

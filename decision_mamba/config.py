@@ -78,6 +78,9 @@ class GymConfig:
     env_version: str = "v4"  # gymnasium MuJoCo version used for evaluation (v4 for D4RL, v5 for Minari)
     data_dir: str = "data"
     allow_pickle: bool = False  # .pkl datasets run code when loaded: opt in explicitly
+    # A dataset whose metadata names another environment or version is refused (data/identity.py);
+    # true: only warn (e.g. -v4 data evaluated on -v5 on purpose).
+    allow_env_mismatch: bool = False
     seed: int = 12
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -92,6 +95,9 @@ class AtariConfig:
     num_buffers: int = 50
     num_steps: int = 500_000
     trajectories_per_buffer: int = 10
+    # Check every replay file's gzip CRC-32 and length; this decompresses each observation
+    # file used to its end (data/atari_replay.py). false: only for files verified before.
+    verify_checksums: bool = True
     seed: int = 123
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         d_model=128, n_layer=6, n_head=8, max_ep_len=27_000))
@@ -125,8 +131,9 @@ def load_config(schema: type[Config], path: str | Path | None = None,
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        # OmegaConf names the offending key (full_key: ...); keep its words, add the file.
-        raise ConfigError(f"invalid config ({where}): {err}") from None
+        # OmegaConf names the offending key (full_key: ...); keep its words in one line, add the file.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(f"invalid config ({where}): " + "; ".join(lines)) from None
     validate(cfg)
     return cfg
 

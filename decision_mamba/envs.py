@@ -28,6 +28,12 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
+from decision_mamba.errors import DataError, UserError
+
+
+class UnknownGameError(UserError, ValueError):
+    """The config's `game` names no Atari game of this ale-py."""
+
 # ======================================================================================
 # MuJoCo (gym) environments
 # ======================================================================================
@@ -65,10 +71,10 @@ def make_gym_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 100
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
     if dataset_obs_dim is not None and dataset_obs_dim != obs_dim:
-        raise ValueError(f"the dataset has observation size {dataset_obs_dim} but {env_id} has {obs_dim}: "
+        raise DataError(f"the dataset has observation size {dataset_obs_dim} but {env_id} has {obs_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
     if dataset_act_dim is not None and dataset_act_dim != act_dim:
-        raise ValueError(f"the dataset has action size {dataset_act_dim} but {env_id} has {act_dim}: "
+        raise DataError(f"the dataset has action size {dataset_act_dim} but {env_id} has {act_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
     make = functools.partial(gym.make, env_id, max_episode_steps=max_episode_steps, **env_kwargs)
     return gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
@@ -95,6 +101,9 @@ def _register_ale() -> None:
     # ale_py is imported only here, so MuJoCo users never load the emulator.
     import ale_py
 
+    # ALE prints its banner on stderr at the first emulator; errors only, so that a user
+    # error stays the one line on stderr (decision_mamba/errors.py).
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gym.register_envs(ale_py)
 
 
@@ -117,7 +126,8 @@ def atari_env_id(game: str) -> str:
         hint = f"did you mean {', '.join(close)}?"
     else:
         hint = f"known games include {', '.join(sorted(DQN_REPLAY_NUM_ACTIONS))}"
-    raise ValueError(f"unknown Atari game {game!r}: no gymnasium environment ALE/{game}-v5 ({hint})")
+    raise UnknownGameError(f"unknown Atari game {game!r}: no gymnasium environment ALE/{game}-v5 ({hint}); "
+                           "set the config's game")
 
 
 class DTNoopReset(gym.Wrapper):

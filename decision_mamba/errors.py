@@ -24,6 +24,18 @@ class UserError(Exception):
     """A mistake in the user's input; the message says what is wrong and how to fix it."""
 
 
+class DataError(UserError, ValueError):
+    """A dataset that is damaged, misnamed, or does not fit the run (another environment, other sizes)."""
+
+
+class CorruptFileError(DataError, OSError):
+    """A file that cannot be read as what it claims to be (truncated, bytes changed)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file the run needs is not there; the message says how to get it."""
+
+
 def cli_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run an entry point's `main(argv)`; user errors become one line and exit status 2."""
     try:
@@ -31,6 +43,8 @@ def cli_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     except UserError as error:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        # One line even if a message (or a library's text inside it) spans several.
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return status if isinstance(status, int) else 0

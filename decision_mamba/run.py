@@ -38,7 +38,14 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.errors import UserError
 from decision_mamba.trainer import Trainer
+
+
+
+class RunExistsError(UserError, FileExistsError):
+    """The run directory holds another run, and --resume was not asked for."""
+
 
 # evaluate(iteration) -> {"targets": {target: {"return_mean", ..., "score_mean"}}, ...}
 Evaluate = Callable[[int], dict[str, Any]]
@@ -174,7 +181,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise FileExistsError(
+        raise RunExistsError(
             f"run directory {run_dir} already exists; pass --resume to continue it, "
             f"or choose another run.name / run.out_dir"
         )

@@ -55,6 +55,7 @@ from omegaconf import OmegaConf
 
 from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.atomic import write_text_atomic
+from decision_mamba.errors import UserError, cli_main
 
 GYM_ENTRY = "gym/experiment.py"
 ATARI_ENTRY = "atari/train_atari.py"
@@ -103,7 +104,7 @@ IGNORED_WHEN_COMPARING = {
 }
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep request that cannot be honoured (unknown names, conflicting settings)."""
 
 
@@ -291,12 +292,12 @@ def plan(runs: list[Run]) -> dict[str, list[Run]]:
         state = run_status(run)
         differences = settings_differences(run) if state != "new" else []
         if differences:
-            conflicts.append(f"  {run.run_dir}: " + "; ".join(differences))
+            conflicts.append(f"{run.run_dir} ({'; '.join(differences)})")
         states[state].append(run)
     if conflicts:
         raise SweepError("these run directories were made with other settings, so they can be neither "
-                         "skipped nor resumed:\n" + "\n".join(conflicts)
-                         + "\ndelete them, or pass --out-dir to write this sweep elsewhere")
+                         "skipped nor resumed: " + ", ".join(conflicts)
+                         + "; delete them, or pass --out-dir to write this sweep elsewhere")
     return states
 
 
@@ -321,7 +322,8 @@ class RunJob(submitit.helpers.Checkpointable):
         if state == "done":
             return str(summary)
         command = self.run.command(self.python, resume=state == "resume")
-        environment = {**os.environ, **self.env}
+        # Unbuffered: a run's log file shows its progress as it goes, not only once it exits.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.log_path is None:
             subprocess.run(command, cwd=self.cwd, env=environment, check=True)
         else:
@@ -432,20 +434,30 @@ def launch_slurm(runs: list[Run], folder: Path, *, table: int, partition: str | 
         parameters["slurm_account"] = account
     executor.update_parameters(**parameters)
     jobs = []
-    with executor.batch():  # everything submitted inside the block becomes one array
-        for run in runs:
-            jobs.append(executor.submit(RunJob(run)))
+    try:
+        with executor.batch():  # everything submitted inside the block becomes one array
+            for run in runs:
+                jobs.append(executor.submit(RunJob(run)))
+    except Exception as error:  # sbatch refused the array (partition, account, limits, ...)
+        raise SweepError(f"SLURM submission failed, nothing was submitted: {type(error).__name__}: {error}; "
+                         "check --partition / --account / --time and the sbatch output above") from error
     return [job.job_id for job in jobs]
 
 
 # ---------------------------------------------------------------------- CLI
-def _record_sweep(out_dir: Path, argv: list[str], launcher: str, launched: list[Run], skipped: list[Run]) -> None:
-    """Append this invocation to <out-dir>/sweeps.jsonl (the aggregator quotes it)."""
+def _record_sweep(out_dir: Path, argv: list[str], launcher: str, launched: list[Run], skipped: list[Run],
+                  **extra: Any) -> None:
+    """Append this invocation to <out-dir>/sweeps.jsonl (the aggregator quotes it).
+
+    Called once the runs are started (local launchers) or submitted (SLURM), never before:
+    a submission that fails records nothing as launched.
+    """
     path = out_dir / "sweeps.jsonl"
     previous = path.read_text() if path.is_file() else ""
     record = {"time": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": shlex.join(["python", "-m", "decision_mamba.sweep", *argv]),
-              "launcher": launcher, "launched": [r.name for r in launched], "skipped": [r.name for r in skipped]}
+              "launcher": launcher, "launched": [r.name for r in launched], "skipped": [r.name for r in skipped],
+              **extra}
     write_text_atomic(path, previous + json.dumps(record) + "\n")
 
 
@@ -480,15 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     own, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(own)
     table = int(args.table.removeprefix("table"))
-    try:
-        runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
-                          variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
-        for run in runs[:1]:
-            run.resolved_config()  # a misspelt override fails here, before anything starts
-        states = plan(runs)
-    except (SweepError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # SweepError and ConfigError are UserErrors: cli_main prints them in one line, status 2.
+    runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
+                      variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
+    for run in runs[:1]:
+        run.resolved_config()  # a misspelt override fails here, before anything starts
+    states = plan(runs)
     todo = states["resume"] + states["new"]
     out_dir = Path(runs[0].out_dir) if runs else Path(args.out_dir or f"runs/table{table}")
     print(f"# table {table}: {len(runs)} runs ({len(states['done'])} done and skipped, "
@@ -504,20 +513,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not todo:
         return 0
-    _record_sweep(out_dir, own + (["--", *overrides] if overrides else []), args.launcher, todo, states["done"])
+    recorded_argv = own + (["--", *overrides] if overrides else [])
 
     if args.launcher == "slurm":
         ids = launch_slurm(todo, out_dir / "submitit", table=table, partition=args.partition,
                            gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                            timeout_min=args.time, array_parallelism=args.array_parallelism, account=args.account)
+        _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"], slurm_job_ids=ids)
         print(f"submitted {len(ids)} runs as SLURM job array {ids[0].split('_')[0]}; logs in {out_dir / 'submitit'}; "
               f"re-run this command to resubmit unfinished runs")
         return 0
     gpus = visible_gpus()
     slots = args.slots or max(1, len(gpus))
     if slots < 1:
-        print("error: --slots must be at least 1", file=sys.stderr)
-        return 2
+        raise SweepError(f"--slots must be at least 1, got {slots}")
+    _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"])
     if args.launcher == "local":
         outcome = launch_local(todo, slots, gpus, out_dir / "logs")
     else:
@@ -529,4 +539,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

@@ -19,6 +19,7 @@ import numpy as np
 from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.d4rl import load_dataset
+from decision_mamba.data.identity import check_dataset_env
 from decision_mamba.data.sampler import sample_batch, state_normalization
 from decision_mamba.envs import gym_env_id, make_gym_vector_env
 from decision_mamba.errors import cli_main
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     traj, metadata = load_dataset(dataset_spec(cfg), cfg.data_dir, allow_pickle=cfg.allow_pickle)
     env_id = gym_env_id(cfg.env, cfg.env_version)
+    check_dataset_env(metadata, env_id, source=dataset_spec(cfg), allow_mismatch=cfg.allow_env_mismatch)
     num_envs = cfg.eval.episodes * len(cfg.eval.targets)
     envs = make_gym_vector_env(env_id, num_envs=max(1, num_envs), max_episode_steps=cfg.eval.max_ep_len,
                                dataset_obs_dim=traj.observations.shape[1], dataset_act_dim=traj.actions.shape[1])

@@ -5,17 +5,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 RUNS="${RUNS:-runs/table${TABLE}}"
+# --out-dir given to the script wins over RUNS: the aggregator must look where the runs go.
+previous=""
+for arg in "$@"; do
+  [[ "$arg" == "--" ]] && break
+  if [[ "$previous" == "--out-dir" ]]; then RUNS="$arg"; fi
+  if [[ "$arg" == --out-dir=* ]]; then RUNS="${arg#--out-dir=}"; fi
+  previous="$arg"
+done
+if ! command -v "$PYTHON" >/dev/null; then
+  echo "error: no Python interpreter at PYTHON=$PYTHON; run \`make install\` or set PYTHON" >&2
+  exit 127
+fi
 OUT="${OUT:-results/table${TABLE}}"
 PRODUCED_BY="$(printf '%q ' "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
 
 status=0
 "$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" || status=$?
-if [[ $status -eq 2 ]]; then exit 2; fi  # a usage error: nothing was launched
+# 1 means some runs failed (the table lists them as unfinished); anything else (2: a user
+# error, nothing launched; 126/127: no interpreter; a signal) ends the script with it.
+if [[ $status -ne 0 && $status -ne 1 ]]; then exit $status; fi
 
 # A dry run launched nothing, and SLURM jobs finish later: aggregate those by hand.
 for arg in "$@"; do
   [[ "$arg" == "--" ]] && break
   if [[ "$arg" == "--dry-run" || "$arg" == "slurm" || "$arg" == "--launcher=slurm" ]]; then
+    if [[ $status -ne 0 ]]; then exit $status; fi  # e.g. the SLURM submission failed
     echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT"
     exit 0
   fi

@@ -16,6 +16,7 @@ import matplotlib.image
 import pytest
 
 from decision_mamba import aggregate, sweep
+from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_learning_curves_are_the_seed_mean_of_the_logged_evaluations(table1_runs
 
 def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
     # Table 1's run directories asked for as Table 3: nothing to count, and the error says why.
-    assert aggregate.main([str(table1_runs), "--table", "3", "--out", str(tmp_path / "t3")]) == 2
+    assert cli_main(aggregate.main, [str(table1_runs), "--table", "3", "--out", str(tmp_path / "t3")]) == 2
     assert "belong to table(s) [1], not table 3" in capsys.readouterr().err
 
     mixed = tmp_path / "mixed"
@@ -160,7 +161,7 @@ def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
     (lambda p: p, "no run directories"),
 ])
 def test_bad_run_folders_are_errors_that_say_why(tmp_path, capsys, make, message):
-    assert aggregate.main([str(make(tmp_path)), "--table", "1", "--out", str(tmp_path / "t")]) == 2
+    assert cli_main(aggregate.main, [str(make(tmp_path)), "--table", "1", "--out", str(tmp_path / "t")]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -322,3 +322,72 @@ def test_bad_arguments_are_explained(root: Path) -> None:
         load_dqn_replay(root, GAME, num_buffers=3, max_buffer_index=2, trajectories_per_buffer=0, seed=0)
     with pytest.raises(ValueError, match=r"observations must be uint8 of shape \(C, 84, 84\)"):
         write_replay_buffer(root, GAME, 9, np.zeros((3, 84, 84), np.float32), [0, 0, 0], [0, 0, 0], [0, 0, 1])
+
+
+# ----- gzip CRC and length: damage outside the rows the loader needs is caught too ----------
+
+
+def _stored_root(tmp_path: Path, buffers: list[DopamineBuffer]) -> Path:
+    """Buffer 0 written by the writer with compresslevel=0: the frames lie in the file byte for byte,
+    so a flipped byte changes a pixel instead of breaking the deflate stream (only the CRC can tell)."""
+    root = tmp_path / "stored"
+    buffer = buffers[0]
+    write_replay_buffer(root, GAME, 0, buffer.observations, buffer.actions, buffer.rewards, buffer.terminals,
+                        add_count=buffer.add_count, compresslevel=0)
+    return root
+
+
+def _load_one_buffer(root: Path, **kwargs):
+    return load_dqn_replay(root, GAME, num_buffers=1, max_buffer_index=0, num_steps=10,
+                           trajectories_per_buffer=1, seed=0, show_progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("where", ["first frames", "last frames", "crc trailer"])
+def test_a_flipped_byte_fails_the_crc_check_naming_the_file(tmp_path: Path, buffers: list[DopamineBuffer],
+                                                            where: str) -> None:
+    root = _stored_root(tmp_path, buffers)
+    path = replay_file(root, GAME, "observation", 0)
+    data = bytearray(path.read_bytes())
+    intact = _load_one_buffer(root, verify_checksums=True)
+    # "first frames": inside the rows the loader reads; "last frames": in rows it does not need
+    # (the loader stops early); "crc trailer": the CRC-32 itself (8th to 5th byte from the end).
+    offset = {"first frames": len(data) // 8, "last frames": len(data) - 100, "crc trailer": len(data) - 6}[where]
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReplayFileError, match="truncated or corrupt.*CRC check failed") as error:
+        _load_one_buffer(root)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    if where != "first frames":  # the documented switch skips the observation files' check
+        skipped = _load_one_buffer(root, verify_checksums=False)
+        np.testing.assert_array_equal(skipped.observations.frames, intact.observations.frames)
+
+
+@pytest.mark.parametrize("name", ["observation", "action", "add_count"])
+def test_a_cut_off_gzip_trailer_is_caught(tmp_path: Path, buffers: list[DopamineBuffer], name: str) -> None:
+    root = _stored_root(tmp_path, buffers)
+    path = replay_file(root, GAME, name, 0)
+    path.write_bytes(path.read_bytes()[:-4])  # every row is there; gzip's length field is not
+    with pytest.raises(ReplayFileError, match="truncated or corrupt") as error:
+        _load_one_buffer(root)
+    assert str(path) in str(error.value)
+
+
+def test_bytes_after_the_array_are_refused(tmp_path: Path, buffers: list[DopamineBuffer]) -> None:
+    root = _stored_root(tmp_path, buffers)
+    path = replay_file(root, GAME, "reward", 0)
+    with gzip.open(path, "wb") as f:  # a valid gzip stream (CRC fine) holding more than the array
+        np.save(f, buffers[0].rewards.astype(np.float32))
+        f.write(b"extra")
+    with pytest.raises(ReplayFileError, match="data follows the .npy array") as error:
+        read_replay_buffer(root, GAME, 0)
+    assert str(path) in str(error.value)
+
+
+def test_missing_files_hint_names_config_keys_only(root: Path, tmp_path: Path) -> None:
+    copy = copy_root(root, tmp_path)
+    replay_file(copy, GAME, "terminal", 0).unlink()
+    with pytest.raises(ReplayFileError) as error:
+        load_dqn_replay(copy, GAME, num_buffers=3, max_buffer_index=2, num_steps=10, seed=0, show_progress=False)
+    message = str(error.value)
+    assert "max_buffer_index" not in message and "\n" not in message
+    assert "set num_buffers=2 to read only buffers 1..2" in message

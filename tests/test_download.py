@@ -13,6 +13,7 @@ import pytest
 
 from decision_mamba.data.d4rl import load_dataset
 from decision_mamba.data.download import DownloadError, check_d4rl_file, download_d4rl, download_file, main
+from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
 
@@ -189,5 +190,5 @@ def test_cli_downloads_medium_and_expert_for_medium_expert(tmp_path, http_server
 
 
 def test_cli_reports_bad_names(tmp_path, capsys):
-    assert main(["d4rl", "hopper-mediocre-v2", "--data-dir", str(tmp_path)]) == 1
+    assert cli_main(main, ["d4rl", "hopper-mediocre-v2", "--data-dir", str(tmp_path)]) == 2
     assert "not a D4RL MuJoCo v2 dataset name" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from decision_mamba.errors import cli_main
 from decision_mamba.data.generate import (
     DATASETS,
     GenerateConfig,
@@ -267,7 +268,7 @@ def test_changed_settings_on_resume_are_refused(tmp_path):
 def test_bad_input_errors(tmp_path, capsys):
     with pytest.raises(GenerateError, match=r"unknown environment 'Hopper-v9'.*Hopper-v4.*HalfCheetah-v4.*Walker2d-v4"):
         generate(tiny_config(tmp_path, env_id="Hopper-v9"))
-    assert main(["--env", "Ant-v4", "--out", str(tmp_path)]) == 2
+    assert cli_main(main, ["--env", "Ant-v4", "--out", str(tmp_path)]) == 2
     assert "unknown environment 'Ant-v4'; supported: Hopper-v4" in capsys.readouterr().err
 
     blocker = tmp_path / "a-file"

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission
 
 from decision_mamba import sweep
+from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def test_filters_and_pass_through_overrides(tmp_path, capsys):
     (["table1", "--", "train.num_iteratons=1"], "num_iteratons"),
 ])
 def test_bad_requests_are_refused_with_the_reason(tmp_path, capsys, argv, message):
-    assert sweep.main([*argv[:1], "--dry-run", "--out-dir", str(tmp_path), *argv[1:]]) == 2
+    assert cli_main(sweep.main, [*argv[:1], "--dry-run", "--out-dir", str(tmp_path), *argv[1:]]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -158,7 +159,7 @@ def tiny_sweep_args(out_dir: Path, hopper_file: Path, *flags: str, overrides: tu
 
 def run_sweep(args: list[str], capsys) -> tuple[int, str, str]:
     """python -m decision_mamba.sweep ARGS, in this process (the runs are still subprocesses)."""
-    code = sweep.main(args)
+    code = cli_main(sweep.main, args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -247,3 +248,58 @@ def test_slots_get_their_own_gpu_or_a_share_of_the_cores(monkeypatch):
     # GPUs: slot i on GPU i, round robin when there are more slots than GPUs
     assert [sweep._slot_env(slot, 3, [0, 1]) for slot in range(3)] == [
         {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0"}]
+
+
+# ---------------------------------------------------------- failures are not hidden
+def run_script(script: str, runs_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "RUNS": str(runs_dir), "OUT": str(runs_dir / "out"), **env}
+    return subprocess.run(["bash", str(REPO / "scripts" / script), *args], env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_table_script_fails_when_the_interpreter_is_missing(tmp_path):
+    done = run_script("table1_gym.sh", tmp_path / "runs", "--dry-run", PYTHON=str(tmp_path / "no-python"))
+    assert done.returncode == 127 and "no Python interpreter" in done.stderr
+
+
+def test_table_script_out_dir_is_where_the_aggregator_looks(tmp_path):
+    chosen = tmp_path / "elsewhere"
+    done = run_script("table1_gym.sh", tmp_path / "runs", "--dry-run", "--models", "dc", "--seeds", "12",
+                      "--out-dir", str(chosen))
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    assert commands and all(overrides_of(c)["run.out_dir"] == str(chosen) for c in commands)
+    hint = [line for line in done.stdout.splitlines() if "decision_mamba.aggregate" in line]
+    assert hint and f"aggregate {chosen} --table 1" in hint[0]
+
+
+def test_failed_slurm_submission_fails_the_script_and_records_nothing(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "sbatch").write_text("#!/usr/bin/env bash\necho 'sbatch: error: invalid partition specified: gpu' >&2\n"
+                                    "exit 1\n")
+    for program in ("srun", "sbatch"):
+        (bin_dir / program).chmod(0o755)
+    runs = tmp_path / "runs"
+    done = run_script("table2_atari.sh", runs, "--launcher", "slurm", "--models", "dmamba", "--datasets", "pong",
+                      "--partition", "gpu", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "SLURM submission failed" in done.stderr and "Traceback" not in done.stderr
+    records = (runs / "sweeps.jsonl").read_text().splitlines() if (runs / "sweeps.jsonl").exists() else []
+    assert not any(json.loads(line)["launched"] for line in records)
+
+
+def test_a_run_log_is_written_as_the_run_goes(tmp_path):
+    # A stand-in entry point: prints a line, then looks for it in its own log file while still running.
+    entry = tmp_path / "entry.py"
+    entry.write_text("import sys, pathlib\nprint('started')\nlog = pathlib.Path(sys.argv[-1])\n"
+                     "pathlib.Path(sys.argv[-2]).write_text(str('started' in log.read_text()))\n")
+    log, seen = tmp_path / "logs" / "run.log", tmp_path / "seen.txt"
+    run = sweep.Run(table=1, dataset="hopper-medium", model="dc", variant="", seed=12, entry_point=str(entry),
+                    config="configs/gym/hopper-medium.yaml", overrides=(str(seen), str(log)),
+                    out_dir=str(tmp_path / "runs"), name="run")
+    job = sweep.RunJob(run, cwd=str(tmp_path), log_path=str(log))
+    with pytest.raises(RuntimeError, match="exited without writing"):
+        job()
+    assert seen.read_text() == "True", "the run's output reached its log only when it exited"

@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 
 from decision_mamba.atomic import atomic_path
 from decision_mamba.data.trajectories import Trajectories
+from decision_mamba.errors import DataError, UserError
 
 FRAME_SHAPE = (84, 84)
 STACK_SIZE = 4  # frames per state
@@ -102,7 +103,7 @@ _LAYOUT_HINT = (
 _READ_CHUNK_ROWS = 1024  # frames decompressed per read when skipping rows (7 MB)
 
 
-class ReplayFileError(ValueError):
+class ReplayFileError(UserError, ValueError):
     """A DQN-replay file is missing, truncated or holds an unexpected array."""
 
 
@@ -133,12 +134,22 @@ def _check_files_exist(root: str | os.PathLike, game: str, indices: Iterable[int
         if not replay_file(root, game, name, index).is_file()
     ]
     if missing:
-        shown = "\n  ".join(str(path) for path in missing[:6])
-        more = f"\n  ... and {len(missing) - 6} more" if len(missing) > 6 else ""
+        indices = list(indices)
+        shown = ", ".join(str(path) for path in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        # The loader reads the last num_buffers buffers: those complete at the top end could do.
+        incomplete = {index for index in indices for name in STORE_ARRAYS + OTHER_ARRAYS
+                      if not replay_file(root, game, name, index).is_file()}
+        complete_at_top = 0
+        for index in sorted(indices, reverse=True):
+            if index in incomplete:
+                break
+            complete_at_top += 1
+        fewer = (f"; or set num_buffers={complete_at_top} to read only buffers "
+                 f"{indices[-complete_at_top]}..{indices[-1]}, which are complete" if complete_at_top else "")
         raise ReplayFileError(
-            f"{len(missing)} DQN-replay file(s) missing:\n  {shown}{more}\n"
-            + _LAYOUT_HINT.format(root=root, game=game)
-            + " (or lower max_buffer_index / num_buffers to the buffers you have)"
+            f"{len(missing)} DQN-replay file(s) missing: {shown}{more}; "
+            + _LAYOUT_HINT.format(root=root, game=game) + fewer
         )
 
 
@@ -158,8 +169,11 @@ class _GzipNpyReader:
         path: Path,
         expected_dtype: np.dtype | None = None,
         expected_row_shape: tuple[int, ...] | None = None,
+        *,
+        verify: bool = True,
     ):
         self.path = path
+        self.verify = verify  # leaving a `with` block reads the rest and checks the CRC (verify_to_end)
         self._file: BinaryIO = gzip.open(path, "rb")
         try:
             with _named_read_errors(self.path):
@@ -226,14 +240,32 @@ class _GzipNpyReader:
             self.read_into(scratch[:step])
             rows -= step
 
+    def verify_to_end(self) -> None:
+        """Decompress the rest of the file and check gzip's CRC-32 and length of the whole stream.
+
+        gzip checks both only when the stream is read to its end; a reader that stops at
+        the rows it needs would never see a flipped byte (it changes frames silently) or
+        a cut-off end. Nothing may follow the array.
+        """
+        self.skip(self.num_rows - self.rows_read)
+        with _named_read_errors(self.path):
+            trailing = self._file.read(1)  # b"" at the end, after gzip's CRC and length checks
+        if trailing:
+            raise ReplayFileError(f"{self.path}: data follows the .npy array its header announces; "
+                                  "the file is corrupt: delete it and download it again")
+
     def close(self) -> None:
         self._file.close()
 
     def __enter__(self) -> "_GzipNpyReader":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is None and self.verify:
+                self.verify_to_end()
+        finally:
+            self.close()
 
 
 @contextlib.contextmanager
@@ -544,8 +576,10 @@ class _BufferPlan:
 def _plan_buffer(root: str | os.PathLike, game: str, index: int, window_rows: int) -> _BufferPlan:
     columns: dict[str, np.ndarray] = {}
     path = replay_file(root, game, "observation", index)
-    with _GzipNpyReader(path, *STORE_SPECS["observation"]) as reader:
-        num_rows = reader.num_rows  # the header is enough: frames are read later
+    # The header is enough here: the frames (and the file's CRC) are read later, if the
+    # buffer is used; its row count must match the three small files, which are verified.
+    with _GzipNpyReader(path, *STORE_SPECS["observation"], verify=False) as reader:
+        num_rows = reader.num_rows
     for name in ("action", "reward", "terminal"):
         path = replay_file(root, game, name, index)
         with _GzipNpyReader(path, *STORE_SPECS[name]) as reader:
@@ -582,6 +616,7 @@ def load_dqn_replay(
     buffer_capacity: int = 100_000,
     max_buffer_index: int = 49,
     show_progress: bool = True,
+    verify_checksums: bool = True,
 ) -> Trajectories:
     """The DT Atari training set (see the module docstring for the procedure and fixes).
 
@@ -590,6 +625,12 @@ def load_dqn_replay(
     trajectories_per_buffer whole episodes of that buffer; draws go on while fewer than
     num_steps transitions are loaded. Deterministic for a given seed.
 
+    Every file read is checked against its gzip CRC-32 and length, which means
+    decompressing each observation file used to its end, not only to the rows needed
+    (for the published 1M-row files about ten times the work of the rows DT reads).
+    verify_checksums=False checks only the action, reward and terminal files (small),
+    for data already verified once.
+
     Returns Trajectories with observations a FrameStackStore ((N, 4, 84, 84) uint8 on
     indexing), actions (N,) int64, rewards (N,) float32 as stored (clipped), and the
     episodes in the order they were drawn.
@@ -597,11 +638,11 @@ def load_dqn_replay(
     for name, value in (("num_buffers", num_buffers), ("num_steps", num_steps),
                         ("trajectories_per_buffer", trajectories_per_buffer), ("buffer_capacity", buffer_capacity)):
         if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise DataError(f"{name} must be a positive integer, got {value!r}")
     if max_buffer_index < 0 or num_buffers > max_buffer_index + 1:
-        raise ValueError(
+        raise DataError(
             f"num_buffers={num_buffers} buffers cannot end at max_buffer_index={max_buffer_index} "
-            "(buffer indices start at 0)"
+            f"(buffer indices start at 0): set num_buffers to at most {max_buffer_index + 1}"
         )
     candidates = range(max_buffer_index - num_buffers + 1, max_buffer_index + 1)
     _check_files_exist(root, game, candidates)
@@ -614,7 +655,7 @@ def load_dqn_replay(
     total = 0
     while total < num_steps:
         if not available:
-            raise ValueError(
+            raise DataError(
                 f"only {total} transitions in whole episodes fit in the first {buffer_capacity} rows of "
                 f"buffers {candidates.start}..{candidates.stop - 1} of {replay_dir(root, game)} "
                 f"(reads of {trajectories_per_buffer} episodes); lower num_steps or trajectories_per_buffer, "
@@ -659,7 +700,7 @@ def load_dqn_replay(
               disable=not show_progress) as progress:
         for index in sorted(copies):
             path = replay_file(root, game, "observation", index)
-            with _GzipNpyReader(path, *STORE_SPECS["observation"]) as reader:
+            with _GzipNpyReader(path, *STORE_SPECS["observation"], verify=verify_checksums) as reader:
                 for first, stop, out in sorted(copies[index]):
                     skipped = first - reader.rows_read
                     reader.skip(skipped)

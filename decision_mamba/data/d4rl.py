@@ -28,6 +28,7 @@ import numpy as np
 
 from decision_mamba.atomic import atomic_path
 from decision_mamba.data.trajectories import Trajectories
+from decision_mamba.errors import CorruptFileError, DataError, MissingFileError
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
@@ -46,7 +47,7 @@ def parse_d4rl_name(name: str) -> tuple[str, str]:
     normalized = re.sub(r"-v2$", "", normalized)
     env, _, dataset = normalized.partition("-")
     if env not in D4RL_ENVS or dataset not in D4RL_DATASETS:
-        raise ValueError(
+        raise DataError(
             f"{name!r} is not a D4RL MuJoCo v2 dataset name; expected <env>-<dataset>-v2 with env in "
             f"{', '.join(D4RL_ENVS)} and dataset in {', '.join(D4RL_DATASETS)} (e.g. hopper-medium-v2)"
         )
@@ -188,30 +189,30 @@ def load_d4rl_hdf5(path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"D4RL dataset file {path} not found"
             + (" (it is a directory)" if path.is_dir() else "")
-            + f"; download it with:\n    {_download_hint(path)}"
+            + f"; download it with: {_download_hint(path)}"
         )
     try:
         with h5py.File(path, "r") as f:
             missing = [key for key in REQUIRED_KEYS if key not in f]
             if missing:
-                raise ValueError(
+                raise DataError(
                     f"{path} lacks the D4RL keys {missing} (it has {sorted(f.keys())}); "
                     f"a D4RL v2 file needs {list(REQUIRED_KEYS)}"
                 )
             arrays = {key: f[key][()] for key in REQUIRED_KEYS}
             metadata = {key: _attribute_to_python(value) for key, value in f.attrs.items()}
     except OSError as error:
-        raise OSError(
+        raise CorruptFileError(
             f"cannot read {path} as an hdf5 file ({error}); it is truncated or corrupt. "
-            f"Delete it and download it again with:\n    {_download_hint(path)}"
+            f"Delete it and download it again with: {_download_hint(path)}"
         ) from error
 
     lengths = {key: len(array) for key, array in arrays.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{path}: the arrays have different numbers of rows {lengths}; the file is corrupt")
+        raise DataError(f"{path}: the arrays have different numbers of rows {lengths}; the file is corrupt")
     rewards = arrays["rewards"]
     if rewards.ndim == 2 and rewards.shape[1] == 1:
         rewards = rewards[:, 0]  # some converters store (N, 1) rewards
@@ -219,7 +220,7 @@ def load_d4rl_hdf5(path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any
     try:
         trajectories = Trajectories.from_flat(arrays["observations"], arrays["actions"], rewards, episode_ended)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise DataError(f"{path}: {error}") from error
     return trajectories, metadata
 
 
@@ -233,9 +234,9 @@ def load_pickle_trajectories(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pickle dataset {path} not found")
+        raise MissingFileError(f"pickle dataset {path} not found; check the config's dataset (a path to a .pkl file)")
     if not allow_pickle:
-        raise ValueError(
+        raise DataError(
             f"refusing to unpickle {path}: loading a pickle can run arbitrary code. "
             "Pass allow_pickle=True (config: allow_pickle=true) only for files you trust, "
             "or use the D4RL hdf5 file instead."
@@ -243,14 +244,14 @@ def load_pickle_trajectories(
     with open(path, "rb") as f:
         episodes = pickle.load(f)
     if not isinstance(episodes, (list, tuple)) or not all(isinstance(e, dict) for e in episodes):
-        raise ValueError(
+        raise DataError(
             f"{path} holds a {type(episodes).__name__}; expected a list of episode dicts "
             "with observations, actions, rewards (the Decision Transformer .pkl format)"
         )
     try:
         trajectories = Trajectories.from_episodes(episodes)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise DataError(f"{path}: {error}") from error
     return trajectories, {}
 
 
@@ -271,15 +272,15 @@ def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, di
         try:
             dataset = minari.load_dataset(dataset_id)
         except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"Minari dataset {dataset_id!r} not found locally ({error}); download it with:\n"
-                f"    {DOWNLOAD_MODULE} minari {dataset_id}"
+            raise MissingFileError(
+                f"Minari dataset {dataset_id!r} not found locally ({error}); download it with: "
+                f"{DOWNLOAD_MODULE} minari {dataset_id}"
             ) from error
 
     episodes = []
     for episode in dataset.iterate_episodes():
         if not isinstance(episode.observations, np.ndarray):
-            raise ValueError(
+            raise DataError(
                 f"Minari dataset {dataset.spec.dataset_id} has {type(episode.observations).__name__} "
                 "observations; only flat Box observation spaces are supported"
             )
@@ -292,7 +293,11 @@ def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, di
         "env_id": env_spec.id if env_spec is not None else None,
         "data_path": str(dataset.spec.data_path),
     }
-    return Trajectories.from_episodes(episodes), metadata
+    try:
+        trajectories = Trajectories.from_episodes(episodes)
+    except ValueError as error:
+        raise DataError(f"Minari dataset {dataset.spec.dataset_id}: {error}") from error
+    return trajectories, metadata
 
 
 def load_dataset(
@@ -321,7 +326,7 @@ def load_dataset(
     try:
         file_names = d4rl_source_files(spec_text)
     except ValueError as error:
-        raise ValueError(
+        raise DataError(
             f"cannot interpret dataset {spec_text!r}: not a .hdf5/.h5/.pkl path, not 'minari:<id>', "
             f"and {error}"
         ) from None
@@ -329,9 +334,9 @@ def load_dataset(
     paths = [data_dir / file_name for file_name in file_names]
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"dataset {spec_text} needs {', '.join(map(str, missing))}, not found; download with:\n"
-            f"    {d4rl_download_command(spec_text, data_dir)}"
+        raise MissingFileError(
+            f"dataset {spec_text} needs {', '.join(map(str, missing))}, not found; download with: "
+            f"{d4rl_download_command(spec_text, data_dir)}"
         )
     parts = [load_d4rl_hdf5(path) for path in paths]
     trajectories = Trajectories.concat(*(part[0] for part in parts))

@@ -25,6 +25,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from decision_mamba.errors import UserError, cli_main
 from decision_mamba.data.d4rl import (
     DEFAULT_DATA_DIR,
     REQUIRED_KEYS,
@@ -41,7 +42,7 @@ _CHUNK_BYTES = 1 << 20
 _USER_AGENT = "decision-mamba-downloader/0.1"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed; the message says whether rerunning resumes it."""
 
 
@@ -261,18 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     minari_parser.add_argument("--force", action="store_true", help="download again even if present")
     args = parser.parse_args(argv)
 
-    try:
-        for name in args.names:
-            if args.source == "d4rl":
-                for path in download_d4rl(name, args.data_dir, args.base_url, force=args.force):
-                    print(path)
-            else:
-                print(download_minari(name, args.minari_dir, force=args.force))
-    except (DownloadError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    for name in args.names:
+        if args.source == "d4rl":
+            for path in download_d4rl(name, args.data_dir, args.base_url, force=args.force):
+                print(path)
+        else:
+            print(download_minari(name, args.minari_dir, force=args.force))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

@@ -71,6 +71,7 @@ from tqdm import tqdm
 
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.data.d4rl import write_d4rl_hdf5
+from decision_mamba.errors import UserError, cli_main
 from decision_mamba.scores import D4RL_REFERENCE_RETURNS, d4rl_normalized_score
 
 # Gymnasium id -> D4RL environment name (the key of the D4RL reference returns).
@@ -92,7 +93,7 @@ CHECKPOINT_DIR = "sac"
 FORMAT_VERSION = 1
 
 
-class GenerateError(RuntimeError):
+class GenerateError(UserError, RuntimeError):
     """A problem the user can fix (bad option, unwritable folder, medium level not reached)."""
 
 
@@ -916,15 +917,11 @@ def main(argv: list[str] | None = None) -> int:
         minari=args.minari,
         progress_bar=not args.no_progress,
     )
-    try:
-        paths = generate(config)
-    except GenerateError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    paths = generate(config)  # a GenerateError is a UserError: cli_main prints it
     for dataset, path in paths.items():
         print(f"{dataset}: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main(main))

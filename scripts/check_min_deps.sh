@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install the lowest versions pyproject.toml allows into a fresh virtual environment and
+# run a fast subset of the tests there: the declared lower bounds must be versions that
+# work together (issue 12, item 10).
+#
+#   scripts/check_min_deps.sh                      # torch==2.13.0 from the package index
+#   TORCH=/path/to/torch-2.13.0+cpu-....whl scripts/check_min_deps.sh
+#
+# Every `name>=X` of [project] dependencies and of the dev extra becomes `name==X`; the
+# packages those need come at whatever version pip picks. torch is the exception: its
+# bound (>=2.1) is not tested here, because PyPI's Linux torch wheels are multi-GB CUDA
+# builds; TORCH says which torch to use (default torch==2.13.0, the version we test).
+# Environment: PYTHON (default python3), KEEP=1 keeps the venv (its path is printed),
+# TESTS (default: the subset below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+TORCH="${TORCH:-torch==2.13.0}"
+TESTS="${TESTS:-tests/test_config.py tests/test_d4rl_data.py tests/test_evaluation.py tests/test_atari_env.py tests/test_atari_replay.py tests/test_aggregate.py tests/test_download.py tests/test_sampler.py tests/test_generate.py}"
+VENV="$(mktemp -d "${TMPDIR:-/tmp}/dm-min-deps.XXXXXX")"
+if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$VENV"' EXIT; fi
+
+# The pins, read from pyproject.toml (the one home of the bounds).
+PINS="$VENV/pins.txt"
+"$PYTHON" - "$PINS" <<'PY'
+import re, sys, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+pins = []
+for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    name, bound = re.fullmatch(r"([A-Za-z0-9_.\-\[\],]+)\s*>=\s*([0-9][0-9.]*)", requirement).groups()
+    if not name.startswith("torch"):
+        pins.append(f"{name}=={bound}")
+open(sys.argv[1], "w").write("\n".join(pins) + "\n")
+print("lowest versions:", " ".join(pins))
+PY
+
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet --prefer-binary "$TORCH" -r "$PINS"
+"$VENV/bin/pip" check
+"$VENV/bin/python" -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ['torch', 'numpy', 'gymnasium', 'ale-py', 'minari', 'stable-baselines3', 'mujoco']))"
+# This checkout on the path rather than installed: nothing is written into it.
+PYTHONPATH="$PWD" OMP_WAIT_POLICY=PASSIVE "$VENV/bin/python" -m pytest -x -q -p no:cacheprovider $TESTS
+echo "check_min_deps: the lowest versions pass ($TESTS)"
