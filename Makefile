@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
 #   make test   create .venv, install, run the test suite
-# On a GPU machine: make install GPU=1 (README, "GPU install"), then make gpu-check
+# On a GPU machine: make install GPU=1 (README, "GPU install")
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -16,7 +16,7 @@ PY      = $(VENV)/bin/python
 # and numba thread pools steal each other's cores (a DT step went from 0.27 s to 2.5 s).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test bench gpu-check clean
+.PHONY: install run test bench clean
 
 install: $(VENV)/.installed
 
@@ -41,10 +41,6 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench.py
-
-# On a machine with an NVIDIA GPU: tests marked gpu and the CUDA benchmark (scripts/gpu_check.sh).
-gpu-check:
-	bash scripts/gpu_check.sh $(WHEELS)
 
 clean:
 	rm -rf $(VENV) runs
