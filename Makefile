@@ -1,11 +1,16 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
 #   make test   create .venv, install, run the test suite
-# On a GPU machine: make run EXTRAS=dev,cuda  (PyPI's torch==2.13.0 wheel for Linux is a CUDA build)
+# On a GPU machine: make install GPU=1 (README, "GPU install")
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev
+# GPU=1: after torch (PyPI's Linux wheel is a CUDA build), mamba-ssm's kernel. Its setup.py
+# imports torch, so no build isolation; --no-deps so that pip never swaps torch. A release
+# without a prebuilt wheel for this torch compiles with nvcc (README: troubleshooting).
+GPU    ?=
+MAMBA_SSM ?= mamba-ssm>=2.2.2,<2.4
 PY      = $(VENV)/bin/python
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning torch
 # and numba thread pools steal each other's cores (a DT step went from 0.27 s to 2.5 s).
@@ -20,6 +25,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+ifneq ($(GPU),)
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS),gpu]"
+	$(PY) -m pip install --no-build-isolation --no-deps "$(MAMBA_SSM)"
+	$(PY) -c "from decision_mamba.selective_scan import resolve_scan_backend as r; print('scan backend:', r('auto', 'cuda'))"
+endif
 	touch $@
 
 run: install

@@ -232,9 +232,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter episodes")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU benchmark of bench_gpu.py (give --out a new file)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        from bench_gpu import run as run_cuda  # benchmarks/ is on sys.path when run as a script
+
+        run_cuda(args.out, args.quick)
+        return
     if args.memory_child:
         peak_memory_child(args.memory_child, args.steps)
         return

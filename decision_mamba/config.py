@@ -19,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from decision_mamba.checkpoint import parse_keep
 from decision_mamba.errors import UserError
 from decision_mamba.model import ModelConfig
+from decision_mamba.compute import PRECISIONS
+from decision_mamba.selective_scan import BACKENDS
 
 VALID_MIXERS = ("mamba", "attention", "conv", "s4")
 
@@ -47,6 +49,9 @@ class TrainConfig:
     rtg_scale: float = 1000.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads, 0 = torch's default
+    # fp32 | bf16 | fp16: autocast for the forward and loss (fp16 with a GradScaler); the
+    # selective scan's state stays float32 as in mamba_ssm. fp32 is bit-deterministic on the CPU.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -147,8 +152,9 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     """What the types cannot say."""
     m, t, e = cfg.model, cfg.train, cfg.eval
     _check(m.mixer in VALID_MIXERS, f"model.mixer must be one of {VALID_MIXERS}, got {m.mixer!r}")
-    _check(m.scan_backend in ("auto", "cuda", "fused", "reference"),
-           f"model.scan_backend must be auto, cuda, fused or reference, got {m.scan_backend!r}")
+    _check(m.scan_backend in BACKENDS, f"model.scan_backend must be one of {', '.join(BACKENDS)}, "
+                                       f"got {m.scan_backend!r}")
+    _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand"):
         _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
     _check(m.d_model % m.n_head == 0, f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head})")

@@ -233,16 +233,18 @@ class Mamba(nn.Module):
         u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # (B, L, ED)
         dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, self.dt_proj.weight)  # (B, L, ED); bias and softplus inside the scan
-        A = -torch.exp(self.A_log)  # (ED, N)
+        # float32 A, D and dt bias whatever the model's dtype, as mamba_ssm passes them: its
+        # kernel requires them, and the state is kept in float32 under bf16/fp16.
+        A = -torch.exp(self.A_log.float())  # (ED, N)
         y = selective_scan(
             u.transpose(1, 2),  # (B, ED, L) view
             delta.transpose(1, 2),
             A,
             B.transpose(1, 2),  # (B, N, L) view
             C.transpose(1, 2),
-            self.D,
+            self.D.float(),
             z=z.transpose(1, 2),
-            delta_bias=self.dt_proj.bias,
+            delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
             backend=self.scan_backend,
         )  # (B, ED, L), (B, L, ED) in memory

@@ -59,7 +59,8 @@ class ModelConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    # auto | cuda | fused | reference. On the CPU, auto and fused also run inference steps
+    # auto | cuda | parallel | fused | reference (selective_scan.resolve_scan_backend says which
+    # runs and why). On the CPU, auto and fused also run inference steps
     # through the fused kernel (fused_step.py); reference keeps every step in PyTorch.
     scan_backend: str = "auto"
     # s4 (DS4)

@@ -37,6 +37,7 @@ from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path, code_version,
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
+from decision_mamba.compute import describe_compute, format_compute
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
 from decision_mamba.errors import UserError
 from decision_mamba.trainer import Trainer
@@ -198,6 +199,10 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=2))
     log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name)
+    compute = describe_compute(cfg, trainer.device)  # which scan runs, and why: never a secret
+    print(format_compute(compute))
+    if log.wandb_run is not None:
+        log.wandb_run.config.update({"compute": compute}, allow_val_change=True)
 
     start_iteration = 1
     if found is not None:
@@ -253,7 +258,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
     summary = {"run_dir": str(run_dir), "group": group, "steps": trainer.step, **best_and_last(records),
-               "time_s": seconds,
+               "time_s": seconds, "compute": compute,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",
                **(extra_summary or {})}

@@ -9,10 +9,13 @@ with u, delta, z (B, D, L); A (D, N); B, C (B, N, L) shared by all channels; D (
 `delta_bias` is added to delta and `delta_softplus` maps it through softplus first. The
 signature is that of mamba_ssm's `selective_scan_fn`, so the CUDA kernel drops in.
 
-Three interchangeable implementations behind `selective_scan(..., backend=)`:
+Four interchangeable implementations behind `selective_scan(..., backend=)`, chosen by
+`resolve_scan_backend` (the one home of that decision, with the reason for it):
 
-- "cuda": mamba_ssm's kernel, used when mamba_ssm is importable and the tensors live on a
-  CUDA device. Never required.
+- "cuda": mamba_ssm's kernel, used by "auto" on a CUDA device when its compiled extension
+  is present and a tiny test call succeeds (`cuda_kernel_status`). Never required.
+- "parallel": a log-depth scan in PyTorch ops (scan_parallel.py), for any device; what
+  "auto" takes on a GPU without a working mamba_ssm kernel, with a warning saying why.
 - "fused": a CPU scan compiled with numba, forward and backward (a torch.autograd.Function),
   the D skip and the z gate included (softplus and delta_bias stay in torch).
   It never materialises the (B, L, D, N) state tensor (15.7M values per layer at the paper's
@@ -35,8 +38,10 @@ vectorise (pip's llvmlite has no SVML), so float32 uses the small vectorisable e
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
+import warnings
 from typing import Literal
 
 import numba
@@ -48,10 +53,13 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
-__all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "selective_state_update", "cuda_scan_available"]
+from decision_mamba.scan_parallel import ssm_scan_parallel
 
-Backend = Literal["auto", "cuda", "fused", "reference"]
-BACKENDS = ("auto", "cuda", "fused", "reference")
+__all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "selective_state_update", "cuda_scan_available",
+           "cuda_kernel_status", "resolve_scan_backend"]
+
+Backend = Literal["auto", "cuda", "parallel", "fused", "reference"]
+BACKENDS = ("auto", "cuda", "parallel", "fused", "reference")
 
 
 # --------------------------------------------------------------------------- numba set-up
@@ -422,34 +430,96 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend) -> None:
                              f"move all inputs to one device")
 
 
-def cuda_scan_available() -> bool:
-    """True when mamba_ssm's CUDA selective scan can be imported."""
-    return _import_cuda_scan() is not None
+# --------------------------------------------------------------------------- backend choice
+
+CUDA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
+CUDA_SCAN_FIX = ("install mamba-ssm with its kernel as the README's 'GPU install' says (make install GPU=1; "
+                 "if the build fails see its troubleshooting), or set model.scan_backend=parallel")
+_warned: set[str] = set()
+
+
+def cuda_kernel_status(device: torch.device | str = "cuda") -> tuple[bool, str]:
+    """Whether mamba_ssm's compiled selective scan works on `device`, and why (not).
+
+    An import is not enough: mamba_ssm may be installed without its extension (a build with
+    MAMBA_SKIP_CUDA_BUILD, or mamba-ssm's main branch, where the Mamba-1 kernel is opt-in
+    through MAMBA_KEEP_CUDA_BUILD and the module is then None), and a kernel built for
+    another GPU architecture or CUDA version fails only when called. So: the extension
+    must be there, and a tiny scan on `device` must run and match the reference.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _cuda_kernel_status(str(device))
 
 
 @functools.cache
-def _import_cuda_scan():
-    try:  # optional: pip install "decision-mamba[cuda]" on a GPU machine
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or a broken CUDA build failing at import
-        return None
-    return selective_scan_fn
+def _cuda_kernel_status(device: str) -> tuple[bool, str]:
+    try:
+        interface = importlib.import_module(CUDA_SCAN_MODULE)
+    except Exception as err:  # ImportError, or a broken CUDA build failing at import
+        return False, f"mamba_ssm's selective scan does not import ({type(err).__name__}: {err})"
+    extension = getattr(interface, "selective_scan_cuda", None)
+    if extension is None or not hasattr(extension, "fwd"):
+        return False, ("mamba_ssm is installed without its compiled kernel (selective_scan_cuda is missing; "
+                       "on mamba-ssm's main branch build it with MAMBA_KEEP_CUDA_BUILD=TRUE)")
+    if torch.device(device).type != "cuda":
+        return False, f"mamba_ssm's kernel runs on CUDA devices, not {device}"
+    try:
+        generator = torch.Generator().manual_seed(0)
+        batch, d_inner, d_state, seqlen = 1, 4, 2, 5
+        args = [torch.randn(shape, generator=generator) for shape in
+                [(batch, d_inner, seqlen), (batch, d_inner, seqlen), (d_inner, d_state), (batch, d_state, seqlen),
+                 (batch, d_state, seqlen), (d_inner,), (batch, d_inner, seqlen), (d_inner,)]]
+        args[2] = -args[2].exp()  # A < 0
+        expected = selective_scan_reference(*args, delta_softplus=True)
+        got = interface.selective_scan_fn(*(a.to(device) for a in args), delta_softplus=True)
+        if not torch.allclose(got.cpu(), expected, rtol=1e-3, atol=1e-4):
+            return False, f"mamba_ssm's kernel gave wrong numbers in a test call on {device}"
+    except Exception as err:  # e.g. "no kernel image is available for execution on the device"
+        return False, f"mamba_ssm's kernel failed a test call on {device} ({type(err).__name__}: {err})"
+    return True, f"mamba_ssm's CUDA kernel works on {device}"
 
 
-def _resolve_backend(backend: str, u: Tensor) -> str:
-    if backend == "auto":
-        return "cuda" if u.is_cuda and cuda_scan_available() else ("fused" if u.device.type == "cpu" else "reference")
-    if backend == "cuda":
-        if not u.is_cuda:
-            raise ValueError(f"selective_scan: backend 'cuda' needs CUDA tensors, got u on {u.device}; "
+def cuda_scan_available(device: torch.device | str = "cuda") -> bool:
+    """True when mamba_ssm's CUDA selective scan works on `device` (see cuda_kernel_status)."""
+    return cuda_kernel_status(device)[0]
+
+
+def resolve_scan_backend(requested: str, device: torch.device | str) -> tuple[str, str]:
+    """The scan backend that runs for `requested` on `device`, and the reason: the one home of that choice.
+
+    "auto": cuda where mamba_ssm's kernel works, else parallel on a GPU (with a warning,
+    once, naming the reason and the fix) and fused on the CPU. An explicit backend that
+    cannot run on `device` is an error naming the fix.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"selective_scan: unknown backend {requested!r}; expected one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if device.type == "cpu":
+        if requested == "auto":
+            return "fused", "auto on the CPU: the numba kernel"
+        if requested == "cuda":
+            raise ValueError(f"selective_scan: backend 'cuda' needs CUDA tensors, got {device}; "
                              f"use backend='fused' on CPU")
-        if not cuda_scan_available():
-            raise ValueError("selective_scan: backend 'cuda' needs mamba_ssm (pip install mamba-ssm causal-conv1d); "
-                             "use backend='reference' on a GPU without it")
-    if backend == "fused" and u.device.type != "cpu":
-        raise ValueError(f"selective_scan: backend 'fused' runs on CPU tensors, got u on {u.device}; "
-                         f"use backend='cuda' or 'reference'")
-    return backend
+        return requested, "requested"
+    if requested == "fused":
+        raise ValueError(f"selective_scan: backend 'fused' runs on CPU tensors, got {device}; "
+                         f"use backend='cuda', 'parallel' or 'reference'")
+    if requested in ("parallel", "reference"):
+        return requested, "requested"
+    ok, why = cuda_kernel_status(device) if device.type == "cuda" else (False, f"no CUDA kernel for {device}")
+    if requested == "cuda":
+        if not ok:
+            raise ValueError(f"selective_scan: backend 'cuda' is not usable: {why}; {CUDA_SCAN_FIX}")
+        return "cuda", f"requested; {why}"
+    if ok:
+        return "cuda", f"auto: {why}"
+    if device.type == "cuda" and why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"model.scan_backend=auto on {device}: {why}. Using the PyTorch parallel scan, "
+                      f"slower than the kernel; to fix: {CUDA_SCAN_FIX}.", RuntimeWarning, stacklevel=2)
+    return "parallel", f"auto: {why}; the PyTorch parallel scan needs no build"
 
 
 def _compute_dtype(u: Tensor) -> torch.dtype:
@@ -477,18 +547,25 @@ def selective_scan(
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L); D, delta_bias: (D,).
     Returns y (B, D, L) in u's dtype, and h_L (B, D, N) too if return_last_state.
-    backend: "auto" (cuda on CUDA tensors when mamba_ssm is installed, else fused on CPU),
-    "cuda", "fused" (CPU, numba) or "reference" (a PyTorch loop over time).
+    backend: "auto" (resolve_scan_backend: cuda where mamba_ssm's kernel works, else parallel
+    on a GPU and fused on the CPU), "cuda", "parallel" (log-depth, PyTorch ops), "fused"
+    (CPU, numba) or "reference" (a PyTorch loop over time).
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend)
-    backend = _resolve_backend(backend, u)
-    if backend == "cuda":
-        return _import_cuda_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    backend = resolve_scan_backend(backend, u.device)[0]
+    if backend == "cuda":  # looked up at each call: mamba_ssm's entry point as it is now
+        scan = importlib.import_module(CUDA_SCAN_MODULE).selective_scan_fn
+        return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype = _compute_dtype(u)
     dt = _discretisation_step(delta.to(dtype), delta_bias, delta_softplus)  # (B, D, L)
+    if backend == "parallel":
+        u_c = u.to(dtype)
+        y, h_last = ssm_scan_parallel(u_c, dt, A.to(dtype), B.to(dtype), C.to(dtype))  # (B, D, L), (B, D, N)
+        y = _skip_and_gate(y, u_c, D, z).to(u.dtype)
+        return (y, h_last) if return_last_state else y
     # Kernel layouts (module docstring); free when the caller's tensors are (B, L, D) underneath.
     y, h_last = _FusedSelectiveScan.apply(
         u.to(dtype).transpose(1, 2),  # (B, L, D)

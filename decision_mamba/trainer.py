@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from decision_mamba.compute import autocast, grad_scaler
 from decision_mamba.config import TrainConfig
 from decision_mamba.model import DecisionModel
 
@@ -91,6 +92,7 @@ class Trainer:
         self.rng = rng
         self.device = device
         self.optimizer = configure_optimizer(model, cfg)
+        self.scaler = grad_scaler(cfg.precision, device)  # a pass-through unless fp16
         # Tokens are counted as DT's Atari code does: real (non-padded) action targets.
         self.final_tokens = final_tokens
         self.step = 0
@@ -107,11 +109,14 @@ class Trainer:
         lr = self.cfg.learning_rate * self.lr_multiplier()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.model.loss(batch)
+        with autocast(self.cfg.precision, self.device):
+            loss = self.model.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped by fp16's scaler when a gradient is inf/nan
+        self.scaler.update()
         self.step += 1
         self.tokens += int(batch["mask"].sum())
         return StepStats(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
@@ -122,6 +127,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "tokens": self.tokens,
+            "grad_scaler": self.scaler.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -132,6 +138,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():

@@ -236,7 +236,7 @@ def test_bad_inputs_raise_clear_errors():
         block.init_state(0)
     with pytest.raises(ValueError, match="d_state must be a positive integer"):
         Mamba(16, d_state=0)
-    with pytest.raises(ValueError, match="scan_backend must be one of auto, cuda, fused, reference"):
+    with pytest.raises(ValueError, match="scan_backend must be one of auto, cuda, parallel, fused, reference"):
         Mamba(16, scan_backend="triton")
     with pytest.raises(ValueError, match="dt_init must be 'random' or 'constant'"):
         Mamba(16, dt_init="normal")

@@ -292,7 +292,7 @@ def test_bad_inputs_raise_value_errors_naming_the_expected_shape():
         selective_scan(u.long(), delta, A, B, C)
     with pytest.raises(ValueError, match=r"seq_len is 0"):
         selective_scan(u[..., :0], delta[..., :0], A, B[..., :0], C[..., :0])
-    with pytest.raises(ValueError, match=r"unknown backend 'numba'; expected one of auto, cuda, fused, reference"):
+    with pytest.raises(ValueError, match=r"unknown backend 'numba'; expected one of auto, cuda, parallel, fused, reference"):
         selective_scan(u, delta, A, B, C, backend="numba")
     with pytest.raises(ValueError, match=r"backend 'cuda' needs CUDA tensors"):
         selective_scan(u, delta, A, B, C, backend="cuda")
