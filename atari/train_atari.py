@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
                              group=f"{cfg.game.lower()}/{cfg.model.mixer}", resume=args.resume,
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
-                                                        "transitions": int(traj.num_transitions)}})
+                                                        "transitions": int(traj.num_transitions)}},
+                             data=f"DQN-replay {cfg.game} in {cfg.data_dir}: {traj.num_episodes} episodes, "
+                                  f"{traj.num_transitions:,} transitions")
     envs.close()
+    print(f"run directory: {summary['run_dir']}")
     for which in ("last", "best"):
         if summary[which] is not None:
             print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "

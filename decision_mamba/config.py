@@ -66,6 +66,7 @@ class RunConfig:
     wandb_group: str = ""  # e.g. table1/hopper-medium/dmamba (scripts set it)
     keep_checkpoints: int = 0  # 0 = keep one per iteration; N = only the last N
     progress: bool = True
+    log_every: int = 100  # write loss, LR, grad norm and throughput every N updates (train_steps.jsonl, wandb)
 
 
 @dataclass
@@ -154,6 +155,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(e.episodes >= 0, "eval.episodes must be >= 0")
     _check(len(e.targets) > 0, "eval.targets needs at least one target return")
     _check(e.every > 0, "eval.every must be positive")
+    _check(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
            f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
     if isinstance(cfg, GymConfig):

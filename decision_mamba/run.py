@@ -5,6 +5,7 @@ A run directory holds
     metrics.jsonl        one line per iteration: training statistics and the evaluation
     checkpoints/iter_NNN.pt  the trainer's full state after iteration NNN (atomic)
     summary.json         the last and the best evaluation, saying which is which
+    run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
 `--resume` reloads the newest checkpoint, drops metrics written after it, and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from decision_mamba.atomic import atomic_path, write_text_atomic
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.trainer import Trainer
 
 # evaluate(iteration) -> {"targets": {target: {"return_mean", ..., "score_mean"}}, ...}
@@ -152,8 +154,10 @@ def best_and_last(records: list[dict]) -> dict:
 # ------------------------------------------------------------------ main loop
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
-                   extra_summary: dict | None = None) -> dict:
-    """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary."""
+                   extra_summary: dict | None = None, data: str = "") -> dict:
+    """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary.
+
+    `data` is one line describing the training data, for the banner and run_info.json."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -176,17 +180,31 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
 
     steps = steps_per_iteration if steps_per_iteration is not None else cfg.train.steps_per_iteration
     n_iter = cfg.train.num_iterations
+    info = write_run_info(run_dir, run_info(cfg.model, trainer.device, data=data,
+                                            num_parameters=sum(p.numel() for p in trainer.model.parameters())))
+    print(banner(run_dir, info.get("resumes", [info])[-1], total_steps=n_iter * steps, start_step=trainer.step))
+    step_log = StepLog(run_dir, cfg.run.log_every, wandb_run=log.wandb_run)
+    step_log.truncate(trainer.step)
+    # One bar over the whole run, so its ETA is the run's.
+    bar = tqdm(total=n_iter * steps, initial=(start_iteration - 1) * steps, desc="train", unit="step",
+               disable=not cfg.run.progress, dynamic_ncols=True, mininterval=2.0)
     for iteration in range(start_iteration, n_iter + 1):
-        t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(range(steps), desc=f"train {iteration}/{n_iter}", disable=not cfg.run.progress,
-                   leave=False, dynamic_ncols=True, mininterval=2.0)
-        for _ in bar:
+        losses, grad_norms, train_time = [], [], 0.0
+        tokens_before = trainer.tokens
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            tokens = trainer.tokens
             stats = trainer.train_step()
+            dt = time.perf_counter() - t0
+            train_time += dt
             losses.append(stats.loss)
+            grad_norms.append(stats.grad_norm)
+            step_log.add(step=trainer.step, loss=stats.loss, lr=stats.lr, grad_norm=stats.grad_norm,
+                         tokens=trainer.tokens - tokens, seconds=dt)
+            bar.update(1)
             if trainer.step % 50 == 0:
-                bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
-        train_time = time.perf_counter() - t0
+                bar.set_postfix(iter=f"{iteration}/{n_iter}", loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+        step_log.flush(trainer.step)  # the iteration's tail, so each record below has its curve
         record: dict[str, Any] = {
             "iteration": iteration,
             "step": trainer.step,
@@ -194,17 +212,21 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
                 "loss_mean": sum(losses) / max(1, len(losses)),
                 "loss_last": losses[-1] if losses else float("nan"),
                 "lr": trainer.cfg.learning_rate * trainer.lr_multiplier(),
+                "grad_norm_mean": sum(grad_norms) / max(1, len(grad_norms)),
                 "time_s": train_time,
+                "steps_per_s": len(losses) / max(train_time, 1e-9),
+                "tokens_per_s": (trainer.tokens - tokens_before) / max(train_time, 1e-9),
             },
         }
         if iteration % cfg.eval.every == 0 or iteration == n_iter:
             t1 = time.perf_counter()
             record["eval"] = evaluate(iteration)
             record["eval_time_s"] = time.perf_counter() - t1
-            print(_format_eval(iteration, n_iter, record))
+            bar.write(format_eval(iteration, n_iter, record))
         log.log(record)
         save_checkpoint(ckpt_dir / f"iter_{iteration:03d}.pt", {"iteration": iteration, "trainer": trainer.state_dict()})
         _prune_checkpoints(ckpt_dir, cfg.run.keep_checkpoints)
+    bar.close()
 
     records = log.records()
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
@@ -224,10 +246,3 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         for old in sorted(ckpt_dir.glob("iter_*.pt"))[:-keep]:
             old.unlink()
 
-
-def _format_eval(iteration: int, n_iter: int, record: dict) -> str:
-    parts = [f"[iter {iteration}/{n_iter}] loss {record['train']['loss_mean']:.4f}"]
-    for target, s in record["eval"].items():
-        parts.append(f"target {target}: return {s['return_mean']:.1f} ± {s['return_std']:.1f}, "
-                     f"score {s['score_mean']:.1f}, length {s['length_mean']:.0f}")
-    return " | ".join(parts)

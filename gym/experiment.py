@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
                              group=f"{dataset_label(cfg)}/{cfg.model.mixer}", resume=args.resume,
-                             extra_summary={"reference": reference})
+                             extra_summary={"reference": reference},
+                             data=f"{dataset_spec(cfg)}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")
     envs.close()
     print(report(summary, MODEL_NAMES[cfg.model.mixer]))
     return summary
