@@ -28,7 +28,7 @@ from decision_mamba.trainer import Trainer, resolve_device
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, schema=AtariConfig)
     cfg = load_config(AtariConfig, args.config, args.overrides)
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)

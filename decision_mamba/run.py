@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from decision_mamba.atomic import atomic_path, write_text_atomic
-from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
+from decision_mamba.confighelp import describe_config
 from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.trainer import Trainer
 
@@ -38,12 +39,24 @@ Evaluate = Callable[[int], dict[str, Any]]
 
 
 # ------------------------------------------------------------- entry-point glue
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(description: str, argv: list[str] | None = None,
+               schema: type[GymConfig] | type[AtariConfig] | None = None) -> argparse.Namespace:
+    """The entry points' command line; with `schema`, --help lists every config key (default and
+    description) and --show-config prints the resolved config and exits."""
+    epilog = describe_config(schema(), "config keys (default, description); set them in the YAML file or as key=value:") \
+        if schema is not None else None
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file under configs/")
     parser.add_argument("--resume", action="store_true", help="continue the run in its run directory")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every key as the YAML file and overrides set it, then exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 seed=23")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.show_config and schema is not None:
+        print(describe_config(load_config(schema, args.config, args.overrides), f"{args.config} with {args.overrides}:"))
+        raise SystemExit(0)
+    return args
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:

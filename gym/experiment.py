@@ -43,7 +43,7 @@ def dataset_label(cfg: GymConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
