@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
 #   make test   create .venv, install, run the test suite
+#   make run-atari  record a small DQN-replay-format dataset from the real emulator, train and evaluate DMamba on it
 # On a GPU machine: make install GPU=1 (README, "GPU install")
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +17,7 @@ PY      = $(VENV)/bin/python
 # and numba thread pools steal each other's cores (a DT step went from 0.27 s to 2.5 s).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run test bench clean
+.PHONY: install run run-atari test bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,11 @@ endif
 
 run: install
 	$(PY) gym/experiment.py --config configs/gym/quickstart.yaml
+
+# No download: ~15 s of recording random play, then ~2 min of training and evaluation on a CPU.
+run-atari: install
+	$(PY) -m decision_mamba.data.record_atari --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
+	$(PY) atari/train_atari.py --config configs/atari/quickstart.yaml
 
 test: install
 	$(PY) -m pytest -n 2 -q

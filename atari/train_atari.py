@@ -29,7 +29,7 @@ from decision_mamba.trainer import Trainer, resolve_device
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, schema=AtariConfig)
     cfg = load_config(AtariConfig, args.config, args.overrides)
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
                                                         "transitions": int(traj.num_transitions)}},
                              identity=run_identity("atari", traj, env_id=atari_env_id(cfg.game), obs_shape=(4, 84, 84),
-                                                   act_dim=n_actions, discrete=True))
+                                                   act_dim=n_actions, discrete=True),
+                             data=f"DQN-replay {cfg.game} in {cfg.data_dir}: {traj.num_episodes} episodes, "
+                                  f"{traj.num_transitions:,} transitions")
     envs.close()
+    print(f"run directory: {summary['run_dir']}")
     for which in ("last", "best"):
         if summary[which] is not None:
             print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "

@@ -31,22 +31,22 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64
+    batch_size: int = 64  # windows per update
     context_len: int = 20  # K timesteps, 3K tokens
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    learning_rate: float = 1e-4  # peak AdamW learning rate (after warm-up)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     # "linear_warmup": DT gym (warm-up over warmup_steps, then constant);
     # "warmup_cosine_tokens": DT Atari (warm-up and cosine decay counted in tokens).
     lr_schedule: str = "linear_warmup"
-    warmup_steps: int = 10_000
-    warmup_tokens: int = 512 * 20
+    warmup_steps: int = 10_000  # linear_warmup: updates to reach the peak LR
+    warmup_tokens: int = 512 * 20  # warmup_cosine_tokens: tokens to reach the peak LR
     final_tokens: int = 0  # 0 = 2 * num_transitions * K * 3, as DT's Atari code
     decay_matmul_weights_only: bool = False  # True for Atari (minGPT's optimizer groups)
-    grad_clip: float = 0.25
-    num_iterations: int = 10
-    steps_per_iteration: int = 10_000
-    rtg_scale: float = 1000.0
+    grad_clip: float = 0.25  # max global gradient norm
+    num_iterations: int = 10  # training iterations, each followed by an evaluation and a checkpoint
+    steps_per_iteration: int = 10_000  # updates per iteration; 0 (Atari) = one epoch over the transitions
+    rtg_scale: float = 1000.0  # returns-to-go are divided by this before embedding
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads, 0 = torch's default
     # fp32 | bf16 | fp16: autocast for the forward and loss (fp16 with a GradScaler); the
@@ -57,23 +57,24 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     episodes: int = 10  # per target; the paper's release uses 100
-    targets: list[float] = field(default_factory=lambda: [3600.0])
+    targets: list[float] = field(default_factory=lambda: [3600.0])  # returns-to-go to condition on, each evaluated separately
     mode: str = "window"  # window (recompute the K-step window) | recurrent (O(1) step)
     sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
-    max_ep_len: int = 1000
+    max_ep_len: int = 1000  # evaluation episodes are cut after this many steps
 
 
 @dataclass
 class RunConfig:
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # run directories are created under this folder
     name: str = ""  # "" = derived from env, dataset, mixer and seed
     wandb: str = "disabled"  # disabled | offline | online
-    wandb_project: str = "decision-mamba"
+    wandb_project: str = "decision-mamba"  # wandb project of the run
     wandb_group: str = ""  # e.g. table1/hopper-medium/dmamba (scripts set it)
     # last_and_best | N (the newest N and the best; weights only once the run ends) | all (whole)
     keep_checkpoints: str = "last_and_best"
-    progress: bool = True
+    progress: bool = True  # tqdm progress bars
+    log_every: int = 100  # write loss, LR, grad norm and throughput every N updates (train_steps.jsonl, wandb)
 
 
 @dataclass
@@ -81,12 +82,12 @@ class GymConfig:
     env: str = "hopper"  # hopper | halfcheetah | walker2d
     dataset: str = "medium"  # medium | medium-replay | medium-expert | expert | random | a path | minari:<id>
     env_version: str = "v4"  # gymnasium MuJoCo version used for evaluation (v4 for D4RL, v5 for Minari)
-    data_dir: str = "data"
+    data_dir: str = "data"  # folder of the D4RL hdf5 files
     allow_pickle: bool = False  # .pkl datasets run code when loaded: opt in explicitly
     # A dataset whose metadata names another environment or version is refused (data/identity.py);
     # true: only warn (e.g. -v4 data evaluated on -v5 on purpose).
     allow_env_mismatch: bool = False
-    seed: int = 12
+    seed: int = 12  # seeds weights, batches and evaluation episodes
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -95,15 +96,15 @@ class GymConfig:
 
 @dataclass
 class AtariConfig:
-    game: str = "Breakout"
-    data_dir: str = "data/dqn_replay"
-    num_buffers: int = 50
-    num_steps: int = 500_000
-    trajectories_per_buffer: int = 10
+    game: str = "Breakout"  # Breakout | Qbert | Pong | Seaquest (any ALE game with DQN-replay data)
+    data_dir: str = "data/dqn_replay"  # holds {game}/1/replay_logs/ of the DQN-replay data
+    num_buffers: int = 50  # buffers are drawn from the last num_buffers of 50
+    num_steps: int = 500_000  # transitions to load (1% of the 50M)
+    trajectories_per_buffer: int = 10  # whole episodes read per draw of a buffer
     # Check every replay file's gzip CRC-32 and length; this decompresses each observation
     # file used to its end (data/atari_replay.py). false: only for files verified before.
     verify_checksums: bool = True
-    seed: int = 123
+    seed: int = 123  # seeds the data draw, weights, batches and evaluation episodes
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         d_model=128, n_layer=6, n_head=8, max_ep_len=27_000))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -176,6 +177,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
         parse_keep(cfg.run.keep_checkpoints)
     except UserError as err:
         raise ConfigError(str(err)) from None
+    _check(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
            f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
     if isinstance(cfg, GymConfig):

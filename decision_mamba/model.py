@@ -46,9 +46,9 @@ class ModelConfig:
     """Architecture. Defaults are the paper's gym setting (Table 5)."""
 
     mixer: str = "mamba"  # mamba (DMamba) | attention (DT) | conv (DC) | s4 (DS4)
-    d_model: int = 128
-    n_layer: int = 3
-    dropout: float = 0.1
+    d_model: int = 128  # embedding width
+    n_layer: int = 3  # residual blocks
+    dropout: float = 0.1  # dropout of embeddings and blocks
     channel_mlp: bool = True  # False = the paper's "RC" ablation (Table 3)
     max_ep_len: int = 1000  # size of the timestep embedding table
     # attention (DT): 1 head for gym, 8 for Atari
@@ -56,15 +56,15 @@ class ModelConfig:
     # conv (DC): kernel size over tokens
     conv_window: int = 6
     # mamba (DMamba): the defaults of the original implementation
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
+    d_state: int = 16  # SSM state size N
+    d_conv: int = 4  # width of the causal depthwise convolution
+    expand: int = 2  # inner width ED = expand * d_model
     # auto | cuda | parallel | fused | reference (selective_scan.resolve_scan_backend says which
     # runs and why). On the CPU, auto and fused also run inference steps
     # through the fused kernel (fused_step.py); reference keeps every step in PyTorch.
     scan_backend: str = "auto"
     # s4 (DS4)
-    s4_d_state: int = 64
+    s4_d_state: int = 64  # state size of the S4 kernel
 
     def mixer_kwargs(self) -> dict:
         if self.mixer == "attention":

@@ -9,6 +9,7 @@ A run directory holds
                          config and the identity (atomic, verified on load); by default only
                          the newest and the best are kept (run.keep_checkpoints)
     summary.json         the last and the best evaluation, saying which is which
+    run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
 `--resume` first compares the config and the identity with the run's and refuses any
 difference; then it reloads the newest intact checkpoint, drops metrics written after it
@@ -38,10 +39,11 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute
-from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
+from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
+from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.trainer import Trainer
-
 
 
 class RunExistsError(UserError, FileExistsError):
@@ -53,12 +55,24 @@ Evaluate = Callable[[int], dict[str, Any]]
 
 
 # ------------------------------------------------------------- entry-point glue
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(description: str, argv: list[str] | None = None,
+               schema: type[GymConfig] | type[AtariConfig] | None = None) -> argparse.Namespace:
+    """The entry points' command line; with `schema`, --help lists every config key (default and
+    description) and --show-config prints the resolved config and exits."""
+    epilog = describe_config(schema(), "config keys (default, description); set them in the YAML file or as key=value:") \
+        if schema is not None else None
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file under configs/")
     parser.add_argument("--resume", action="store_true", help="continue the run in its run directory")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print every key as the YAML file and overrides set it, then exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 seed=23")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.show_config and schema is not None:
+        print(describe_config(load_config(schema, args.config, args.overrides), f"{args.config} with {args.overrides}:"))
+        raise SystemExit(0)
+    return args
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:
@@ -174,11 +188,12 @@ def best_and_last(records: list[dict]) -> dict:
 # ------------------------------------------------------------------ main loop
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
-                   extra_summary: dict | None = None, identity: dict | None = None) -> dict:
+                   extra_summary: dict | None = None, identity: dict | None = None, data: str = "") -> dict:
     """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary.
 
     `identity` (checkpoint.run_identity) makes the checkpoints self-contained and is what
-    --resume compares besides the config."""
+    --resume compares besides the config; `data` is one line describing the training data,
+    for the banner and run_info.json."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -221,17 +236,31 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
 
     steps = steps_per_iteration if steps_per_iteration is not None else cfg.train.steps_per_iteration
     n_iter = cfg.train.num_iterations
+    info = write_run_info(run_dir, run_info(cfg.model, trainer.device, data=data,
+                                            num_parameters=sum(p.numel() for p in trainer.model.parameters())))
+    print(banner(run_dir, info.get("resumes", [info])[-1], total_steps=n_iter * steps, start_step=trainer.step))
+    step_log = StepLog(run_dir, cfg.run.log_every, wandb_run=log.wandb_run)
+    step_log.truncate(trainer.step)
+    # One bar over the whole run, so its ETA is the run's.
+    bar = tqdm(total=n_iter * steps, initial=(start_iteration - 1) * steps, desc="train", unit="step",
+               disable=not cfg.run.progress, dynamic_ncols=True, mininterval=2.0)
     for iteration in range(start_iteration, n_iter + 1):
-        t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(range(steps), desc=f"train {iteration}/{n_iter}", disable=not cfg.run.progress,
-                   leave=False, dynamic_ncols=True, mininterval=2.0)
-        for _ in bar:
+        losses, grad_norms, train_time = [], [], 0.0
+        tokens_before = trainer.tokens
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            tokens = trainer.tokens
             stats = trainer.train_step()
+            dt = time.perf_counter() - t0
+            train_time += dt
             losses.append(stats.loss)
+            grad_norms.append(stats.grad_norm)
+            step_log.add(step=trainer.step, loss=stats.loss, lr=stats.lr, grad_norm=stats.grad_norm,
+                         tokens=trainer.tokens - tokens, seconds=dt)
+            bar.update(1)
             if trainer.step % 50 == 0:
-                bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
-        train_time = time.perf_counter() - t0
+                bar.set_postfix(iter=f"{iteration}/{n_iter}", loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+        step_log.flush(trainer.step)  # the iteration's tail, so each record below has its curve
         record: dict[str, Any] = {
             "iteration": iteration,
             "step": trainer.step,
@@ -239,19 +268,23 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
                 "loss_mean": sum(losses) / max(1, len(losses)),
                 "loss_last": losses[-1] if losses else float("nan"),
                 "lr": trainer.cfg.learning_rate * trainer.lr_multiplier(),
+                "grad_norm_mean": sum(grad_norms) / max(1, len(grad_norms)),
                 "time_s": train_time,
+                "steps_per_s": len(losses) / max(train_time, 1e-9),
+                "tokens_per_s": (trainer.tokens - tokens_before) / max(train_time, 1e-9),
             },
         }
         if iteration % cfg.eval.every == 0 or iteration == n_iter:
             t1 = time.perf_counter()
             record["eval"] = evaluate(iteration)
             record["eval_time_s"] = time.perf_counter() - t1
-            print(_format_eval(iteration, n_iter, record))
+            bar.write(format_eval(iteration, n_iter, record))
         log.log(record)
         save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),
                                                                "config": config_yaml, "identity": identity})
         best = best_and_last(log.records())["best"]
         retain(ckpt_dir, cfg.run.keep_checkpoints, best["iteration"] if best else None)
+    bar.close()
 
     compact_finished(ckpt_dir, cfg.run.keep_checkpoints)
     records = log.records()
@@ -267,9 +300,3 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     return summary
 
 
-def _format_eval(iteration: int, n_iter: int, record: dict) -> str:
-    parts = [f"[iter {iteration}/{n_iter}] loss {record['train']['loss_mean']:.4f}"]
-    for target, s in record["eval"].items():
-        parts.append(f"target {target}: return {s['return_mean']:.1f} ± {s['return_std']:.1f}, "
-                     f"score {s['score_mean']:.1f}, length {s['length_mean']:.0f}")
-    return " | ".join(parts)

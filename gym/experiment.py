@@ -47,7 +47,7 @@ def dataset_label(cfg: GymConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                              group=f"{dataset_label(cfg)}/{cfg.model.mixer}", resume=args.resume,
                              extra_summary={"reference": reference},
                              identity=run_identity("gym", traj, env_id=env_id, obs_shape=(obs_dim,), act_dim=act_dim,
-                                                   discrete=False, state_mean=state_mean, state_std=state_std))
+                                                   discrete=False, state_mean=state_mean, state_std=state_std),
+                             data=f"{dataset_spec(cfg)}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")
     envs.close()
     print(report(summary, MODEL_NAMES[cfg.model.mixer]))
     return summary

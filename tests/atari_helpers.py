@@ -1,7 +1,8 @@
 """Small DQN-replay buffers recorded from real ALE rollouts, for the Atari tests.
 
-Frames come from the real emulator with dopamine's preprocessing (4-frame skip, max of
-the last two frames, grayscale, 84x84 INTER_AREA) under a random policy; episodes are
+Frames come from the real emulator through decision_mamba.data.record_atari, with
+dopamine's preprocessing (4-frame skip, max of the last two frames, grayscale, 84x84
+INTER_AREA) under a random policy; episodes are
 cut short (dopamine also marks an episode cut by its step limit as terminal) to keep
 the files small. `DopamineBuffer` replays dopamine's `add` on a circular buffer: 3 zero
 transitions before every episode, the write cursor wrapping at the capacity. It also
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import AtariPreprocessing
+
+from decision_mamba.data.record_atari import record_random_episodes
 
 PADDING = 3  # dopamine's stack_size - 1 zero transitions before every episode
 
@@ -35,30 +36,9 @@ class Episode:
 
 
 def record_episodes(game: str, num_episodes: int, seed: int, min_steps: int = 6, max_steps: int = 30) -> list[Episode]:
-    """Random-policy episodes of the real game, each cut after a random number of steps."""
-    import ale_py
-
-    gym.register_envs(ale_py)
-    env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.25, obs_type="grayscale")
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
-    rng = np.random.default_rng(seed)
-    episodes = []
-    obs, _ = env.reset(seed=seed)
-    for _ in range(num_episodes):
-        cap = int(rng.integers(min_steps, max_steps + 1))
-        frames, actions, rewards = [], [], []
-        for _ in range(cap):
-            action = int(rng.integers(env.action_space.n))
-            frames.append(obs)
-            actions.append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            rewards.append(np.sign(reward))  # dopamine clips rewards to [-1, 1]
-            if terminated or truncated:
-                break
-        episodes.append(Episode(np.stack(frames), np.array(actions, np.int32), np.array(rewards, np.float32)))
-        obs, _ = env.reset()
-    env.close()
-    return episodes
+    """Random-policy episodes of the real game, each cut after a random number of steps
+    (the package's recorder, decision_mamba.data.record_atari)."""
+    return [Episode(*episode) for episode in record_random_episodes(game, num_episodes, seed, min_steps, max_steps)]
 
 
 @dataclass(eq=False)

@@ -245,7 +245,7 @@ def test_missing_file_is_named_with_the_layout_and_download_command(root: Path, 
         load_dqn_replay(copy, GAME, num_buffers=3, max_buffer_index=2, num_steps=10, seed=0, show_progress=False)
     message = str(error.value)
     assert str(missing) in message and "replay_logs" in message
-    assert f"gsutil -m cp -R gs://atari-replay-datasets/dqn/{GAME}" in message
+    assert f"python -m decision_mamba.data.download dqn-replay {GAME} --data-dir {copy}" in message
 
 
 def _write_raw(path: Path, array: np.ndarray, allow_pickle: bool = False) -> None:

@@ -98,7 +98,7 @@ _LAYOUT_HINT = (
     "expected the DQN-replay layout {root}/{game}/1/replay_logs/$store$_<name>_ckpt.<n>.gz "
     "(name in observation, action, reward, terminal) plus add_count_ckpt.<n>.gz and "
     "invalid_range_ckpt.<n>.gz; download a game with "
-    "`gsutil -m cp -R gs://atari-replay-datasets/dqn/{game} {root}`"
+    "`python -m decision_mamba.data.download dqn-replay {game} --data-dir {root}`"
 )
 _READ_CHUNK_ROWS = 1024  # frames decompressed per read when skipping rows (7 MB)
 

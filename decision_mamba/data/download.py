@@ -2,6 +2,8 @@
 
     python -m decision_mamba.data.download d4rl hopper-medium-v2 [--data-dir data] [--base-url URL]
     python -m decision_mamba.data.download minari mujoco/hopper/medium-v0 [--minari-dir DIR]
+    python -m decision_mamba.data.download dqn-replay Breakout [--num-buffers 50] [--data-dir data/dqn_replay]
+      (the Atari DQN-replay buffers over HTTPS, no gsutil: see download_atari.py)
 
 A D4RL file is streamed into "<file>.part" next to its destination. An interrupted
 download leaves the .part file behind and the next run resumes it with an HTTP Range
@@ -243,6 +245,9 @@ def download_minari(dataset_id: str, minari_dir: str | os.PathLike | None = None
 
     try:
         minari.download_dataset(dataset_id, force_download=force)
+    except ModuleNotFoundError as error:  # its default remote (Hugging Face) needs minari's `hf` extra
+        raise DownloadError(f"minari could not download {dataset_id!r}: {error}; install minari's remote "
+                            "support with `pip install 'minari[hf]'` (make install does it)") from error
     except Exception as error:  # minari raises many types (network, unknown id, version): report them as one
         raise DownloadError(f"minari could not download {dataset_id!r}: {error}") from error
     return Path(get_dataset_path(dataset_id))
@@ -260,12 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     minari_parser.add_argument("names", nargs="+", help="dataset ids, e.g. mujoco/hopper/medium-v0")
     minari_parser.add_argument("--minari-dir", default=None, help="MINARI_DATASETS_PATH (default: minari's own)")
     minari_parser.add_argument("--force", action="store_true", help="download again even if present")
+    atari = sources.add_parser("dqn-replay", help="Atari DQN-replay buffers (run 1) over HTTPS from the public bucket")
+    atari.add_argument("names", nargs="+", help="games as the bucket spells them, e.g. Breakout Qbert Pong Seaquest")
+    atari.add_argument("--num-buffers", type=int, default=50,
+                       help="fetch the last N of the 50 buffers (the config's num_buffers; default %(default)s)")
+    atari.add_argument("--data-dir", default="data/dqn_replay", help="the config's data_dir (default %(default)s)")
+    atari.add_argument("--base-url", default=None, help="bucket or mirror (default: the public bucket over HTTPS)")
+    atari.add_argument("--force", action="store_true", help="download again even if the files are present")
     args = parser.parse_args(argv)
 
     for name in args.names:
         if args.source == "d4rl":
             for path in download_d4rl(name, args.data_dir, args.base_url, force=args.force):
                 print(path)
+        elif args.source == "dqn-replay":
+            from decision_mamba.data.download_atari import DQN_REPLAY_URL, download_dqn_replay
+
+            print(download_dqn_replay(name, args.data_dir, num_buffers=args.num_buffers,
+                                      base_url=args.base_url or DQN_REPLAY_URL, force=args.force))
         else:
             print(download_minari(name, args.minari_dir, force=args.force))
     return 0

@@ -868,27 +868,55 @@ def _parse_datasets(text: str) -> tuple[str, ...]:
     return names
 
 
+# Measured for the bundled hopper data (data/README.md): SAC ran at 30-72 environment steps/s
+# on one core of a shared 2-core machine; writing the datasets took about a minute.
+EXPECTED_TIME = (
+    "expected time: SAC runs at about 30-70 environment steps/s on one CPU core (data/README.md), so the "
+    "default --sac-steps {steps:,} takes {hours_fast:.0f}-{hours_slow:.0f} hours; the bundled hopper data "
+    "used --sac-steps 320000 (94 min). A try-out at the same rate: --sac-steps 20000 --medium-step 10000 "
+    "--transitions 5000 (5-11 minutes)."
+)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends '(default: X)' to each option that has a default worth showing."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))  # 0 is shown
+        if shown and "%(default)" not in text:
+            default = ",".join(action.default) if isinstance(action.default, tuple) else "%(default)s"
+            text += f" (default: {default})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = GenerateConfig(env_id="Hopper-v4", out_dir=Path("."))
     parser = argparse.ArgumentParser(
         prog="python -m decision_mamba.data.generate",
         description="Generate D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) "
         "by training SAC on a gymnasium MuJoCo task. Re-running the same command resumes.",
+        epilog=EXPECTED_TIME.format(steps=defaults.sac_steps, hours_fast=defaults.sac_steps / 70 / 3600,
+                                    hours_slow=defaults.sac_steps / 30 / 3600),
+        formatter_class=_DefaultsFormatter,
     )
     parser.add_argument("--env", required=True, help=f"gymnasium id: {', '.join(SUPPORTED_ENVS)}")
     parser.add_argument("--out", required=True, type=Path, help="output folder (datasets, SAC checkpoints, progress.json)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds SAC, the rollouts and the environments")
     parser.add_argument("--sac-steps", type=int, default=defaults.sac_steps, help="SAC environment steps in total; the expert is the final policy")
     parser.add_argument("--checkpoint-interval", type=int, default=defaults.checkpoint_interval, help="evaluate and checkpoint every N steps")
-    parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
+    parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes, help="episodes per SAC evaluation")
     parser.add_argument("--medium-fraction", type=_parse_fraction, default=defaults.medium_fraction,
-                        help="medium = first checkpoint whose eval return >= this fraction of the D4RL expert return (default 1/3)")
+                        help="medium = first checkpoint whose eval return >= this fraction of the D4RL expert return")
     parser.add_argument("--medium-step", type=int, default=None, help="take the medium snapshot at this checkpoint step instead")
     parser.add_argument("--transitions", type=int, default=defaults.transitions, help="minimum transitions per rollout dataset (whole episodes)")
     parser.add_argument("--random-transitions", type=int, default=None, help="size of the random dataset (default: --transitions)")
     parser.add_argument("--datasets", type=_parse_datasets, default=defaults.datasets, help=f"comma-separated subset of {','.join(DATASETS)}")
-    parser.add_argument("--learning-starts", type=int, default=defaults.learning_starts)
-    parser.add_argument("--buffer-size", type=int, default=defaults.buffer_size)
+    parser.add_argument("--learning-starts", type=int, default=defaults.learning_starts, help="uniform-random SAC steps before the first update")
+    parser.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="SAC replay buffer capacity")
     parser.add_argument("--no-next-observations", action="store_true", help="omit next_observations (smaller files)")
     parser.add_argument("--no-compress", action="store_true", help="store the hdf5 arrays without gzip")
     parser.add_argument("--minari", action="store_true", help="also write Minari datasets to OUT/minari")
