@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from decision_mamba.atomic import atomic_path, write_text_atomic
 from decision_mamba.config import AtariConfig, GymConfig, to_dict, to_yaml
+from decision_mamba.protocols import protocol_label
 from decision_mamba.trainer import Trainer
 
 # evaluate(iteration) -> {"targets": {target: {"return_mean", ..., "score_mean"}}, ...}
@@ -73,14 +74,15 @@ def load_checkpoint(path: Path) -> dict:
 class MetricsLog:
     """metrics.jsonl plus, optionally, wandb (offline when there are no credentials)."""
 
-    def __init__(self, run_dir: Path, cfg: GymConfig | AtariConfig, group: str, name: str):
+    def __init__(self, run_dir: Path, cfg: GymConfig | AtariConfig, group: str, name: str,
+                 tags: list[str] | None = None):
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None
         if cfg.run.wandb != "disabled":
             import wandb
 
             self.wandb_run = wandb.init(
-                project=cfg.run.wandb_project, group=cfg.run.wandb_group or group, name=name,
+                project=cfg.run.wandb_project, group=cfg.run.wandb_group or group, name=name, tags=tags,
                 config=to_dict(cfg), dir=str(run_dir), mode=cfg.run.wandb,
                 id=_wandb_id(run_dir), resume="allow",
             )
@@ -152,7 +154,7 @@ def best_and_last(records: list[dict]) -> dict:
 # ------------------------------------------------------------------ main loop
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
-                   extra_summary: dict | None = None) -> dict:
+                   extra_summary: dict | None = None, tags: list[str] | None = None) -> dict:
     """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -163,7 +165,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name)
+    log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name, tags=tags)
 
     start_iteration = 1
     checkpoints = sorted(ckpt_dir.glob("iter_*.pt"))
@@ -209,7 +211,8 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     records = log.records()
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
-    summary = {"run_dir": str(run_dir), "group": group, "steps": trainer.step, **best_and_last(records),
+    summary = {"run_dir": str(run_dir), "group": group, "protocol": protocol_label(cfg),
+               "tags": tags or [], "steps": trainer.step, **best_and_last(records),
                "time_s": seconds,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",
