@@ -387,3 +387,27 @@ def test_the_aggregator_never_averages_two_protocols_in_one_cell(tmp_path):
         assert float(rows[label]["last_mean"]) == pytest.approx(np.mean(values))
         assert int(rows[label]["seeds_done"]) == len(values)
     assert "| hopper-medium | DMamba | clean+init=release |" in Path(f"{prefix}.md").read_text()
+
+
+# ------------------------------------------------------------ Atari resize
+def test_atari_resize_linear_is_cv2_inter_linear_of_the_pooled_screen():
+    import cv2
+    from gymnasium.wrappers import AtariPreprocessing
+
+    from decision_mamba.envs import make_atari_env
+
+    frames = {}
+    for resize in ("area", "linear"):
+        env = make_atari_env("Breakout", seed=0, resize=resize)
+        obs, _ = env.reset()
+        for _ in range(3):
+            obs, *_ = env.step(1)  # FIRE, then the ball moves: a screen with detail
+        wrapper = env
+        while not isinstance(wrapper, AtariPreprocessing):
+            wrapper = wrapper.env
+        pooled = wrapper.obs_buffer[0]  # (210, 160) max of the last two frames
+        interpolation = cv2.INTER_LINEAR if resize == "linear" else cv2.INTER_AREA
+        np.testing.assert_array_equal(obs[-1], cv2.resize(pooled, (84, 84), interpolation=interpolation))
+        frames[resize] = obs[-1]
+        env.close()
+    assert not np.array_equal(frames["area"], frames["linear"])
