@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
 from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.atari_replay import load_dqn_replay
-from decision_mamba.data.sampler import sample_batch
+from decision_mamba.data.sampler import gather_windows, sample_batch, window_ends
 from decision_mamba.envs import atari_env_id, make_atari_vector_env, num_actions
 from decision_mamba.errors import DataError, cli_main
 from decision_mamba.evaluate import evaluate_policy, evaluation_seed
 from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.naming import run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.trainer import Trainer, resolve_device
 
@@ -51,19 +53,21 @@ def main(argv: list[str] | None = None) -> dict:
     # DT's Atari code: an iteration is an epoch over the transitions, and the cosine
     # schedule ends at 2 * len(dataset) * K * 3 tokens.
     steps_per_epoch = cfg.train.steps_per_iteration or math.ceil(traj.num_transitions / B)
+    if cfg.train.batch_order == "shuffled_epoch":
+        draw_batch, data_epoch = shuffled_epoch_sampler(traj, cfg, lambda: trainer.step)
+        steps_per_epoch = cfg.train.steps_per_iteration or data_epoch
     final_tokens = cfg.train.final_tokens or 2 * traj.num_transitions * K * 3
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device,
                       final_tokens=final_tokens)
 
     envs = make_atari_vector_env(cfg.game, num_envs=max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, resize=cfg.eval.atari_resize)
 
     def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
         return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), progress=cfg.run.progress)
 
-    name = f"{cfg.game.lower()}-{cfg.model.mixer}-k{K}-s{cfg.seed}"
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
-                             group=f"{cfg.game.lower()}/{cfg.model.mixer}", resume=args.resume,
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg, f"k{K}")),
+                             group=run_group(cfg, variant=f"k{K}"), resume=args.resume, tags=run_tags(cfg),
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
                                                         "transitions": int(traj.num_transitions)}},
@@ -78,6 +82,34 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "
                   f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f}")
     return summary
+
+
+def shuffled_epoch_sampler(traj, cfg: AtariConfig, step: Callable[[], int]):
+    """train.batch_order=shuffled_epoch: the release's DataLoader(shuffle=True) order.
+
+    Its dataset has len(data) - 3K start indices (block_size is 3K tokens, so the last 3K
+    transitions never start a window); each epoch visits every start once in a fresh
+    random order, in batches of B, the last one smaller. The order of epoch e is drawn
+    from (seed, e) and the batch from the trainer's step, so a resumed run continues it.
+    Returns (draw_batch, steps per epoch).
+    """
+    K, B = cfg.train.context_len, cfg.train.batch_size
+    num_starts = traj.num_transitions - 3 * K
+    if num_starts <= 0:
+        raise ValueError(f"train.batch_order=shuffled_epoch needs more than 3K = {3 * K} transitions, "
+                         f"the data has {traj.num_transitions}")
+    steps_per_epoch = math.ceil(num_starts / B)
+    cache: dict[int, np.ndarray] = {}
+
+    def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        epoch, i = divmod(step(), steps_per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = np.random.default_rng([cfg.seed, epoch]).permutation(num_starts)
+        first, end = window_ends(traj, cache[epoch][i * B:(i + 1) * B], K, mode="dt-atari")
+        return gather_windows(traj, first, end, K, rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.model.max_ep_len)
+
+    return draw_batch, steps_per_epoch
 
 
 if __name__ == "__main__":

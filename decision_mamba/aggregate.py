@@ -9,8 +9,9 @@ and writes
     results/table1-<dataset>.png learning curves: normalized score vs training step,
                                  one line per model (mean over seeds, shaded ± std)
 
-A cell is a dataset (or game) and a model (Table 3: a variant; Table 4: a context length
-K). It shows mean ± std over its seeds of both the **last** evaluation and the **best**
+A cell is a dataset (or game), a model (Table 3: a variant; Table 4: a context length
+K) and a protocol (decision_mamba/protocols.py: release, clean, or one of them with named
+switches changed); runs of different protocols are never averaged together. It shows mean ± std over its seeds of both the **last** evaluation and the **best**
 evaluation seen during training (the paper's release reports the best one), with the
 number of seeds it has. A run's score is its summary.json "score": the best over the
 return-to-go targets of the mean normalized score of that evaluation. Runs that have not
@@ -36,8 +37,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from decision_mamba import naming  # noqa: E402
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
+from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
+from decision_mamba.protocols import protocol_label  # noqa: E402
 from decision_mamba.sweep import MODEL_OF_MIXER, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
@@ -100,7 +104,9 @@ DISPLAY_NAMES = {"dmamba": "DMamba", "dt": "DT", "dc": "DC", "ds4": "DS4",
                  "default": "default", "rc": "RC", "rc-2l": "RC & 2L",
                  "k10": "K=10", "k30": "K=30", "k40": "K=40", "k60": "K=60"}
 
-GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)$")
+# table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group); older runs lack the protocol.
+GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)(?:/(?P<protocol>[^/]+))?$")
+PROTOCOL_ORDER = ("release", "clean")  # then any protocol with switches changed, by name
 STD_DDOF = 0  # numpy's np.std, as DT-style codebases print it
 
 
@@ -119,6 +125,7 @@ class RunRecord:
     seed: int
     config: dict
     summary: dict | None  # None until the run has finished
+    protocol: str = "clean"  # protocols.protocol_label of the run's config
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, score) per evaluation
     iterations_done: int = 0
 
@@ -149,13 +156,18 @@ def _column_from_config(table: int, cfg: dict) -> str:
     return model
 
 
+def _structured(cfg: dict) -> GymConfig | AtariConfig:
+    """A config.yaml as its dataclass; keys it lacks (older runs) take their defaults."""
+    schema = AtariConfig if "game" in cfg else GymConfig
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+
+
 def _dataset_from_config(cfg: dict) -> str:
-    if "game" in cfg:
-        return str(cfg["game"]).lower()
-    dataset = str(cfg["dataset"])
-    if "/" in dataset or dataset.endswith((".hdf5", ".h5", ".pkl")):  # a file: name it by its stem
-        return Path(dataset.removeprefix("minari:")).stem
-    return f"{cfg['env']}-{dataset}"
+    return naming.dataset_name(_structured(cfg))
+
+
+def _protocol_from_config(cfg: dict) -> str:
+    return protocol_label(_structured(cfg))
 
 
 def _read_metrics(path: Path) -> tuple[list[tuple[int, float]], int]:
@@ -192,7 +204,8 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     curve, iterations = _read_metrics(run_dir / "metrics.jsonl")
     return RunRecord(run_dir=run_dir, table=run_table, dataset=dataset, column=column, seed=int(cfg["seed"]),
-                     config=cfg, summary=summary, curve=curve, iterations_done=iterations)
+                     config=cfg, summary=summary, curve=curve, iterations_done=iterations,
+                     protocol=_protocol_from_config(cfg))
 
 
 def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
@@ -208,20 +221,25 @@ def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
 
 
 # --------------------------------------------------------------------- table
-def _expected_cells(table: int) -> list[tuple[str, str]]:
+def _expected_cells(table: int, protocols: Sequence[str] = ("release",)) -> list[tuple[str, str, str]]:
     spec = TABLES[table]
     columns = spec.models if table in (1, 2) else spec.variants
-    return [(dataset, column) for dataset in spec.datasets for column in columns]
+    return [(dataset, column, protocol) for dataset in spec.datasets for column in columns for protocol in protocols]
+
+
+def _protocols(runs: list[RunRecord]) -> list[str]:
+    found = {r.protocol for r in runs}
+    return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
 
 
 def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
     """One row per cell: seeds, last and best mean ± std, the paper's number."""
     finished = pd.DataFrame(
-        [{"dataset": r.dataset, "column": r.column, "seed": r.seed, "data": r.data,
+        [{"dataset": r.dataset, "column": r.column, "protocol": r.protocol, "seed": r.seed, "data": r.data,
           "last": float(r.summary["last"]["score"]), "best": float(r.summary["best"]["score"])}
          for r in runs if r.complete],
-        columns=["dataset", "column", "seed", "data", "last", "best"])
-    stats = finished.groupby(["dataset", "column"], sort=False).agg(
+        columns=["dataset", "column", "protocol", "seed", "data", "last", "best"])
+    stats = finished.groupby(["dataset", "column", "protocol"], sort=False).agg(
         seeds_done=("seed", "count"),
         seeds=("seed", lambda s: " ".join(str(v) for v in sorted(s))),
         data=("data", lambda d: ", ".join(sorted(set(d)))),
@@ -229,15 +247,15 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
         best_mean=("best", "mean"), best_std=("best", lambda x: float(np.std(x, ddof=STD_DDOF))),
     )
     # Every cell of the paper's table, in its order, then any cell the paper does not have.
-    cells = _expected_cells(table)
+    cells = _expected_cells(table, _protocols(runs) or ["release"])
     cells += [cell for cell in stats.index if cell not in cells]
     paper = PAPER_NUMBERS[table]
     rows = []
-    for dataset, column in cells:
-        row = {"table": table, "dataset": dataset, "column": column,
+    for dataset, column, protocol in cells:
+        row = {"table": table, "dataset": dataset, "column": column, "protocol": protocol,
                "name": DISPLAY_NAMES.get(column, column), "seeds_expected": len(TABLES[table].seeds)}
-        if (dataset, column) in stats.index:
-            row.update(stats.loc[(dataset, column)].to_dict())
+        if (dataset, column, protocol) in stats.index:
+            row.update(stats.loc[(dataset, column, protocol)].to_dict())
         else:
             row.update(seeds_done=0, seeds="", data="", last_mean=np.nan, last_std=np.nan, best_mean=np.nan, best_std=np.nan)
         mean, std = paper.get((dataset, column), (np.nan, None))
@@ -316,6 +334,9 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         f"- Scores: **last** = the final evaluation; **best** = the best evaluation seen during training "
         f"(what the paper's released code reports). Mean ± std over seeds (np.std, ddof={STD_DDOF}); a run's "
         f"score is the best over its return-to-go targets of the mean normalized score.",
+        f"- Protocols (decision_mamba/protocols.py): **release** = every switch as in the authors' code, the "
+        f"protocol the paper's numbers come from; **clean** = this project's corrections; a name such as "
+        f"`clean+init=release` is that protocol with the named switches changed. Protocols are never averaged together.",
         f"- Runs: {len(done)} finished, {len(incomplete)} unfinished{' (listed below)' if incomplete else ''}, read from "
         f"{', '.join(f'`{root}`' for root in roots)}.",
         f"- Settings of the runs: {_settings(runs)}.",
@@ -331,18 +352,19 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
 
     # Cells with a run (finished or not) in the table; the others named in one line, so
     # that a partial sweep reads as one (the CSV has every cell).
-    started = {(r.dataset, r.column) for r in runs}
-    shown = frame[[(row.dataset, row.column) in started for row in frame.itertuples()]]
-    header = ["Dataset" if table in (1, 3) else "Game", COLUMN_HEADERS[table], "Trained on", "Seeds", "Last", "Best",
-              "Paper"]
-    rows = [[row.dataset, row.name, row.data or "—", f"{row.seeds_done}/{row.seeds_expected}"
+    started = {(r.dataset, r.column, r.protocol) for r in runs}
+    shown = frame[[(row.dataset, row.column, row.protocol) in started for row in frame.itertuples()]]
+    header = ["Dataset" if table in (1, 3) else "Game", COLUMN_HEADERS[table], "Protocol", "Trained on", "Seeds",
+              "Last", "Best", "Paper"]
+    rows = [[row.dataset, row.name, row.protocol, row.data or "—", f"{row.seeds_done}/{row.seeds_expected}"
              + (f" ({row.seeds})" if row.seeds_done else ""),
              _mean_std(row.last_mean, row.last_std), _mean_std(row.best_mean, row.best_std),
              _mean_std(row.paper_mean, row.paper_std)] for row in shown.itertuples()]
     lines += [_markdown_table(header, rows), ""]
-    not_run = frame[[(row.dataset, row.column) not in started for row in frame.itertuples()]]
+    not_run = frame[[(row.dataset, row.column, row.protocol) not in started for row in frame.itertuples()]]
     if len(not_run):
-        names = {dataset: ", ".join(group["name"]) for dataset, group in not_run.groupby("dataset", sort=False)}
+        names = {dataset: ", ".join(dict.fromkeys(group["name"]))
+                 for dataset, group in not_run.groupby("dataset", sort=False)}
         lines += [f"Not run (no run directory): {'; '.join(f'{d} ({n})' for d, n in names.items())}.", ""]
 
     references = _reference_rows(done)
@@ -376,15 +398,17 @@ def _mean_curve(curves: list[list[tuple[int, float]]]) -> pd.DataFrame:
 def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
     """One PNG per dataset; returns {dataset: file name} for the Markdown."""
     files = {}
-    order = {cell: i for i, cell in enumerate(_expected_cells(table))}
+    order = {cell: i for i, cell in enumerate(_expected_cells(table, _protocols(runs)))}
     for dataset in dict.fromkeys(r.dataset for r in runs if r.curve):
         fig, ax = plt.subplots(figsize=(6, 4))
-        columns = sorted({r.column for r in runs if r.dataset == dataset and r.curve},
-                         key=lambda c: order.get((dataset, c), len(order)))
-        for column in columns:
-            curves = [r.curve for r in runs if r.dataset == dataset and r.column == column and r.curve]
+        cells = sorted({(r.column, r.protocol) for r in runs if r.dataset == dataset and r.curve},
+                       key=lambda c: (order.get((dataset, *c), len(order)), c))
+        for column, protocol in cells:
+            curves = [r.curve for r in runs
+                      if r.dataset == dataset and r.column == column and r.protocol == protocol and r.curve]
             mean = _mean_curve(curves)
-            label = f"{DISPLAY_NAMES.get(column, column)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            label = (f"{DISPLAY_NAMES.get(column, column)}, {protocol} "
+                     f"({len(curves)} seed{'s' if len(curves) > 1 else ''})")
             line, = ax.plot(mean["step"], mean["mean"], marker="o", markersize=3, label=label)
             ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
                             color=line.get_color(), alpha=0.2)

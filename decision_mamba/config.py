@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
 from decision_mamba.errors import UserError
 from decision_mamba.model import ModelConfig
@@ -52,6 +53,12 @@ class TrainConfig:
     # fp32 | bf16 | fp16: autocast for the forward and loss (fp16 with a GradScaler); the
     # selective scan's state stays float32 as in mamba_ssm. fp32 is bit-deterministic on the CPU.
     precision: str = "fp32"
+    # Differences from the authors' release, one switch each (decision_mamba/protocols.py):
+    padding: str = "masked"  # masked (zero pads, zeroed tokens) | release (states pad = normalised 0, actions -10, tokens unmasked)
+    decay_ssm_params: bool = False  # True: weight decay on Mamba's A_log and D too (release, gym)
+    lr_clamp: bool = True  # False: the cosine LR climbs back after final_tokens (release, Atari)
+    first_update_full_lr: bool = False  # True: update 1 at the full LR, not warm-up's 0 (release, Atari)
+    batch_order: str = "with_replacement"  # with_replacement | shuffled_epoch (release, Atari: one pass per epoch)
 
 
 @dataclass
@@ -62,6 +69,7 @@ class EvalConfig:
     sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
     max_ep_len: int = 1000  # evaluation episodes are cut after this many steps
+    atari_resize: str = "area"  # area (cv2.INTER_AREA) | linear (INTER_LINEAR, the release's and DT's)
 
 
 @dataclass
@@ -87,6 +95,8 @@ class GymConfig:
     # A dataset whose metadata names another environment or version is refused (data/identity.py);
     # true: only warn (e.g. -v4 data evaluated on -v5 on purpose).
     allow_env_mismatch: bool = False
+    drop_unterminated_tail: bool = False  # True: drop the last episode if no flag ends it (the release's)
+    protocol: str = "clean"  # clean | release: a set of the switches above (decision_mamba/protocols.py)
     seed: int = 12  # seeds weights, batches and evaluation episodes
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -104,6 +114,7 @@ class AtariConfig:
     # Check every replay file's gzip CRC-32 and length; this decompresses each observation
     # file used to its end (data/atari_replay.py). false: only for files verified before.
     verify_checksums: bool = True
+    protocol: str = "clean"  # clean | release (decision_mamba/protocols.py)
     seed: int = 123  # seeds the data draw, weights, batches and evaluation episodes
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         d_model=128, n_layer=6, n_head=8, max_ep_len=27_000))
@@ -121,7 +132,7 @@ Config = TypeVar("Config", GymConfig, AtariConfig)
 
 def load_config(schema: type[Config], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- `key=value` overrides, checked against the dataclass."""
+    """Defaults <- YAML file <- protocol (protocols.py) <- `key=value` overrides, checked against the dataclass."""
     where = str(path) if path else "defaults"
     try:
         merged = OmegaConf.structured(schema)
@@ -135,6 +146,7 @@ def load_config(schema: type[Config], path: str | Path | None = None,
             if bad:
                 raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        merged = _with_protocol(merged, schema, path, overrides)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         # OmegaConf names the offending key (full_key: ...); keep its words in one line, add the file.
@@ -142,6 +154,23 @@ def load_config(schema: type[Config], path: str | Path | None = None,
         raise ConfigError(f"invalid config ({where}): " + "; ".join(lines)) from None
     validate(cfg)
     return cfg
+
+
+def _with_protocol(merged: Any, schema: type, path: Path | None, overrides: list[str] | None) -> Any:
+    """Put the protocol's switch values under the command line's overrides (which win)."""
+    kind = "atari" if schema is AtariConfig else "gym"
+    env = str(merged.game).lower() if kind == "atari" else str(merged.env)
+    try:
+        values = protocols.overlay(str(merged.protocol), kind, env)
+    except ValueError as err:
+        raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
+    rebuilt = OmegaConf.structured(schema)
+    if path is not None:
+        rebuilt = OmegaConf.merge(rebuilt, OmegaConf.load(path))
+    rebuilt = OmegaConf.merge(rebuilt, values)
+    if overrides:
+        rebuilt = OmegaConf.merge(rebuilt, OmegaConf.from_dotlist(list(overrides)))
+    return rebuilt
 
 
 def _check(condition: bool, message: str) -> None:
@@ -178,12 +207,24 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     except UserError as err:
         raise ConfigError(str(err)) from None
     _check(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")
+    _check(m.init in ("mamba", "release"), f"model.init must be mamba or release, got {m.init!r}")
+    _check(t.padding in ("masked", "release"), f"train.padding must be masked or release, got {t.padding!r}")
+    _check(t.batch_order in ("with_replacement", "shuffled_epoch"),
+           f"train.batch_order must be with_replacement or shuffled_epoch, got {t.batch_order!r}")
+    _check(e.atari_resize in ("area", "linear"), f"eval.atari_resize must be area or linear, got {e.atari_resize!r}")
+    _check(cfg.protocol in protocols.PROTOCOLS,
+           f"protocol must be one of {', '.join(protocols.PROTOCOLS)}, got {cfg.protocol!r}")
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
            f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
     if isinstance(cfg, GymConfig):
         _check(cfg.env in ("hopper", "halfcheetah", "walker2d"),
                f"env must be hopper, halfcheetah or walker2d, got {cfg.env!r}")
         _check(cfg.env_version in ("v4", "v5"), f"env_version must be v4 or v5, got {cfg.env_version!r}")
+        _check(t.batch_order == "with_replacement",
+               "train.batch_order=shuffled_epoch is the Atari release's; gym samples windows with replacement")
+    else:
+        _check(t.padding == "masked", "train.padding=release is the gym release's padding; the Atari release "
+                                      "does not pad its training windows, so Atari keeps train.padding=masked")
 
 
 def to_dict(cfg: Any) -> dict:

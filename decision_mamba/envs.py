@@ -26,6 +26,7 @@ import warnings
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from decision_mamba.errors import DataError, UserError
@@ -176,7 +177,27 @@ class SeedFirstReset(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES) -> gym.Env:
+class _LinearResizePreprocessing(AtariPreprocessing):
+    """AtariPreprocessing with cv2.INTER_LINEAR, the release's (and DT's) resize, for eval.atari_resize=linear.
+
+    Same max-pooling of the last two frames as the parent, then the resize (the release
+    resizes each frame before pooling: its pixels can still differ by the rounding).
+    """
+
+    def _get_obs(self) -> np.ndarray:
+        import cv2
+
+        if self.frame_skip > 1:
+            np.maximum(self.obs_buffer[0], self.obs_buffer[1], out=self.obs_buffer[0])
+        return np.asarray(cv2.resize(self.obs_buffer[0], self.screen_size, interpolation=cv2.INTER_LINEAR),
+                          dtype=np.uint8)
+
+
+RESIZE_WRAPPERS = {"area": AtariPreprocessing, "linear": _LinearResizePreprocessing}
+
+
+def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES,
+                   resize: str = "area") -> gym.Env:
     """One Atari environment with the DT evaluation protocol (see the module docstring).
 
     obs: (4, 84, 84) uint8, oldest frame first; actions: indices into the minimal action
@@ -185,6 +206,8 @@ def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISOD
     """
     if max_episode_frames <= 0:
         raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
+    if resize not in RESIZE_WRAPPERS:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_WRAPPERS)}, got {resize!r}")
     env = gym.make(
         atari_env_id(game),
         frameskip=1,  # the 4-frame skip with max pooling is AtariPreprocessing's
@@ -194,7 +217,7 @@ def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISOD
         obs_type="grayscale",  # AtariPreprocessing reads the screen itself; skip the RGB copy
     )
     env = DTNoopReset(env, DT_NOOP_MAX)
-    env = AtariPreprocessing(
+    env = RESIZE_WRAPPERS[resize](
         env,
         noop_max=0,  # done by DTNoopReset (0..29 as DT, instead of 1..30)
         frame_skip=ATARI_FRAME_SKIP,
@@ -231,7 +254,7 @@ def num_actions(game: str) -> int:
 
 
 def make_atari_vector_env(
-    game: str, num_envs: int, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES
+    game: str, num_envs: int, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES, resize: str = "area"
 ) -> gym.vector.SyncVectorEnv:
     """num_envs copies of make_atari_env, sub-environment i seeded with seed + i.
 
@@ -249,6 +272,6 @@ def make_atari_vector_env(
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     atari_env_id(game)  # fail here, with a clear message, rather than inside a sub-environment
-    env_fns = [functools.partial(make_atari_env, game, seed + i, max_episode_frames) for i in range(num_envs)]
+    env_fns = [functools.partial(make_atari_env, game, seed + i, max_episode_frames, resize) for i in range(num_envs)]
     return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 

@@ -123,7 +123,7 @@ def make_envs(cfg: GymConfig | AtariConfig, identity: dict) -> gym.vector.Vector
     if isinstance(cfg, GymConfig):
         return make_gym_vector_env(identity["env_id"], num_envs=num_envs, max_episode_steps=cfg.eval.max_ep_len,
                                    dataset_obs_dim=identity["obs_shape"][0], dataset_act_dim=identity["act_dim"])
-    return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed)
+    return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed, resize=cfg.eval.atari_resize)
 
 
 def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Sequence[float] | None = None,
@@ -140,6 +140,8 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     _set_threads(identity.get("threads"))
     torch_device = resolve_device(device or cfg.train.device)
     model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"])
+    if isinstance(cfg, GymConfig):  # as gym/experiment.py builds it
+        model.zero_padded_tokens = cfg.train.padding == "masked"
     model.load_state_dict(state["trainer"]["model"])
     model.to(torch_device)
     normalization = {}

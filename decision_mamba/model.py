@@ -65,6 +65,13 @@ class ModelConfig:
     scan_backend: str = "auto"
     # s4 (DS4)
     s4_d_state: int = 64  # state size of the S4 kernel
+    # Switches that reproduce the authors' release (decision_mamba/protocols.py names them):
+    # init: "mamba" = GPT-2 init (normal 0.02) outside the mixers, mamba_ssm's / S4D's
+    # inside; "release" = what the release's HF GPT2Model.init_weights() leaves: normal
+    # 0.02 on every Linear and Embedding inside the layers (Mamba's projections too,
+    # dt_proj.bias = 0), PyTorch's defaults on the embeddings and the gym action head.
+    init: str = "mamba"
+    atari_embed_ln: bool = True  # False: no LayerNorm on Atari tokens (the release's, DT's Atari model)
 
     def mixer_kwargs(self) -> dict:
         if self.mixer == "attention":
@@ -186,7 +193,11 @@ class DecisionModel(nn.Module):
         else:
             self.embed_action = nn.Linear(act_dim, d)
             self.embed_return = nn.Linear(1, d)
-        self.embed_ln = nn.LayerNorm(d)
+        # Atari without embed_ln (the release's): an identity keeps the forward code one path.
+        self.embed_ln = nn.LayerNorm(d) if cfg.atari_embed_ln or not discrete else nn.Identity()
+        # train.padding=release: padded tokens are embedded like real ones (the release's
+        # Mamba sees no mask); set by the entry points from TrainConfig.padding.
+        self.zero_padded_tokens = True
         self.embed_dropout = nn.Dropout(cfg.dropout)
 
         self.layers = nn.ModuleList([DecisionLayer(cfg) for _ in range(cfg.n_layer)])
@@ -195,7 +206,37 @@ class DecisionModel(nn.Module):
             self.action_head: nn.Module = nn.Linear(d, act_dim, bias=False)
         else:
             self.action_head = nn.Sequential(nn.Linear(d, act_dim), nn.Tanh())
-        self._init_weights()
+        if cfg.init == "release":
+            self._init_weights_release()
+        else:
+            self._init_weights()
+
+    def _init_weights_release(self) -> None:
+        """The initialisation the paper's numbers were trained from.
+
+        The release builds its layers inside HF's GPT2Model, whose init_weights() applies
+        GPT-2's _init_weights to every module *inside* it (the blocks and ln_f): every
+        nn.Linear weight ~ N(0, 0.02) with bias 0 (Mamba's in_proj, x_proj, dt_proj, out_proj
+        too: dt_proj.bias = 0, i.e. dt = softplus(0) for every channel), nn.Embedding
+        ~ N(0, 0.02), LayerNorm 1 / 0; Conv1d, A_log and D are no Linear and keep their
+        init. The embeddings, embed_ln and the gym action head live outside GPT2Model and
+        keep PyTorch's defaults (the timestep table N(0, 1)). The Atari release (minGPT)
+        applies the same rule to its blocks, ln_f and head, re-draws the action embedding
+        N(0, 0.02), and starts its position tables at zero (here: the timestep table).
+        """
+        for module in [*self.layers, self.ln_f]:
+            for sub in module.modules():
+                if isinstance(sub, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(sub.weight, mean=0.0, std=0.02)
+                    if getattr(sub, "bias", None) is not None:
+                        nn.init.zeros_(sub.bias)
+                elif isinstance(sub, nn.LayerNorm):
+                    nn.init.ones_(sub.weight)
+                    nn.init.zeros_(sub.bias)
+        if self.discrete:
+            nn.init.normal_(self.action_head.weight, mean=0.0, std=0.02)
+            nn.init.normal_(self.embed_action[0].weight, mean=0.0, std=0.02)
+            nn.init.zeros_(self.embed_timestep.weight)
 
     def _init_weights(self) -> None:
         """GPT-2 init (normal 0.02, zero bias) for everything but mixers with their own init."""
@@ -257,7 +298,8 @@ class DecisionModel(nn.Module):
         x = self._embed(states, actions, returns_to_go, timesteps)  # (B, K, 3, d)
         key_padding_mask = None
         if mask is not None:
-            x = x * mask[:, :, None, None]
+            if self.zero_padded_tokens:
+                x = x * mask[:, :, None, None]
             key_padding_mask = mask.repeat_interleave(3, dim=1)  # (B, 3K)
         x = self.embed_dropout(x.reshape(B, 3 * K, -1))  # (B, 3K, d) interleaved R, s, a
         for layer in self.layers:

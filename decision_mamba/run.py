@@ -42,6 +42,7 @@ from decision_mamba.compute import describe_compute, format_compute
 from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
 from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
+from decision_mamba.protocols import protocol_label
 from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.trainer import Trainer
 
@@ -93,14 +94,15 @@ def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
 class MetricsLog:
     """metrics.jsonl plus, optionally, wandb (offline when there are no credentials)."""
 
-    def __init__(self, run_dir: Path, cfg: GymConfig | AtariConfig, group: str, name: str):
+    def __init__(self, run_dir: Path, cfg: GymConfig | AtariConfig, group: str, name: str,
+                 tags: list[str] | None = None):
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None
         if cfg.run.wandb != "disabled":
             import wandb
 
             self.wandb_run = wandb.init(
-                project=cfg.run.wandb_project, group=cfg.run.wandb_group or group, name=name,
+                project=cfg.run.wandb_project, group=cfg.run.wandb_group or group, name=name, tags=tags,
                 config=to_dict(cfg), dir=str(run_dir), mode=cfg.run.wandb,
                 id=_wandb_id(run_dir), resume="allow",
             )
@@ -188,12 +190,13 @@ def best_and_last(records: list[dict]) -> dict:
 # ------------------------------------------------------------------ main loop
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
-                   extra_summary: dict | None = None, identity: dict | None = None, data: str = "") -> dict:
+                   extra_summary: dict | None = None, identity: dict | None = None, data: str = "",
+                   tags: list[str] | None = None) -> dict:
     """Train for cfg.train.num_iterations, evaluating and checkpointing after each; return the summary.
 
     `identity` (checkpoint.run_identity) makes the checkpoints self-contained and is what
     --resume compares besides the config; `data` is one line describing the training data,
-    for the banner and run_info.json."""
+    for the banner and run_info.json; `tags` go to wandb and the summary."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -213,7 +216,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=2))
-    log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name)
+    log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name, tags=tags)
     compute = describe_compute(cfg, trainer.device)  # which scan runs, and why: never a secret
     print(format_compute(compute))
     if log.wandb_run is not None:
@@ -290,7 +293,8 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     records = log.records()
     seconds = {"train": sum(r["train"]["time_s"] for r in records),
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
-    summary = {"run_dir": str(run_dir), "group": group, "steps": trainer.step, **best_and_last(records),
+    summary = {"run_dir": str(run_dir), "group": group, "protocol": protocol_label(cfg),
+               "tags": tags or [], "steps": trainer.step, **best_and_last(records),
                "time_s": seconds, "compute": compute,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import os
@@ -53,9 +54,11 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
+from decision_mamba import naming
 from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.errors import UserError, cli_main
+from decision_mamba.protocols import PROTOCOLS
 
 GYM_ENTRY = "gym/experiment.py"
 ATARI_ENTRY = "atari/train_atari.py"
@@ -71,8 +74,10 @@ MEDIUM_DATASETS = ("halfcheetah-medium", "hopper-medium", "walker2d-medium")
 ATARI_GAMES = ("breakout", "qbert", "pong", "seaquest")
 
 # Our short model names -> model.mixer (decision_mamba.model.MODEL_NAMES has the paper's names).
-MIXER_OF_MODEL = {"dmamba": "mamba", "dt": "attention", "dc": "conv", "ds4": "s4"}
-MODEL_OF_MIXER = {mixer: model for model, mixer in MIXER_OF_MODEL.items()}
+MODEL_OF_MIXER = naming.MODEL_OF_MIXER
+MIXER_OF_MODEL = {model: mixer for mixer, model in MODEL_OF_MIXER.items()}
+# The table scripts re-run the experiment behind the paper's numbers unless told otherwise.
+DEFAULT_PROTOCOL = "release"
 
 # The seeds of the paper's release (REFERENCE §3).
 GYM_SEEDS = (12, 23, 34, 45, 51)
@@ -88,8 +93,9 @@ MANAGED_KEYS = {
     "model.mixer": "--models",
     "seed": "--seeds",
     "run.out_dir": "--out-dir",
-    "run.name": "nothing (derived from dataset, model, variant and seed)",
-    "run.wandb_group": "nothing (table<N>/<dataset>/<model>)",
+    "protocol": "--protocol",
+    "run.name": "nothing (derived from dataset, model, variant, protocol and seed)",
+    "run.wandb_group": "nothing (table<N>/<dataset>/<model>/<protocol>)",
     "run.wandb": "--wandb",
 }
 TABLE_MANAGED_KEYS = {
@@ -139,14 +145,11 @@ class Run:
     overrides: tuple[str, ...]  # every key=value, the pass-through ones last
     out_dir: str
     name: str
+    group: str = ""  # the wandb group, naming.run_group
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
-
-    @property
-    def group(self) -> str:
-        return f"table{self.table}/{self.dataset}/{self.label}"
 
     @property
     def label(self) -> str:
@@ -218,8 +221,12 @@ def _variant_overrides(table: int, config: str, variant: str) -> list[str]:
 def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | None = None,
                models: list[str] | None = None, variants: list[str] | None = None,
                seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
-               wandb: str = "disabled") -> list[Run]:
-    """Every run of the table (datasets x models x variants x seeds), filtered."""
+               wandb: str = "disabled", protocol: str = DEFAULT_PROTOCOL) -> list[Run]:
+    """Every run of the table (datasets x models x variants x seeds), filtered, under `protocol`.
+
+    Names and groups come from the resolved config (naming.py), so a pass-through
+    override that changes the data (dataset=FILE) or a protocol switch shows in them.
+    """
     if table not in TABLES:
         raise SweepError(f"no table {table}; the paper's tables are {sorted(TABLES)}")
     spec = TABLES[table]
@@ -227,7 +234,10 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
         raise SweepError(f"table {table} has no variants; --variants is for tables 3 and 4")
     if wandb not in ("disabled", "offline", "online"):
         raise SweepError(f"--wandb must be disabled, offline or online, got {wandb!r}")
+    if protocol not in PROTOCOLS:
+        raise SweepError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     check_overrides(table, list(overrides))
+    schema = GymConfig if table in (1, 3) else AtariConfig
     out_dir = out_dir or f"runs/table{table}"
     entry = GYM_ENTRY if table in (1, 3) else ATARI_ENTRY
 
@@ -236,18 +246,20 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
         for model in _pick("model", models, spec.models, table):
             for variant in _pick("variant", variants, spec.variants, table):
                 config = _config_path(table, dataset, variant)
+                variant_overrides = _variant_overrides(table, config, variant)
+                chosen = [f"model.mixer={MIXER_OF_MODEL[model]}", f"protocol={protocol}"]
+                resolved = load_config(schema, REPO_ROOT / config, variant_overrides + chosen + list(overrides))
                 # Any seed may be asked for; the default is the paper's.
                 for seed in seeds or spec.seeds:
-                    label = f"{model}-{variant}" if variant else model
-                    name = f"{dataset}-{label}-s{seed}"
-                    managed = [f"model.mixer={MIXER_OF_MODEL[model]}", f"seed={seed}", f"run.out_dir={out_dir}",
-                               f"run.name={name}", f"run.wandb_group=table{table}/{dataset}/{label}",
+                    cfg = dataclasses.replace(resolved, seed=int(seed))
+                    name, group = naming.run_name(cfg, variant), naming.run_group(cfg, table, variant)
+                    managed = [*chosen, f"seed={seed}", f"run.out_dir={out_dir}",
+                               f"run.name={name}", f"run.wandb_group={group}",
                                f"run.wandb={wandb}", "run.progress=false"]
                     runs.append(Run(table=table, dataset=dataset, model=model, variant=variant, seed=int(seed),
                                     entry_point=entry, config=config,
-                                    overrides=tuple(_variant_overrides(table, config, variant) + managed
-                                                    + list(overrides)),
-                                    out_dir=out_dir, name=name))
+                                    overrides=tuple(variant_overrides + managed + list(overrides)),
+                                    out_dir=out_dir, name=name, group=group))
     return runs
 
 
@@ -472,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", help="table 3: default rc rc-2l; table 4: k10 k30 k40 k60")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the paper's seeds")
     parser.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"])
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+                        help="release: every switch as in the authors' code behind the paper's numbers "
+                             "(default); clean: this project's corrected behaviour (decision_mamba/protocols.py)")
     parser.add_argument("--dry-run", action="store_true", help="print one command line per run, launch nothing")
     parser.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
     parser.add_argument("--slots", type=int, help="local launchers: runs at a time (default: #GPUs, or 1)")
@@ -494,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     table = int(args.table.removeprefix("table"))
     # SweepError and ConfigError are UserErrors: cli_main prints them in one line, status 2.
     runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
-                      variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb)
+                      variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb,
+                      protocol=args.protocol)
     for run in runs[:1]:
         run.resolved_config()  # a misspelt override fails here, before anything starts
     states = plan(runs)

@@ -29,12 +29,13 @@ BatchSampler = Callable[[np.random.Generator], dict[str, np.ndarray]]
 
 def configure_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW. Parameters marked `_no_weight_decay` (Mamba's A_log and D, as in mamba_ssm)
-    are never decayed; with `decay_matmul_weights_only` (minGPT's grouping, DT Atari)
+    are never decayed (unless `decay_ssm_params`: the release's gym optimizer decays every
+    parameter, A_log and D included); with `decay_matmul_weights_only` (minGPT's grouping, DT Atari)
     neither are biases, LayerNorms and embeddings."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            exempt = getattr(p, "_no_weight_decay", False)
+            exempt = getattr(p, "_no_weight_decay", False) and not cfg.decay_ssm_params
             if cfg.decay_matmul_weights_only:
                 matmul = isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and name == "weight"
                 exempt = exempt or not matmul
@@ -53,12 +54,17 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup_steps))
 
 
-def warmup_cosine_tokens(tokens: int, warmup_tokens: int, final_tokens: int, floor: float = 0.1) -> float:
-    """DT Atari: linear warm-up over warmup_tokens, then cosine decay to `floor` at final_tokens."""
+def warmup_cosine_tokens(tokens: int, warmup_tokens: int, final_tokens: int, floor: float = 0.1,
+                         clamp: bool = True) -> float:
+    """DT Atari: linear warm-up over warmup_tokens, then cosine decay to `floor` at final_tokens.
+
+    clamp=False is the release's (and minGPT's) formula: the progress is not capped at 1,
+    so past final_tokens the cosine climbs back up from the floor.
+    """
     if tokens < warmup_tokens:
         return tokens / max(1, warmup_tokens)
     progress = (tokens - warmup_tokens) / max(1, final_tokens - warmup_tokens)
-    return max(floor, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return max(floor, 0.5 * (1.0 + math.cos(math.pi * (min(1.0, progress) if clamp else progress))))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,7 +107,11 @@ class Trainer:
     def lr_multiplier(self) -> float:
         if self.cfg.lr_schedule == "linear_warmup":
             return linear_warmup(self.step, self.cfg.warmup_steps)
-        return warmup_cosine_tokens(self.tokens, self.cfg.warmup_tokens, self.final_tokens)
+        if self.step == 0 and self.cfg.first_update_full_lr:
+            # The release sets the LR after each update, so its first runs at the optimizer's full LR.
+            return 1.0
+        return warmup_cosine_tokens(self.tokens, self.cfg.warmup_tokens, self.final_tokens,
+                                    clamp=self.cfg.lr_clamp)
 
     def train_step(self) -> StepStats:
         self.model.train()

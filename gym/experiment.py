@@ -12,7 +12,6 @@ config is shared with atari/train_atari.py.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from decision_mamba.errors import cli_main
 from decision_mamba.evaluate import evaluate_policy, evaluation_seed
 from decision_mamba.evaluation import evaluate_random_policy
 from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.scores import d4rl_normalized_score
 from decision_mamba.trainer import Trainer, resolve_device
@@ -38,21 +38,14 @@ def dataset_spec(cfg: GymConfig) -> str:
     return f"{cfg.env}-{cfg.dataset}-v2"
 
 
-def dataset_label(cfg: GymConfig) -> str:
-    """'hopper-medium', or the file name for a dataset given by path."""
-    spec = dataset_spec(cfg)
-    if spec == f"{cfg.env}-{cfg.dataset}-v2":
-        return f"{cfg.env}-{cfg.dataset}"
-    return f"{cfg.env}-{Path(spec.removeprefix('minari:')).stem}"
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
-    traj, metadata = load_dataset(dataset_spec(cfg), cfg.data_dir, allow_pickle=cfg.allow_pickle)
+    traj, metadata = load_dataset(dataset_spec(cfg), cfg.data_dir, allow_pickle=cfg.allow_pickle,
+                                  drop_unterminated_tail=cfg.drop_unterminated_tail)
     env_id = gym_env_id(cfg.env, cfg.env_version)
     check_dataset_env(metadata, env_id, source=dataset_spec(cfg), allow_mismatch=cfg.allow_env_mismatch)
     num_envs = cfg.eval.episodes * len(cfg.eval.targets)
@@ -62,11 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
     state_mean, state_std = state_normalization(traj)
 
     model = DecisionModel(cfg.model, (obs_dim,), act_dim, discrete=False).to(device)
+    model.zero_padded_tokens = cfg.train.padding == "masked"  # release: pads reach the model unmasked
     K, rtg_scale = cfg.train.context_len, cfg.train.rtg_scale
 
     def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
         return sample_batch(traj, cfg.train.batch_size, K, rng, state_mean=state_mean, state_std=state_std,
-                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len, mode="dt-gym")
+                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len, mode="dt-gym",
+                            padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
 
@@ -74,7 +69,6 @@ def main(argv: list[str] | None = None) -> dict:
         return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
                                progress=cfg.run.progress)
 
-    name = f"{dataset_label(cfg)}-{cfg.model.mixer}-s{cfg.seed}"
     reference = {
         "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
                     **_score(cfg.env, traj.episode_returns)},
@@ -82,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
         "random_policy": _score(cfg.env, evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len,
                                                                   seed=cfg.seed).returns),
     }
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, name),
-                             group=f"{dataset_label(cfg)}/{cfg.model.mixer}", resume=args.resume,
-                             extra_summary={"reference": reference},
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg)),
+                             group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
+                             extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
                              identity=run_identity("gym", traj, env_id=env_id, obs_shape=(obs_dim,), act_dim=act_dim,
                                                    discrete=False, state_mean=state_mean, state_std=state_std),
                              data=f"{dataset_spec(cfg)}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")

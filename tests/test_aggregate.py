@@ -51,7 +51,7 @@ def table1_runs(tmp_path_factory, hopper_episodes) -> Path:
         # the same argv the sweep launches, minus the interpreter and the script
         experiment.main(run.command()[2:])
     # A run killed between its last checkpoint and its summary.
-    (out / "hopper-medium-dc-s34" / "summary.json").unlink()
+    (out / "hopper-random-test-dc-release-s34" / "summary.json").unlink()
     return out
 
 
@@ -60,17 +60,19 @@ FINISHED_SEEDS = {"dt": (12, 23, 34), "dc": (12, 23)}
 
 def summaries(out: Path, model: str, seeds: tuple[int, ...] | None = None) -> list[dict]:
     seeds = seeds or FINISHED_SEEDS[model]
-    return [json.loads((out / f"hopper-medium-{model}-s{seed}" / "summary.json").read_text()) for seed in seeds]
+    return [json.loads((out / f"hopper-random-test-{model}-release-s{seed}" / "summary.json").read_text()) for seed in seeds]
 
 
 def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     prefix = tmp_path / "results" / "table1"
     assert aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)]) == 0
     rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(f"{prefix}.csv"))}
-    assert len(rows) == 36  # every cell of the paper's Table 1, run or not
+    # every cell of the paper's Table 1, run or not, and the cells of the test file's runs: named
+    # by their data (naming.py), never counted as D4RL's hopper-medium
+    assert len(rows) == 36 + 2 and {r["protocol"] for r in rows.values()} == {"release"}
 
     for model in ("dt", "dc"):
-        row = rows[("hopper-medium", model)]
+        row = rows[("hopper-random-test", model)]
         found = summaries(table1_runs, model)
         seeds = FINISHED_SEEDS[model]
         assert int(row["seeds_done"]) == len(seeds) and int(row["seeds_expected"]) == 5
@@ -80,10 +82,11 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
             assert float(row[f"{which}_mean"]) == pytest.approx(statistics.fmean(scores), abs=1e-9)
             assert float(row[f"{which}_std"]) == pytest.approx(statistics.pstdev(scores), abs=1e-9)
     # best is the best evaluation of the run, so never below the last one
-    assert float(rows[("hopper-medium", "dc")]["best_mean"]) >= float(rows[("hopper-medium", "dc")]["last_mean"])
-    # the paper's numbers sit beside them; cells without runs are empty, not zero
+    assert float(rows[("hopper-random-test", "dc")]["best_mean"]) >= float(rows[("hopper-random-test", "dc")]["last_mean"])
+    # the paper's numbers sit in the D4RL cells, not beside runs on other data; cells without runs are empty, not zero
     assert float(rows[("hopper-medium", "dt")]["paper_mean"]) == 68.4
-    assert rows[("hopper-medium", "dt")]["data"] == "hopper-random-test.hdf5"
+    assert rows[("hopper-random-test", "dt")]["paper_mean"] == ""
+    assert rows[("hopper-random-test", "dt")]["data"] == "hopper-random-test.hdf5"
     assert float(rows[("hopper-medium", "dmamba")]["paper_std"]) == 12.5
     assert rows[("hopper-medium", "dmamba")]["seeds_done"] == "0" and rows[("hopper-medium", "dmamba")]["last_mean"] == ""
 
@@ -91,16 +94,17 @@ def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     dt = summaries(table1_runs, "dt")
     last = [s["last"]["score"] for s in dt]
     expected_cell = f"{statistics.fmean(last):.1f} ± "
-    dt_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DT |"))
-    # the table says the runs were trained on the test file, not on D4RL's hopper-medium
-    assert "| hopper-random-test.hdf5 | 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line and dt_line.endswith("| 68.4 |")
-    assert "Not run (no run directory): halfcheetah-medium (DMamba, DT, DC, DS4); hopper-medium (DMamba, DS4);" in markdown
+    dt_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-random-test | DT |"))
+    # the table says the runs were trained on the test file under the release protocol, not on D4RL's hopper-medium
+    assert "| release | hopper-random-test.hdf5 | 3/5 (12 23 34) |" in dt_line and expected_cell in dt_line
+    assert dt_line.endswith("| — |")
+    assert "Not run (no run directory): halfcheetah-medium (DMamba, DT, DC, DS4); hopper-medium (DMamba, DT, DC, DS4);" in markdown
     assert "`train.num_iterations` = 3" in markdown  # a smoke table says it is one
     # the data's and a random policy's scores, as the finished runs measured them
     references = [s["reference"] for model in ("dt", "dc") for s in summaries(table1_runs, model)]
     data_score = statistics.fmean(r["dataset"]["score_mean"] for r in references)
     random_score = statistics.fmean(r["random_policy"]["score_mean"] for r in references)
-    assert f"| hopper-medium | {data_score:.1f} | 1.5 | {random_score:.1f} |" in markdown
+    assert f"| hopper-random-test | {data_score:.1f} | 1.5 | {random_score:.1f} |" in markdown
 
 
 def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
@@ -109,24 +113,24 @@ def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
     markdown = Path(f"{prefix}.md").read_text()
     assert "5 finished, 1 unfinished" in markdown
     unfinished = markdown.split("## Unfinished runs")[1]
-    assert "hopper-medium-dc-s34` | 3/3 | 3 |" in unfinished  # 3 iterations and 3 evaluations logged
-    row = next(r for r in csv.DictReader(open(f"{prefix}.csv")) if r["model"] == "dc" and r["dataset"] == "hopper-medium")
+    assert "hopper-random-test-dc-release-s34` | 3/3 | 3 |" in unfinished  # 3 iterations and 3 evaluations logged
+    row = next(r for r in csv.DictReader(open(f"{prefix}.csv")) if r["model"] == "dc" and r["dataset"] == "hopper-random-test")
     assert row["seeds"] == "12 23"  # seed 34 is not averaged in
 
 
 def test_learning_curves_are_the_seed_mean_of_the_logged_evaluations(table1_runs, tmp_path):
     prefix = tmp_path / "table1"
     aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)])
-    image = matplotlib.image.imread(tmp_path / "table1-hopper-medium.png")
+    image = matplotlib.image.imread(tmp_path / "table1-hopper-random-test.png")
     assert image.ndim == 3 and image.shape[0] > 100  # a real raster image
-    assert "![hopper-medium](table1-hopper-medium.png)" in Path(f"{prefix}.md").read_text()
+    assert "![hopper-random-test](table1-hopper-random-test.png)" in Path(f"{prefix}.md").read_text()
 
     # The curve points: steps 3, 6, 9; the score of each evaluation as run.py defines it.
-    records = [aggregate.read_run(table1_runs / f"hopper-medium-dt-s{seed}", 1) for seed in (12, 23)]
+    records = [aggregate.read_run(table1_runs / f"hopper-random-test-dt-release-s{seed}", 1) for seed in (12, 23)]
     curve = aggregate._mean_curve([r.curve for r in records])
     assert list(curve["step"]) == [3, 6, 9]
     for seed, record in zip((12, 23), records):
-        lines = (table1_runs / f"hopper-medium-dt-s{seed}" / "metrics.jsonl").read_text().splitlines()
+        lines = (table1_runs / f"hopper-random-test-dt-release-s{seed}" / "metrics.jsonl").read_text().splitlines()
         logged = [max(t["score_mean"] for t in json.loads(line)["eval"].values()) for line in lines]
         assert [score for _, score in record.curve] == pytest.approx(logged)
         assert record.curve[-1][1] == pytest.approx(summaries(table1_runs, "dt", (seed,))[0]["last"]["score"])
@@ -141,11 +145,11 @@ def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
     assert "belong to table(s) [1], not table 3" in capsys.readouterr().err
 
     mixed = tmp_path / "mixed"
-    shutil.copytree(table1_runs / "hopper-medium-dt-s12", mixed / "hopper-medium-dt-s12")
+    shutil.copytree(table1_runs / "hopper-random-test-dt-release-s12", mixed / "hopper-random-test-dt-release-s12")
     for name, group in (("by-hand", "''"), ("ablation", "table3/hopper-medium/dmamba-rc")):
-        shutil.copytree(table1_runs / "hopper-medium-dc-s12", mixed / name)
+        shutil.copytree(table1_runs / "hopper-random-test-dc-release-s12", mixed / name)
         config = mixed / name / "config.yaml"
-        config.write_text(config.read_text().replace("wandb_group: table1/hopper-medium/dc", f"wandb_group: {group}"))
+        config.write_text(config.read_text().replace("wandb_group: table1/hopper-random-test/dc/release", f"wandb_group: {group}"))
     assert aggregate.main([str(mixed), "--table", "1", "--out", str(tmp_path / "t1")]) == 0
     markdown = (tmp_path / "t1.md").read_text()
     assert "`" + str(mixed / "ablation") + "` (table 3)" in markdown  # listed, not averaged
@@ -167,8 +171,8 @@ def test_bad_run_folders_are_errors_that_say_why(tmp_path, capsys, make, message
 
 def test_paper_numbers_cover_every_cell_of_the_paper_tables():
     for table, spec in sweep.TABLES.items():
-        cells = aggregate._expected_cells(table)
-        assert set(cells) == set(aggregate.PAPER_NUMBERS[table]), f"table {table}"
+        cells = {(dataset, column) for dataset, column, _ in aggregate._expected_cells(table)}
+        assert cells == set(aggregate.PAPER_NUMBERS[table]), f"table {table}"
     # spot checks against REFERENCE §1
     assert aggregate.PAPER_NUMBERS[2][("pong", "dmamba")] == (63.2, 102.1)
     assert aggregate.PAPER_NUMBERS[3][("hopper-medium", "rc-2l")] == (85.2, 14.9)

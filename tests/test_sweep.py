@@ -67,7 +67,7 @@ def test_table1_script_lists_9_datasets_x_4_models_x_5_seeds(tmp_path):
     check_common(commands, 1, tmp_path, "gym/experiment.py")
     found = sorted((config_of(c), overrides_of(c)["model.mixer"], int(overrides_of(c)["seed"]),
                     overrides_of(c)["run.wandb_group"]) for c in commands)
-    expected = sorted((f"configs/gym/{d}.yaml", MIXERS[m], s, f"table1/{d}/{m}")
+    expected = sorted((f"configs/gym/{d}.yaml", MIXERS[m], s, f"table1/{d}/{m}/release")
                       for d, m, s in itertools.product(GYM_9, MIXERS, PAPER_GYM_SEEDS))
     assert len(commands) == 180 and found == expected
 
@@ -77,7 +77,7 @@ def test_table2_script_lists_4_games_x_3_models_x_3_seeds(tmp_path):
     check_common(commands, 2, tmp_path, "atari/train_atari.py")
     found = sorted((config_of(c), overrides_of(c)["model.mixer"], int(overrides_of(c)["seed"]),
                     overrides_of(c)["run.wandb_group"]) for c in commands)
-    expected = sorted((f"configs/atari/{g}.yaml", MIXERS[m], s, f"table2/{g}/{m}")
+    expected = sorted((f"configs/atari/{g}.yaml", MIXERS[m], s, f"table2/{g}/{m}/release")
                       for g, m, s in itertools.product(["breakout", "qbert", "pong", "seaquest"],
                                                        ["dmamba", "dt", "dc"], PAPER_ATARI_SEEDS))
     assert len(commands) == 36 and found == expected
@@ -94,7 +94,7 @@ def test_table3_script_lists_the_ablation_variants(tmp_path):
         variant = {(None, None): "default", ("false", None): "rc", ("false", "6"): "rc-2l"}[
             (o.get("model.channel_mlp"), o.get("model.n_layer"))]
         found.append((config_of(c), variant, int(o["seed"]), o["run.wandb_group"]))
-    expected = [(f"configs/gym/{d}.yaml", v, s, f"table3/{d}/dmamba-{v}")
+    expected = [(f"configs/gym/{d}.yaml", v, s, f"table3/{d}/dmamba-{v}/release")
                 for d, v, s in itertools.product(["halfcheetah-medium", "hopper-medium", "walker2d-medium"],
                                                  ["default", "rc", "rc-2l"], PAPER_GYM_SEEDS)]
     assert len(commands) == 45 and sorted(found) == sorted(expected)
@@ -109,7 +109,7 @@ def test_table4_script_lists_the_context_lengths(tmp_path):
         assert o["model.mixer"] == "mamba"
         k = OmegaConf.load(REPO / config_of(c)).train.context_len  # the K the run will use
         found.append((o["run.wandb_group"].split("/")[1], k, int(o["seed"]), o["run.wandb_group"]))
-    expected = [(g, k, s, f"table4/{g}/dmamba-k{k}")
+    expected = [(g, k, s, f"table4/{g}/dmamba-k{k}/release")
                 for g, k, s in itertools.product(["breakout", "qbert"], [10, 30, 40, 60], PAPER_ATARI_SEEDS)]
     assert len(commands) == 24 and sorted(found) == sorted(expected)
     # K = 30 is Table 2's config
@@ -136,6 +136,7 @@ def test_filters_and_pass_through_overrides(tmp_path, capsys):
     (["table1", "--datasets", "hopper-expert"], "table 1 has no dataset ['hopper-expert']"),
     (["table1", "--variants", "rc"], "table 1 has no variants"),
     (["table1", "--", "seed=3"], "use --seeds"),
+    (["table1", "--", "protocol=clean"], "use --protocol"),
     (["table3", "--", "model.channel_mlp=false"], "use --variants"),
     (["table1", "--", "train.num_iterations"], "must look like key=value"),
     (["table1", "--", "train.num_iteratons=1"], "num_iteratons"),
@@ -169,24 +170,24 @@ def test_local_launcher_runs_two_at_a_time_then_skips_resumes_and_refuses(tmp_pa
     code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--slots", "2"), capsys)
     assert code == 0, stdout + stderr
     for seed in (12, 23):
-        run_dir = out / f"hopper-medium-dc-s{seed}"
+        run_dir = out / f"hopper-random-test-dc-release-s{seed}"
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["last"]["iteration"] == 2 and summary["steps"] == 6
         assert (out / "logs" / f"{run_dir.name}.log").read_text().startswith("$ ")  # the command, then its output
     record = json.loads((out / "sweeps.jsonl").read_text().splitlines()[-1])
     assert record["launcher"] == "local"
-    assert sorted(record["launched"]) == ["hopper-medium-dc-s12", "hopper-medium-dc-s23"]
+    assert sorted(record["launched"]) == ["hopper-random-test-dc-release-s12", "hopper-random-test-dc-release-s23"]
 
     # Re-launching: finished runs are skipped ...
     code, stdout, _ = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run"), capsys)
     assert code == 0 and "2 done and skipped" in stdout
     assert [line for line in stdout.splitlines() if not line.startswith("#")] == []
     # ... a run without its summary (killed after its last checkpoint) is resumed ...
-    (out / "hopper-medium-dc-s23" / "summary.json").unlink()
+    (out / "hopper-random-test-dc-release-s23" / "summary.json").unlink()
     code, stdout, _ = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run"), capsys)
     commands = [shlex.split(line) for line in stdout.splitlines() if not line.startswith("#")]
     assert len(commands) == 1 and commands[0][-1] == "--resume"
-    assert overrides_of(commands[0])["run.name"] == "hopper-medium-dc-s23"
+    assert overrides_of(commands[0])["run.name"] == "hopper-random-test-dc-release-s23"
     # ... and other settings in the same run directories are an error, not a silent skip.
     code, _, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--dry-run",
                                                 overrides=("train.num_iterations=3",)), capsys)
@@ -194,8 +195,8 @@ def test_local_launcher_runs_two_at_a_time_then_skips_resumes_and_refuses(tmp_pa
     # Resuming for real finishes the run from its checkpoint.
     code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file), capsys)
     assert code == 0, stdout + stderr
-    assert "resumed" in (out / "logs" / "hopper-medium-dc-s23.log").read_text()
-    assert json.loads((out / "hopper-medium-dc-s23" / "summary.json").read_text())["steps"] == 6
+    assert "resumed" in (out / "logs" / "hopper-random-test-dc-release-s23.log").read_text()
+    assert json.loads((out / "hopper-random-test-dc-release-s23" / "summary.json").read_text())["steps"] == 6
 
 
 def test_submitit_local_executor_runs_one_slot_at_a_time(tmp_path, hopper_file, capsys):
@@ -203,7 +204,7 @@ def test_submitit_local_executor_runs_one_slot_at_a_time(tmp_path, hopper_file, 
     code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file, "--launcher", "submitit-local",
                                                      "--slots", "1"), capsys)
     assert code == 0, stdout + stderr
-    first, second = out / "hopper-medium-dc-s12", out / "hopper-medium-dc-s23"
+    first, second = out / "hopper-random-test-dc-release-s12", out / "hopper-random-test-dc-release-s23"
     for run_dir in (first, second):
         assert json.loads((run_dir / "summary.json").read_text())["last"]["iteration"] == 2
     # one slot: the second run was started only after the first had written its summary

@@ -182,8 +182,11 @@ def _attribute_to_python(value: Any) -> Any:
     return value
 
 
-def load_d4rl_hdf5(path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any]]:
+def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False) -> tuple[Trajectories, dict[str, Any]]:
     """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+
+    The steps after the last flagged one (D4RL's files end mid-episode) are kept as a last
+    episode, unless drop_unterminated_tail (the release's: DT's converter never saves it).
 
     Returns the trajectories and the file's root attributes (empty for the original D4RL files).
     """
@@ -217,6 +220,14 @@ def load_d4rl_hdf5(path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any
     if rewards.ndim == 2 and rewards.shape[1] == 1:
         rewards = rewards[:, 0]  # some converters store (N, 1) rewards
     episode_ended = np.logical_or(arrays["terminals"].reshape(-1), arrays["timeouts"].reshape(-1))
+    if drop_unterminated_tail and not episode_ended[-1]:
+        flagged = np.flatnonzero(episode_ended)
+        if len(flagged) == 0:
+            raise ValueError(f"{path}: no step is flagged terminal or timeout, so dropping the unterminated "
+                             f"tail leaves nothing; set drop_unterminated_tail=false")
+        keep = int(flagged[-1]) + 1
+        arrays = {key: array[:keep] for key, array in arrays.items()}
+        rewards, episode_ended = rewards[:keep], episode_ended[:keep]
     try:
         trajectories = Trajectories.from_flat(arrays["observations"], arrays["actions"], rewards, episode_ended)
     except ValueError as error:
@@ -305,8 +316,9 @@ def load_dataset(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
     *,
     allow_pickle: bool = False,
+    drop_unterminated_tail: bool = False,
 ) -> tuple[Trajectories, dict[str, Any]]:
-    """One entry point for every gym dataset source.
+    """One entry point for every gym dataset source (drop_unterminated_tail: hdf5 files only).
 
     spec is one of
       - a D4RL name: "hopper-medium-v2", "walker2d-medium-replay-v2", ... read from data_dir;
@@ -319,7 +331,7 @@ def load_dataset(
         return load_minari(spec_text.removeprefix("minari:"))
     suffix = Path(spec_text).suffix.lower()
     if suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(spec_text)
+        return load_d4rl_hdf5(spec_text, drop_unterminated_tail)
     if suffix == ".pkl":
         return load_pickle_trajectories(spec_text, allow_pickle=allow_pickle)
 
@@ -338,7 +350,7 @@ def load_dataset(
             f"dataset {spec_text} needs {', '.join(map(str, missing))}, not found; download with: "
             f"{d4rl_download_command(spec_text, data_dir)}"
         )
-    parts = [load_d4rl_hdf5(path) for path in paths]
+    parts = [load_d4rl_hdf5(path, drop_unterminated_tail) for path in paths]
     trajectories = Trajectories.concat(*(part[0] for part in parts))
     env, dataset = parse_d4rl_name(spec_text)
     metadata = {"dataset": f"{env}-{dataset}-v2", "env": env, "files": [str(path) for path in paths]}

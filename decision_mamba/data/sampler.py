@@ -18,6 +18,9 @@ Padding convention (project-wide, identical in training and inference; REFERENCE
 padded positions hold 0 in states (after normalisation), actions, returns_to_go and
 timesteps, and mask is False there. DT pads states before normalising and actions with -10;
 we deliberately do not, because Mamba has no attention mask and sees the pad values.
+`padding="release"` reproduces the release's gym get_batch instead (train.padding=release):
+padded states hold the normalised zero (0 - mean) / std, padded actions -10; the rest is
+the same (0 returns-to-go and timesteps, mask False).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from decision_mamba.data.trajectories import Trajectories
 
 SamplingMode = Literal["dt-gym", "dt-atari"]
 SAMPLING_MODES: tuple[str, ...] = ("dt-gym", "dt-atari")
+PADDINGS: tuple[str, ...] = ("masked", "release")
+RELEASE_ACTION_PAD = -10.0  # the release's (and DT's) gym action padding
 
 
 def state_normalization(traj: Trajectories, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +60,14 @@ def draw_window_ends(
     if batch_size <= 0 or K <= 0:
         raise ValueError(f"batch_size and K must be positive, got batch_size={batch_size}, K={K}")
     index = rng.integers(0, traj.num_transitions, size=batch_size)  # (B,) uniform over transitions
+    return window_ends(traj, index, K, mode)
+
+
+def window_ends(traj: Trajectories, index: np.ndarray, K: int, mode: str = "dt-gym") -> tuple[np.ndarray, np.ndarray]:
+    """The windows (first, end) that start (dt-gym) or are anchored (dt-atari) at the flat indices `index`."""
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
+    index = np.asarray(index, dtype=np.int64)
     episode = traj.episode_index()[index]  # (B,)
     episode_start = traj.starts[episode]
     episode_end = episode_start + traj.lengths[episode]
@@ -81,6 +94,7 @@ def sample_batch(
     rtg_scale: float = 1.0,
     max_ep_len: int = 1000,
     mode: str = "dt-gym",
+    padding: str = "masked",
 ) -> dict[str, np.ndarray]:
     """A batch of B windows of K steps, real steps right-aligned (left padding).
 
@@ -112,6 +126,7 @@ def sample_batch(
     return gather_windows(
         traj, first, end, K,
         state_mean=state_mean, state_std=state_std, rtg_scale=rtg_scale, max_ep_len=max_ep_len,
+        padding=padding,
     )
 
 
@@ -125,8 +140,13 @@ def gather_windows(
     state_std: np.ndarray | None = None,
     rtg_scale: float = 1.0,
     max_ep_len: int = 1000,
+    padding: str = "masked",
 ) -> dict[str, np.ndarray]:
     """Gather the windows [first, end) into left-padded (B, K, ...) arrays; see sample_batch."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if padding == "release" and traj.is_discrete:
+        raise ValueError("padding='release' is the gym release's (actions padded with -10); it needs continuous actions")
     num_real = end - first  # (B,) in [1, K]
     # Position p of a row holds step end - K + p; positions before K - num_real are padding.
     positions = np.arange(K)  # (K,)
@@ -143,11 +163,16 @@ def gather_windows(
     timesteps = np.minimum(traj.timesteps()[index], max_ep_len - 1)  # (B, K)
 
     # Zero every padded position (the gathers above copied, so this writes no shared data).
-    padding = ~mask
-    states[padding] = 0
-    actions[padding] = 0
-    returns_to_go[padding] = 0
-    timesteps[padding] = 0
+    pad = ~mask
+    states[pad] = 0
+    actions[pad] = 0
+    if padding == "release":
+        # The release pads raw states with 0 before normalising, and actions with -10.
+        if state_mean is not None:
+            states[pad] = ((0 - state_mean) / state_std).astype(states.dtype)
+        actions[pad] = RELEASE_ACTION_PAD
+    returns_to_go[pad] = 0
+    timesteps[pad] = 0
     return {
         "states": states,
         "actions": actions,
