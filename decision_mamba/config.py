@@ -49,7 +49,7 @@ class TrainConfig:
     steps_per_iteration: int = 10_000  # updates per iteration; 0 (Atari) = one epoch over the transitions
     rtg_scale: float = 1000.0  # returns-to-go are divided by this before embedding
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int = 0  # torch CPU threads, 0 = torch's default
+    num_threads: int = 0  # torch and numba CPU threads, 0 = their defaults
     # fp32 | bf16 | fp16: autocast for the forward and loss (fp16 with a GradScaler); the
     # selective scan's state stays float32 as in mamba_ssm. fp32 is bit-deterministic on the CPU.
     precision: str = "fp32"

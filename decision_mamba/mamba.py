@@ -146,6 +146,11 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backend: 
     return F.silu(out[..., :seqlen]).transpose(1, 2)
 
 
+def _at_least_float32(t: Tensor) -> Tensor:
+    """bf16/fp16 -> float32; float32 and float64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class Mamba(nn.Module):
     """Mamba block (mamba_ssm.Mamba v1 layout), with the project's token-mixer interface.
 
@@ -233,18 +238,18 @@ class Mamba(nn.Module):
         u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # (B, L, ED)
         dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, self.dt_proj.weight)  # (B, L, ED); bias and softplus inside the scan
-        # float32 A, D and dt bias whatever the model's dtype, as mamba_ssm passes them: its
-        # kernel requires them, and the state is kept in float32 under bf16/fp16.
-        A = -torch.exp(self.A_log.float())  # (ED, N)
+        # A, D and dt bias in float32 (or float64 for a float64 model), as mamba_ssm passes
+        # them: its kernel requires float32, and the state stays float32 under bf16/fp16.
+        A = -torch.exp(_at_least_float32(self.A_log))  # (ED, N)
         y = selective_scan(
             u.transpose(1, 2),  # (B, ED, L) view
             delta.transpose(1, 2),
             A,
             B.transpose(1, 2),  # (B, N, L) view
             C.transpose(1, 2),
-            self.D.float(),
+            _at_least_float32(self.D),
             z=z.transpose(1, 2),
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=_at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
             backend=self.scan_backend,
         )  # (B, ED, L), (B, L, ED) in memory

@@ -77,12 +77,19 @@ def parse_args(description: str, argv: list[str] | None = None,
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:
-    """Seed python, numpy and torch; deterministic kernels on the CPU."""
+    """Seed python, numpy and torch; deterministic kernels on the CPU.
+
+    `num_threads` > 0 fixes torch's and numba's thread counts (numba's at most
+    NUMBA_NUM_THREADS): the last bits of the reductions depend on them, so a run resumed
+    under another launcher (e.g. another --slots) computes the same numbers."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if num_threads > 0:
+        import numba
+
         torch.set_num_threads(num_threads)
+        numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 

@@ -21,6 +21,7 @@ from decision_mamba.data.atari_replay import (
     write_replay_buffer,
 )
 from decision_mamba.data.download import DownloadError, main
+from decision_mamba.errors import cli_main
 from decision_mamba.data.download_atari import download_dqn_replay, object_url
 from test_download import RangeFileHandler
 
@@ -151,8 +152,8 @@ def test_cli_and_the_object_names_of_the_bucket(bucket, tmp_path, capsys):
         == "https://storage.googleapis.com/atari-replay-datasets/dqn/Pong/1/replay_logs/%24store%24_action_ckpt.7.gz"
     assert main(["dqn-replay", GAME, "--num-buffers", "1", "--data-dir", str(tmp_path), "--base-url", bucket.url]) == 0
     assert str(replay_dir(tmp_path, GAME)) in capsys.readouterr().out
-    assert main(["dqn-replay", "Brekout", "--num-buffers", "1", "--data-dir", str(tmp_path),
-                 "--base-url", bucket.url]) == 1
+    assert cli_main(main, ["dqn-replay", "Brekout", "--num-buffers", "1", "--data-dir", str(tmp_path),
+                           "--base-url", bucket.url]) == 2
     assert "HTTP 404" in capsys.readouterr().err
 
 

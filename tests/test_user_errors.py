@@ -136,7 +136,7 @@ CASES = {
     "gym: run directory taken": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK,
                                                f"run.out_dir={_existing_run(t)}", "run.name=taken"], ["--resume"]),
     "atari: missing replay files": (lambda d, t: [*ATARI, f"data_dir={t}", "num_buffers=2"],
-                                    ["$store$_observation_ckpt.48.gz", "gsutil"]),
+                                    ["$store$_observation_ckpt.48.gz", "download dqn-replay"]),
     "atari: unknown game": (lambda d, t: [*ATARI, "game=Breakot"], ["unknown Atari game 'Breakot'", "Breakout"]),
     "sweep: unknown model": (lambda d, t: ["-m", "decision_mamba.sweep", "table2", "--dry-run", "--models", "ds4",
                                            "--out-dir", str(t)], ["table 2 has no model ['ds4']"]),
