@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from decision_mamba.data.generate import (
     generate,
     main,
     rollout,
+    _make_agent,
 )
 
 HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # REFERENCE §4
@@ -314,3 +316,14 @@ def test_minari_export_matches_the_hdf5(tmp_path, monkeypatch):
         np.testing.assert_array_equal(episode.actions, arrays["actions"][rows])
         np.testing.assert_array_equal(episode.rewards, arrays["rewards"][rows])
         np.testing.assert_array_equal(episode.terminations, arrays["terminals"][rows])
+
+
+def test_sac_training_writes_nothing_outside_its_output_folder(tmp_path, monkeypatch):
+    # SB3 without a logger of its own makes tempfile.gettempdir()/SB3-<date> at every learn().
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    agent, _ = _make_agent(tiny_config(tmp_path / "out"))
+    agent.learn(5)
+    assert [p.name for p in temp.iterdir() if p.name.startswith("SB3")] == []

@@ -64,6 +64,7 @@ import stable_baselines3
 import torch
 from gymnasium.wrappers import TimeLimit
 from stable_baselines3 import SAC
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -355,6 +356,9 @@ def _make_agent(config: GenerateConfig) -> tuple[SAC, Monitor]:
         device="cpu",
         verbose=0,
     )
+    # Without a logger of its own, SB3 makes a /tmp/SB3-<date> folder at every learn();
+    # ours writes progress.json itself, so SB3's logger writes nowhere.
+    agent.set_logger(Logger(folder=None, output_formats=[]))
     return agent, monitor
 
 
