@@ -73,17 +73,13 @@ def describe_device(device: torch.device) -> str:
 
 
 def scan_backend(model: ModelConfig, device: torch.device) -> str | None:
-    """The selective-scan backend a Mamba model trains with on `device` (selective_scan.py's
-    rule for "auto"); None for the other mixers, which have no scan."""
+    """The selective-scan backend a Mamba model trains with on `device`
+    (selective_scan.resolve_scan_backend decides); None for the other mixers, which have no scan."""
     if model.mixer != "mamba":
         return None
-    if model.scan_backend != "auto":
-        return model.scan_backend
-    from decision_mamba.selective_scan import cuda_scan_available
+    from decision_mamba.selective_scan import resolve_scan_backend
 
-    if device.type == "cuda":
-        return "cuda" if cuda_scan_available() else "reference"
-    return "fused" if device.type == "cpu" else "reference"
+    return resolve_scan_backend(model.scan_backend, device)[0]
 
 
 def run_info(model: ModelConfig, device: torch.device, *, num_parameters: int | None = None,
