@@ -43,20 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
     if int(traj.actions.max()) >= n_actions:
         raise DataError(f"the replay data of {cfg.game} has action {int(traj.actions.max())}, but the game's "
                          f"minimal action set has {n_actions} actions: is data_dir holding another game?")
-    model = DecisionModel(cfg.model, (4, 84, 84), n_actions, discrete=True).to(device)
-    K, B = cfg.train.context_len, cfg.train.batch_size
-
-    def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return sample_batch(traj, B, K, rng, rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.model.max_ep_len,
-                            mode="dt-atari")
-
-    # DT's Atari code: an iteration is an epoch over the transitions, and the cosine
-    # schedule ends at 2 * len(dataset) * K * 3 tokens.
-    steps_per_epoch = cfg.train.steps_per_iteration or math.ceil(traj.num_transitions / B)
-    if cfg.train.batch_order == "shuffled_epoch":
-        draw_batch, data_epoch = shuffled_epoch_sampler(traj, cfg, lambda: trainer.step)
-        steps_per_epoch = cfg.train.steps_per_iteration or data_epoch
-    final_tokens = cfg.train.final_tokens or 2 * traj.num_transitions * K * 3
+    model = DecisionModel(cfg.model, (4, 84, 84), n_actions, discrete=True,
+                          context_len=cfg.train.context_len).to(device)
+    K = cfg.train.context_len
+    draw_batch, steps_per_epoch, final_tokens = epoch_schedule(traj, cfg, lambda: trainer.step)
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device,
                       final_tokens=final_tokens)
 
@@ -82,6 +72,29 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "
                   f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f}")
     return summary
+
+
+def epoch_schedule(traj, cfg: AtariConfig, step: Callable[[], int]):
+    """(draw_batch, updates per epoch, final_tokens) of DT's Atari code.
+
+    An iteration is an epoch over the dataset, and the cosine schedule ends at
+    2 * len(dataset) * K * 3 tokens. With train.batch_order=shuffled_epoch the dataset is
+    the release's, len(data) - 3K window starts; otherwise windows are drawn from all
+    transitions. `step` is the trainer's update count (the shuffled order follows it).
+    """
+    K, B = cfg.train.context_len, cfg.train.batch_size
+    if cfg.train.batch_order == "shuffled_epoch":
+        draw_batch, steps_per_epoch = shuffled_epoch_sampler(traj, cfg, step)
+        dataset_len = traj.num_transitions - 3 * K
+    else:
+        def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
+            return sample_batch(traj, B, K, rng, rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.model.max_ep_len,
+                                mode="dt-atari")
+
+        steps_per_epoch = math.ceil(traj.num_transitions / B)
+        dataset_len = traj.num_transitions
+    final_tokens = cfg.train.final_tokens or 2 * dataset_len * K * 3
+    return draw_batch, cfg.train.steps_per_iteration or steps_per_epoch, final_tokens
 
 
 def shuffled_epoch_sampler(traj, cfg: AtariConfig, step: Callable[[], int]):

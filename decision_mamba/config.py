@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
 from decision_mamba.errors import UserError
-from decision_mamba.model import ModelConfig
+from decision_mamba.model import RECURRENT_GLOBAL_POSITION, ModelConfig
 from decision_mamba.compute import PRECISIONS
 from decision_mamba.selective_scan import BACKENDS
 
@@ -70,6 +70,9 @@ class EvalConfig:
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
     max_ep_len: int = 1000  # evaluation episodes are cut after this many steps
     atari_resize: str = "area"  # area (cv2.INTER_AREA) | linear (INTER_LINEAR, the release's and DT's)
+    # window mode, steps t < K: padded (the window left-padded to K steps, as in training) |
+    # unpadded (the model sees only the t + 1 steps so far, the release's and DT's Atari evaluation)
+    atari_short_prefix: str = "padded"
 
 
 @dataclass
@@ -212,6 +215,11 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(t.batch_order in ("with_replacement", "shuffled_epoch"),
            f"train.batch_order must be with_replacement or shuffled_epoch, got {t.batch_order!r}")
     _check(e.atari_resize in ("area", "linear"), f"eval.atari_resize must be area or linear, got {e.atari_resize!r}")
+    _check(m.timestep_embedding in ("per_step", "global_position"),
+           f"model.timestep_embedding must be per_step or global_position, got {m.timestep_embedding!r}")
+    _check(e.atari_short_prefix in ("padded", "unpadded"),
+           f"eval.atari_short_prefix must be padded or unpadded, got {e.atari_short_prefix!r}")
+    _check(not (e.mode == "recurrent" and m.timestep_embedding == "global_position"), RECURRENT_GLOBAL_POSITION)
     _check(cfg.protocol in protocols.PROTOCOLS,
            f"protocol must be one of {', '.join(protocols.PROTOCOLS)}, got {cfg.protocol!r}")
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
@@ -222,6 +230,10 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
         _check(cfg.env_version in ("v4", "v5"), f"env_version must be v4 or v5, got {cfg.env_version!r}")
         _check(t.batch_order == "with_replacement",
                "train.batch_order=shuffled_epoch is the Atari release's; gym samples windows with replacement")
+        _check(m.timestep_embedding == "per_step", "model.timestep_embedding=global_position is the Atari "
+                                                   "release's; the gym release embeds each timestep, keep per_step")
+        _check(e.atari_short_prefix == "padded", "eval.atari_short_prefix=unpadded is the Atari release's; the gym "
+                                                 "release pads its evaluation windows, keep padded")
     else:
         _check(t.padding == "masked", "train.padding=release is the gym release's padding; the Atari release "
                                       "does not pad its training windows, so Atari keeps train.padding=masked")

@@ -55,7 +55,8 @@ def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gy
     stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len, rtg_scale=cfg.train.rtg_scale,
                              max_ep_len=cfg.eval.max_ep_len, seed=seed, mode=cfg.eval.mode,
                              state_mean=state_mean, state_std=state_std,
-                             sample_actions=cfg.eval.sample_actions, progress=progress)  # ignored when continuous
+                             sample_actions=cfg.eval.sample_actions,  # ignored when continuous
+                             short_prefix=cfg.eval.atari_short_prefix, progress=progress)
     if isinstance(cfg, GymConfig):
         return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
     return summarize(stats, lambda r: atari_normalized_score(cfg.game, r))
@@ -139,7 +140,8 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     identity = state["identity"]
     _set_threads(identity.get("threads"))
     torch_device = resolve_device(device or cfg.train.device)
-    model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"])
+    model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"],
+                          context_len=cfg.train.context_len)
     if isinstance(cfg, GymConfig):  # as gym/experiment.py builds it
         model.zero_padded_tokens = cfg.train.padding == "masked"
     model.load_state_dict(state["trainer"]["model"])

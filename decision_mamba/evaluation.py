@@ -7,7 +7,9 @@ time (REFERENCE §6); batching is the cure.
 
 Two ways to choose an action (`mode`):
   window     the DT protocol: re-run the model on the last K timesteps, left-padded
-             exactly as in training (decision_mamba.data.sampler's convention);
+             exactly as in training (decision_mamba.data.sampler's convention); with
+             short_prefix="unpadded" (eval.atari_short_prefix) the first K - 1 steps see
+             only the t + 1 steps so far, unpadded, as the release's (DT's) Atari evaluation;
   recurrent  carry every mixer's recurrent state from the start of the episode and feed
              only the new tokens (O(1) per step for Mamba). The model then conditions on
              the whole episode rather than on K steps; see the README.
@@ -91,6 +93,7 @@ def evaluate_batched(
     state_mean: np.ndarray | None = None,
     state_std: np.ndarray | None = None,
     sample_actions: bool = False,
+    short_prefix: str = "padded",
     progress: bool = False,
 ) -> EpisodeStats:
     """Run one episode in each sub-environment of `envs`, conditioned on targets[i].
@@ -101,6 +104,8 @@ def evaluate_batched(
     """
     if mode not in ("window", "recurrent"):
         raise ValueError(f"mode must be 'window' or 'recurrent', got {mode!r}")
+    if short_prefix not in ("padded", "unpadded"):
+        raise ValueError(f"short_prefix must be 'padded' or 'unpadded', got {short_prefix!r}")
     E = envs.num_envs
     targets = np.asarray(targets, dtype=np.float64)
     if targets.shape != (E,):
@@ -131,6 +136,9 @@ def evaluate_batched(
     active = np.ones(E, dtype=bool)
     history = _History(E, context_len, tuple(obs.shape[1:]), state_dtype, act_shape, act_dtype, device)
     recurrent_state = model.init_state(E, device=device) if mode == "recurrent" else None
+    # timestep_embedding=global_position: the release's evaluation gives the whole window the
+    # global embedding of the current step (training: of the window's first step).
+    global_position = getattr(model, "embed_position", None) is not None
     prev_action: torch.Tensor | None = None
 
     bar = tqdm(total=max_ep_len, desc=f"eval {E} episodes", disable=not progress, leave=False,
@@ -141,8 +149,11 @@ def evaluate_batched(
         timestep = torch.full((E,), min(t, model.cfg.max_ep_len - 1), dtype=torch.int64, device=device)
         if mode == "window":
             history.push(state, rtg_t, timestep)
-            out = model(history.states, history.actions, history.returns_to_go, history.timesteps,
-                        history.mask)[:, -1]
+            # every episode is at step t (lock-step), so an unpadded prefix has one length for all
+            n = min(t + 1, context_len) if short_prefix == "unpadded" else context_len
+            extra = {"global_timestep": timestep} if global_position else {}
+            out = model(history.states[:, -n:], history.actions[:, -n:], history.returns_to_go[:, -n:],
+                        history.timesteps[:, -n:], history.mask[:, -n:], **extra)[:, -1]
         else:
             out, recurrent_state = model.step(state, rtg_t, timestep, prev_action, recurrent_state)
 

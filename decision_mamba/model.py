@@ -30,11 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decision_mamba.errors import UserError
 from decision_mamba.fused_step import fused_layers_step, fused_step_applies
 from decision_mamba.mixers import build_mixer
 
 # The paper's names for the models built with each token mixer.
 MODEL_NAMES = {"mamba": "DMamba", "attention": "DT", "conv": "DC", "s4": "DS4"}
+
+# The recurrent step cannot run the release's Atari timestep embedding: every step gives
+# the whole window a new global embedding (the current step's), so no state carries over.
+RECURRENT_GLOBAL_POSITION = ("eval.mode=recurrent cannot run model.timestep_embedding=global_position (each step "
+                             "re-embeds the whole window with the current step); use eval.mode=window")
 
 # Mixers whose parameters follow their reference implementation's initialisation
 # (mamba_ssm.Mamba, S4D); the GPT-2 style normal(0, 0.02) init leaves them alone.
@@ -72,6 +78,11 @@ class ModelConfig:
     # dt_proj.bias = 0), PyTorch's defaults on the embeddings and the gym action head.
     init: str = "mamba"
     atari_embed_ln: bool = True  # False: no LayerNorm on Atari tokens (the release's, DT's Atari model)
+    # per_step: one learned embedding per timestep, added to its three tokens (DT's gym model);
+    # global_position: the Atari release's (DT's Atari model): one global-table embedding per
+    # window, of the window's first step in training and of the current step at evaluation,
+    # plus a learned embedding of each token's position in the window (3K rows).
+    timestep_embedding: str = "per_step"
 
     def mixer_kwargs(self) -> dict:
         if self.mixer == "attention":
@@ -166,9 +177,12 @@ class DecisionModel(nn.Module):
 
     state_shape: (obs_dim,) for vector observations, (4, 84, 84) for Atari frame stacks.
     act_dim: the action size (continuous) or the number of actions (discrete).
+    context_len: K, the longest window; needed (and only used) by timestep_embedding=global_position,
+    whose position table has one row per token of a K-step window.
     """
 
-    def __init__(self, cfg: ModelConfig, state_shape: tuple[int, ...], act_dim: int, discrete: bool):
+    def __init__(self, cfg: ModelConfig, state_shape: tuple[int, ...], act_dim: int, discrete: bool,
+                 context_len: int = 0):
         super().__init__()
         self.cfg = cfg
         self.state_shape = tuple(state_shape)
@@ -178,7 +192,15 @@ class DecisionModel(nn.Module):
 
         # Eq. (7): one embedding per modality. Atari follows DT's Atari model (tanh on
         # every embedding, an embedding table for actions); gym follows DT's gym model.
-        self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
+        self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)  # global_position: the global table
+        self.embed_position: nn.Embedding | None = None
+        if cfg.timestep_embedding == "global_position":
+            if context_len <= 0:
+                raise ValueError("model.timestep_embedding=global_position needs the context length: "
+                                 "DecisionModel(..., context_len=K)")
+            self.embed_position = nn.Embedding(3 * context_len, d)  # the release's pos_emb
+        elif cfg.timestep_embedding != "per_step":
+            raise ValueError(f"timestep_embedding must be per_step or global_position, got {cfg.timestep_embedding!r}")
         if len(self.state_shape) == 3:
             self.embed_state: nn.Module = AtariEncoder(d, in_frames=self.state_shape[0])
         elif len(self.state_shape) == 1:
@@ -222,7 +244,8 @@ class DecisionModel(nn.Module):
         init. The embeddings, embed_ln and the gym action head live outside GPT2Model and
         keep PyTorch's defaults (the timestep table N(0, 1)). The Atari release (minGPT)
         applies the same rule to its blocks, ln_f and head, re-draws the action embedding
-        N(0, 0.02), and starts its position tables at zero (here: the timestep table).
+        N(0, 0.02), and starts its position tables (global_pos_emb, pos_emb) at zero: here the
+        timestep table and, with timestep_embedding=global_position, the position table.
         """
         for module in [*self.layers, self.ln_f]:
             for sub in module.modules():
@@ -237,6 +260,8 @@ class DecisionModel(nn.Module):
             nn.init.normal_(self.action_head.weight, mean=0.0, std=0.02)
             nn.init.normal_(self.embed_action[0].weight, mean=0.0, std=0.02)
             nn.init.zeros_(self.embed_timestep.weight)
+            if self.embed_position is not None:
+                nn.init.zeros_(self.embed_position.weight)
 
     def _init_weights(self) -> None:
         """GPT-2 init (normal 0.02, zero bias) for everything but mixers with their own init."""
@@ -275,27 +300,49 @@ class DecisionModel(nn.Module):
                              f"got {tuple(timesteps.shape)} {timesteps.dtype}")
         if mask is not None and (tuple(mask.shape) != (B, K) or mask.dtype != torch.bool):
             raise ValueError(f"mask must be a bool tensor of shape {(B, K)}, got {tuple(mask.shape)} {mask.dtype}")
+        if self.embed_position is not None and 3 * K > self.embed_position.num_embeddings:
+            raise ValueError(f"a window of {K} steps is longer than the position table of "
+                             f"model.timestep_embedding=global_position ({self.embed_position.num_embeddings // 3} steps)")
 
-    def _embed(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor) -> Tensor:
-        """The three token embeddings of each timestep, timestep embedding added: (..., 3, d)."""
-        time = self.embed_timestep(timesteps)  # (..., d)
+    def _embed(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor,
+               mask: Tensor | None = None, global_timestep: Tensor | None = None) -> Tensor:
+        """The three token embeddings of each timestep, timestep embedding added: (B, K, 3, d)."""
         tokens = torch.stack(
             [self.embed_return(returns_to_go), self.embed_state(states), self.embed_action(actions)],
             dim=-2,
-        )  # (..., 3, d): R_t, s_t, a_t
-        return self.embed_ln(tokens + time.unsqueeze(-2))
+        )  # (B, K, 3, d): R_t, s_t, a_t
+        if self.embed_position is None:
+            return self.embed_ln(tokens + self.embed_timestep(timesteps).unsqueeze(-2))
+        # global_position. Positions count from the window's first real step (the release never
+        # pads, so its windows start at position 0; a left-padded window here starts where its
+        # real steps do, and its pads, at position 0, are zeroed or masked downstream).
+        B, K = timesteps.shape
+        real = mask if mask is not None else torch.ones((B, K), dtype=torch.bool, device=timesteps.device)
+        step = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, K) index from the first real step
+        token = 3 * step[..., None] + torch.arange(3, device=step.device)  # (B, K, 3)
+        if global_timestep is None:  # training: the window's first real step (the release's dataset)
+            first = (K - real.long().sum(dim=1)).clamp(max=K - 1)  # (B,)
+            global_timestep = timesteps.gather(1, first[:, None])[:, 0]
+        time = self.embed_timestep(global_timestep)[:, None, None, :] + self.embed_position(token)  # (B, K, 3, d)
+        return self.embed_ln(tokens + time)
 
     # ---------------------------------------------------------- parallel forward
     def forward(self, states: Tensor, actions: Tensor, returns_to_go: Tensor, timesteps: Tensor,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, global_timestep: Tensor | None = None) -> Tensor:
         """Action predictions (B, K, act_dim) (tanh-squashed) or logits (B, K, n_actions).
 
         states (B, K, *state_shape); actions (B, K, act_dim) float or (B, K) int64;
         returns_to_go (B, K, 1); timesteps (B, K) int64; mask (B, K) bool, True = real.
+        global_timestep (B,) int64, timestep_embedding=global_position only: the step whose
+        global embedding the whole window gets; None = the window's first real step (training).
+        The release's evaluation passes the current step instead.
         """
         self._check_inputs(states, actions, returns_to_go, timesteps, mask)
+        if global_timestep is not None and self.embed_position is None:
+            raise ValueError("global_timestep is for model.timestep_embedding=global_position; "
+                             "this model embeds each timestep (per_step)")
         B, K = states.shape[:2]
-        x = self._embed(states, actions, returns_to_go, timesteps)  # (B, K, 3, d)
+        x = self._embed(states, actions, returns_to_go, timesteps, mask, global_timestep)  # (B, K, 3, d)
         key_padding_mask = None
         if mask is not None:
             if self.zero_padded_tokens:
@@ -331,6 +378,8 @@ class DecisionModel(nn.Module):
         without padding. state (B, *state_shape); return_to_go (B, 1); timestep (B,);
         prev_action (B, act_dim) / (B,) or None at t = 0.
         """
+        if self.embed_position is not None:
+            raise UserError(RECURRENT_GLOBAL_POSITION)
         if tuple(state.shape[1:]) != self.state_shape:
             raise ValueError(f"state must have shape (B, {', '.join(map(str, self.state_shape))}), "
                              f"got {tuple(state.shape)}")

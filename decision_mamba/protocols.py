@@ -12,10 +12,8 @@ line, so `protocol=release train.lr_clamp=true` is the release with one switch c
 `protocol_label` then calls that run "release+lr_clamp=true", so that run names, wandb
 groups and the aggregator's cells never pass such a run off as either protocol.
 
-Differences that are not switches (yet), so that no protocol claims them: the Atari
-release's timestep embedding (one global table indexed by the window's first step plus a
-per-token position table) and its unpadded evaluation prefixes for t < K; see README,
-"Differences from the paper's release".
+README, "Differences from the paper's release", has one row per switch (a test keeps the
+two lists equal).
 """
 
 from __future__ import annotations
@@ -49,6 +47,9 @@ ATARI_SWITCHES: dict[str, tuple[Any, Any, str]] = {
     "train.first_update_full_lr": (False, True, "LR of the first update (release: full LR)"),
     "train.batch_order": ("with_replacement", "shuffled_epoch", "batch order within an epoch"),
     "eval.atari_resize": ("area", "linear", "frame resize interpolation (cv2.INTER_AREA / INTER_LINEAR)"),
+    "model.timestep_embedding": ("per_step", "global_position",
+                                 "timestep embedding (release: global table of one step per window + token position)"),
+    "eval.atari_short_prefix": ("padded", "unpadded", "evaluation windows for t < K (release: the unpadded prefix)"),
 }
 
 

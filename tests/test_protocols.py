@@ -50,11 +50,25 @@ def test_release_protocol_sets_every_gym_switch_and_the_release_targets(env):
 def test_release_protocol_sets_every_atari_switch():
     cfg = load_config(AtariConfig, REPO / "configs/atari/breakout.yaml", ["protocol=release"])
     assert (cfg.model.init, cfg.model.atari_embed_ln, cfg.train.lr_clamp, cfg.train.first_update_full_lr,
-            cfg.train.batch_order, cfg.eval.atari_resize) == ("release", False, False, True, "shuffled_epoch", "linear")
-    assert cfg.eval.targets == [90.0]  # Breakout's one target in the release's trainer_atari.py
+            cfg.train.batch_order, cfg.eval.atari_resize, cfg.model.timestep_embedding, cfg.eval.atari_short_prefix) == \
+        ("release", False, False, True, "shuffled_epoch", "linear", "global_position", "unpadded")
+    assert protocols.protocol_label(cfg) == "release"
     clean = load_config(AtariConfig, REPO / "configs/atari/breakout.yaml")
     assert (clean.model.init, clean.model.atari_embed_ln, clean.train.lr_clamp, clean.train.first_update_full_lr,
-            clean.train.batch_order, clean.eval.atari_resize) == ("mamba", True, True, False, "with_replacement", "area")
+            clean.train.batch_order, clean.eval.atari_resize, clean.model.timestep_embedding,
+            clean.eval.atari_short_prefix) == \
+        ("mamba", True, True, False, "with_replacement", "area", "per_step", "padded")
+
+
+# The release's one evaluation target per game (atari/mingpt/trainer_atari.py, Trainer.train).
+RELEASE_ATARI_TARGETS = {"Breakout": 90, "Qbert": 14000, "Pong": 20, "Seaquest": 1150}
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs/atari").glob("*.yaml")
+                                        if p.name != "quickstart.yaml"))
+def test_every_atari_config_evaluates_the_release_target_of_its_game(path):
+    cfg = load_config(AtariConfig, REPO / "configs/atari" / path, ["protocol=release"])
+    assert cfg.eval.targets == [float(RELEASE_ATARI_TARGETS[cfg.game])]
 
 
 def test_an_explicit_override_wins_over_the_protocol_and_shows_in_the_label():
@@ -411,3 +425,201 @@ def test_atari_resize_linear_is_cv2_inter_linear_of_the_pooled_screen():
         frames[resize] = obs[-1]
         env.close()
     assert not np.array_equal(frames["area"], frames["linear"])
+
+
+# ------------------------------------------- Atari timestep embedding, short prefixes
+def global_position_model(mixer: str = "mamba", K: int = 4, seed: int = 0, **kw) -> DecisionModel:
+    """A small discrete model with the release's Atari embedding; vector states keep it fast
+    (the frame encoder is not what is tested). Random position tables, not the release's
+    zeros, so that a wrong index shows."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(mixer=mixer, d_model=16, n_layer=2, n_head=2, dropout=0.0, max_ep_len=50,
+                      scan_backend="reference", atari_embed_ln=False, timestep_embedding="global_position", **kw)
+    model = DecisionModel(cfg, (4,), 2, discrete=True, context_len=K).eval()
+    with torch.no_grad():
+        model.embed_timestep.weight.normal_()
+        model.embed_position.weight.normal_()
+    return model
+
+
+def release_tokens(model: DecisionModel, states, actions, rtgs, timestep: int) -> torch.Tensor:
+    """model_atari.py's stem for one sequence: T states, rtgs and T actions (training, 3T
+    tokens) or T - 1 actions (evaluation, 3T - 1 tokens); the global table is gathered at one
+    `timestep` for the whole sequence, the position table at the token index; no LayerNorm."""
+    T = states.shape[0]
+    n = 3 * T - (1 if actions.shape[0] == T - 1 else 0)
+    tokens = torch.zeros(n, model.cfg.d_model)
+    tokens[0::3] = model.embed_return(rtgs)  # ret_emb
+    tokens[1::3] = model.embed_state(states)  # state_encoder
+    if actions.shape[0] > 0:
+        tokens[2::3] = model.embed_action(actions)  # action_embeddings
+    position = model.embed_timestep.weight[timestep][None] + model.embed_position.weight[:n]  # global + pos_emb
+    return tokens + position
+
+
+def layer_input(model: DecisionModel, *args, **kwargs) -> torch.Tensor:
+    """What our forward hands the first layer: the embedded, interleaved tokens (B, 3K, d)."""
+    seen = []
+    handle = model.layers[0].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(*args, **kwargs)
+    handle.remove()
+    return seen[0]
+
+
+def test_global_position_embedding_is_the_release_stem():
+    model = global_position_model(K=4)
+    B, K = 3, 4
+    g = torch.Generator().manual_seed(1)
+    states, rtg = torch.randn(B, K, 4, generator=g), torch.randn(B, K, 1, generator=g)
+    actions = torch.randint(0, 2, (B, K), generator=g)
+    timesteps = torch.tensor([[0, 1, 2, 3], [7, 8, 9, 10], [40, 41, 42, 43]])
+    ours = layer_input(model, states, actions, rtg, timesteps)
+    with torch.no_grad():
+        for b in range(B):
+            # training: the dataset's timesteps[idx:idx + 1], the window's first step
+            reference = release_tokens(model, states[b], actions[b], rtg[b], int(timesteps[b, 0]))
+            torch.testing.assert_close(ours[b], reference, rtol=0, atol=1e-6)
+    # evaluation: the current (last) step's global embedding, every token of the window
+    current = layer_input(model, states, actions, rtg, timesteps, global_timestep=timesteps[:, -1])
+    with torch.no_grad():
+        reference = release_tokens(model, states[2], actions[2, :-1], rtg[2], 43)
+    torch.testing.assert_close(current[2, :3 * K - 1], reference, rtol=0, atol=1e-6)
+    # a left-padded window (an episode shorter than K) embeds its real steps as the same steps unpadded
+    mask = torch.tensor([[False, False, True, True]] * B)
+    padded = layer_input(model, states, actions, rtg, timesteps, mask)
+    alone = layer_input(model, states[:, 2:], actions[:, 2:], rtg[:, 2:], timesteps[:, 2:])
+    torch.testing.assert_close(padded[:, 6:], alone, rtol=0, atol=1e-6)
+    assert torch.equal(padded[:, :6], torch.zeros_like(padded[:, :6]))  # masked: pads zeroed
+
+
+def test_per_step_embedding_is_one_table_row_per_timestep():
+    torch.manual_seed(0)
+    model = DecisionModel(ModelConfig(mixer="mamba", d_model=16, n_layer=1, dropout=0.0, max_ep_len=50,
+                                      atari_embed_ln=False), (4,), 2, discrete=True).eval()
+    states, rtg, actions = torch.randn(1, 3, 4), torch.randn(1, 3, 1), torch.tensor([[1, 0, 1]])
+    timesteps = torch.tensor([[5, 6, 7]])
+    ours = layer_input(model, states, actions, rtg, timesteps)[0]
+    with torch.no_grad():
+        emb = [model.embed_return(rtg[0]), model.embed_state(states[0]), model.embed_action(actions[0])]
+        reference = torch.stack(emb, dim=1) + model.embed_timestep.weight[timesteps[0]][:, None]
+    torch.testing.assert_close(ours, reference.reshape(9, -1), rtol=0, atol=1e-6)
+    assert model.embed_position is None and "embed_position.weight" not in model.state_dict()
+
+
+def test_global_position_state_dict_keys_and_release_init():
+    model = global_position_model(K=5)
+    keys = model.state_dict()
+    assert tuple(keys["embed_position.weight"].shape) == (15, 16)  # 3K tokens
+    assert tuple(keys["embed_timestep.weight"].shape) == (50, 16)  # the global table
+    # a checkpoint of the other embedding does not load silently
+    per_step = DecisionModel(ModelConfig(mixer="mamba", d_model=16, n_layer=2, max_ep_len=50), (4,), 2, discrete=True)
+    with pytest.raises(RuntimeError, match="embed_position"):
+        per_step.load_state_dict(keys)
+    # minGPT: pos_emb and global_pos_emb are nn.Parameter(torch.zeros(...)), untouched by _init_weights
+    release = DecisionModel(ModelConfig(mixer="mamba", d_model=16, n_layer=1, init="release",
+                                        timestep_embedding="global_position"), (4,), 2, discrete=True, context_len=5)
+    assert torch.equal(release.embed_position.weight, torch.zeros(15, 16))
+    assert torch.equal(release.embed_timestep.weight, torch.zeros_like(release.embed_timestep.weight))
+    with pytest.raises(ValueError, match="context length"):
+        DecisionModel(ModelConfig(timestep_embedding="global_position"), (4,), 2, discrete=True)
+    with pytest.raises(ValueError, match="longer than the position table"):
+        model(torch.zeros(1, 6, 4), torch.zeros(1, 6, dtype=torch.int64), torch.zeros(1, 6, 1),
+              torch.zeros(1, 6, dtype=torch.int64))
+
+
+def test_the_recurrent_step_refuses_the_global_position_embedding():
+    from decision_mamba.errors import UserError
+
+    with pytest.raises(ConfigError, match="eval.mode=recurrent cannot run model.timestep_embedding=global_position"):
+        load_config(AtariConfig, REPO / "configs/atari/breakout.yaml", ["protocol=release", "eval.mode=recurrent"])
+    load_config(AtariConfig, REPO / "configs/atari/breakout.yaml", ["protocol=release",
+                                                                    "model.timestep_embedding=per_step",
+                                                                    "eval.mode=recurrent"])  # fine
+    model = global_position_model()
+    with pytest.raises(UserError, match="use eval.mode=window"):
+        model.step(torch.zeros(1, 4), torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), None, model.init_state(1))
+    for key in ("model.timestep_embedding=global_position", "eval.atari_short_prefix=unpadded"):
+        with pytest.raises(ConfigError, match="Atari release's"):
+            load_config(GymConfig, REPO / "configs/gym/hopper-medium.yaml", [key])
+
+
+class LogitRecorder(nn.Module):
+    """Wraps a model; keeps the logits the evaluation acted on at each step."""
+
+    def __init__(self, model: DecisionModel):
+        super().__init__()
+        self.model = model
+        self.cfg, self.discrete, self.act_dim = model.cfg, model.discrete, model.act_dim
+        self.embed_position = model.embed_position
+        self.logits = []
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.logits.append(out[:, -1].clone())
+        return out
+
+
+def release_episode_logits(model: DecisionModel, seed: int, target: float, K: int, max_steps: int) -> list:
+    """trainer_atari.py get_returns + utils.sample for one episode, greedy: the states, rtgs and
+    actions so far, cropped to the last K (actions: K - 1 of them, the stem drops the rest),
+    unpadded while t < K, the global embedding of the current step j; logits of the last state."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    states, actions, rtgs, logits = [], [], [target], []
+    with torch.no_grad():
+        for j in range(max_steps):
+            states.append(torch.as_tensor(obs, dtype=torch.float32))
+            T = min(len(states), K)
+            x = release_tokens(model, torch.stack(states[-T:]), torch.tensor(actions[len(actions) - (T - 1):],
+                               dtype=torch.int64), torch.tensor(rtgs[-T:], dtype=torch.float32)[:, None],
+                               min(j, model.cfg.max_ep_len - 1))[None]
+            for layer in model.layers:
+                x = layer(x)
+            step_logits = model.action_head(model.ln_f(x))[0, -1]  # the last token is the last state's
+            logits.append(step_logits)
+            action = int(step_logits.argmax())
+            obs, reward, terminated, truncated, _ = env.step(action)
+            actions.append(action)
+            rtgs.append(rtgs[-1] - reward)
+            if terminated or truncated:
+                break
+    env.close()
+    return logits
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "attention"])
+def test_unpadded_short_prefix_is_the_release_evaluation(mixer):
+    import gymnasium as gym
+
+    from decision_mamba.evaluation import evaluate_batched
+
+    K, max_steps, targets, seed = 4, 12, np.array([20.0, 5.0]), 3
+    model = global_position_model(mixer, K=K, init="release")
+    if mixer == "mamba":  # weights big enough for the pads' trace in Mamba's state to show (~1e-5 at init)
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.mixer.conv1d.bias.normal_(0, 2)
+                layer.mixer.x_proj.weight.normal_(0, 0.3)
+    results = {}
+    for prefix in ("unpadded", "padded"):
+        recorder = LogitRecorder(model)
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * len(targets),
+                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        stats = evaluate_batched(recorder, envs, targets, context_len=K, rtg_scale=1.0, max_ep_len=max_steps,
+                                 seed=seed, short_prefix=prefix)
+        envs.close()
+        results[prefix] = (torch.stack(recorder.logits), stats)  # (steps, E, n_actions)
+    for i, target in enumerate(targets):
+        reference = torch.stack(release_episode_logits(model, seed + i, float(target), K, max_steps))
+        ours, stats = results["unpadded"]
+        assert stats.lengths[i] == len(reference) and stats.lengths[i] > K  # full windows reached too
+        torch.testing.assert_close(ours[:len(reference), i], reference, rtol=1e-5, atol=1e-6)
+        # today's padded prefixes: the same from t = K - 1 on (full windows); before, attention
+        # masks the pads and Mamba sees them (their embeddings are zero, its conv bias is not)
+        padded = results["padded"][0][:len(reference), i]
+        torch.testing.assert_close(padded[K - 1:], reference[K - 1:], rtol=1e-5, atol=1e-6)
+        if mixer == "mamba":
+            assert (padded[1:K - 1] - reference[1:K - 1]).abs().max() > 1e-5
