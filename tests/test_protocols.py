@@ -353,6 +353,43 @@ def test_shuffled_epoch_visits_every_release_start_once_per_epoch():
     assert len(first) == num_starts and sorted(first) == sorted(second) and not np.array_equal(first, second)
 
 
+def test_release_atari_lr_at_every_epoch_boundary_through_the_training_wiring():
+    """train_atari.py's own wiring (epoch_schedule: shuffled epochs, final_tokens) under
+    protocol=release against trainer_atari.py's loop: DataLoader batches of B over the
+    len(data) - 3K starts (the last one smaller), tokens += (y >= 0).sum() = batch * K after
+    each update, the LR set after it, the first update at the optimizer's full LR."""
+    lengths, K, B, lr, epochs = [11, 9, 14, 8], 2, 4, 6e-4, 10
+    n = sum(lengths)
+    episodes = [{"observations": np.zeros((k, 1), np.float32), "actions": np.zeros(k, np.int64),
+                 "rewards": np.ones(k, np.float32)} for k in lengths]
+    traj = Trajectories.from_episodes(episodes)
+    cfg = load_config(AtariConfig, None, ["protocol=release", f"train.context_len={K}", f"train.batch_size={B}",
+                                          "train.warmup_tokens=16", f"train.learning_rate={lr}"])
+    torch.manual_seed(0)
+    model = DecisionModel(ModelConfig(mixer="conv", d_model=8, n_layer=1), (1,), 2, discrete=True)
+    draw, steps_per_epoch, final_tokens = load_train_atari().epoch_schedule(traj, cfg, lambda: trainer.step)
+    trainer = Trainer(model, cfg.train, draw, np.random.default_rng(0), torch.device("cpu"), final_tokens=final_tokens)
+    used = [trainer.train_step().lr for _ in range(epochs * steps_per_epoch)]
+
+    dataset_len = n - 3 * K  # StateActionReturnDataset.__len__
+    assert final_tokens == 2 * dataset_len * K * 3  # train_atari.py's final_tokens
+    batches = [B] * (dataset_len // B) + ([dataset_len % B] if dataset_len % B else [])
+    expected, tokens, current = [], 0, lr
+    for _ in range(epochs):
+        for size in batches:
+            expected.append(current)
+            tokens += size * K
+            if tokens < 16:
+                mult = tokens / 16
+            else:
+                mult = max(0.1, 0.5 * (1.0 + math.cos(math.pi * (tokens - 16) / max(1, final_tokens - 16))))
+            current = lr * mult
+    assert steps_per_epoch == len(batches) and len(used) == len(expected)
+    boundaries = [e * len(batches) for e in range(epochs)]  # the first update of every epoch
+    assert [used[i] for i in boundaries] == pytest.approx([expected[i] for i in boundaries], rel=1e-12)
+    assert used == pytest.approx(expected, rel=1e-12)
+
+
 # -------------------------------------------------------------------- naming
 def test_one_naming_scheme_for_hand_runs_and_sweeps():
     from decision_mamba import sweep
