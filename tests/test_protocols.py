@@ -390,6 +390,33 @@ def test_release_atari_lr_at_every_epoch_boundary_through_the_training_wiring():
     assert used == pytest.approx(expected, rel=1e-12)
 
 
+def readme_switch_rows() -> dict[str, list[str]]:
+    """README "Differences from the paper's release": {config key: its row's cells}."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Differences from the paper's release"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].split("`")[1]] = cells
+    return rows
+
+
+def test_the_readme_table_has_one_row_per_switch_with_the_release_value():
+    rows = readme_switch_rows()
+    switches = {**protocols.GYM_SWITCHES, **protocols.ATARI_SWITCHES}
+    assert set(rows) == {"protocol", *switches}  # no switch missing, none the code does not have
+    for key, (clean, release, _) in switches.items():
+        release_cell, ours_cell = rows[key][1], rows[key][2]
+        if key == "eval.targets":
+            for env, targets in protocols.RELEASE_GYM_TARGETS.items():
+                assert f"{env} " + " ".join(f"{t:g}" for t in targets) in release_cell
+        else:
+            assert release_cell.startswith(f"`{release}`" if isinstance(release, str) else str(release).lower()), key
+            assert ours_cell.startswith(f"`{clean}`" if isinstance(clean, str) else str(clean).lower()), key
+
+
 # -------------------------------------------------------------------- naming
 def test_one_naming_scheme_for_hand_runs_and_sweeps():
     from decision_mamba import sweep
