@@ -436,6 +436,18 @@ def test_one_naming_scheme_for_hand_runs_and_sweeps():
     assert run.name == naming.run_name(cfg) and run.group == naming.run_group(cfg, table=1)
 
 
+@pytest.mark.parametrize("table", [2, 4])
+def test_the_atari_table_runs_default_to_every_release_switch(table):
+    from decision_mamba import sweep
+
+    runs = sweep.table_runs(table, seeds=[123])  # --protocol defaults to release
+    assert runs and all(run.name.endswith("-release-s123") and run.group.endswith("/release") for run in runs)
+    for run in runs:
+        cfg = load_config(AtariConfig, REPO / run.config, list(run.overrides))
+        assert protocols.values("release", "atari") == {key: protocols._lookup(cfg, key)
+                                                        for key in protocols.ATARI_SWITCHES}, run.name
+
+
 # ----------------------------------------------------------------- aggregator
 def test_the_aggregator_never_averages_two_protocols_in_one_cell(tmp_path):
     import csv
