@@ -79,3 +79,21 @@ def test_missing_replay_files_are_named(tmp_path):
     assert proc.returncode != 0
     assert "$store$_observation_ckpt" in out and "Breakout" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_release_protocol_trains_and_its_checkpoint_reproduces_the_evaluation(replay_root, tmp_path):
+    """protocol=release end to end: the global-position embedding's extra table is in the
+    checkpoint, the evaluate command rebuilds it (context_len) and replays the unpadded
+    short-prefix evaluation exactly."""
+    tiny = [a for a in TINY if not a.startswith(("train.num_iterations", "train.steps_per_iteration"))]
+    args = ["--config", "configs/atari/breakout.yaml", f"data_dir={replay_root}", "protocol=release", *tiny,
+            "train.num_iterations=1", "train.steps_per_iteration=5", f"run.out_dir={tmp_path}", "run.name=run"]
+    finish(experiment(args))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "iter_001.pt", weights_only=True)
+    assert tuple(state["trainer"]["model"]["embed_position.weight"].shape) == (3 * 4, 32)  # 3K rows
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    done = evaluate_command(tmp_path / "run", "--json", tmp_path / "eval.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["targets"] == records[-1]["eval"]
+    refused = evaluate_command(tmp_path / "run", "--mode", "recurrent")
+    assert refused.returncode == 2 and "use eval.mode=window" in refused.stderr
