@@ -3,6 +3,8 @@
 Paper §3 (Eq. 6-12) and REFERENCE §2. The last K timesteps of a trajectory become 3K
 tokens R_1, s_1, a_1, R_2, s_2, a_2, ...; each modality has its own embedding, a learned
 timestep embedding is added to the three tokens of a timestep, then a LayerNorm (Eq. 7).
+(The Atari release, like DT's Atari model, instead adds one global timestep embedding per
+window and a learned per-token position: ModelConfig.timestep_embedding=global_position.)
 N layers of
 
     x = x + TokenMixer(LN(x))          (Eq. 8)
