@@ -165,9 +165,9 @@ install() {
         local wheel
         wheel="$(ls "$WHEELS"/torch-*.whl 2>/dev/null | tail -1)"
         [[ -n "$wheel" ]] || { echo "no CUDA torch in $PY and none in $WHEELS: prepare the wheels without --no-torch"; return 1; }
-        echo "torch: none with CUDA in $PY; installing $wheel and what it needs from $WHEELS"
+        echo "torch: none with CUDA in $PY; installing $wheel (what it needs comes with the rest, below)"
         # --ignore-installed: a CPU torch of the same version there must not count as installed.
-        "$VPY" -m pip install --no-index --find-links "$WHEELS" --ignore-installed "$wheel" || return 1
+        "$VPY" -m pip install --no-index --no-deps --ignore-installed "$wheel" || return 1
         "$VPY" -c 'import torch; print("torch==" + torch.__version__)' > "$cons" || return 1
     fi
     if ls "$WHEELS"/mamba_ssm-*.whl >/dev/null 2>&1 || { [[ $BUILD_MAMBA == 1 ]] && ls "$WHEELS"/mamba_ssm-*.tar.gz >/dev/null 2>&1; }; then
@@ -193,7 +193,9 @@ install() {
 VPY="$PY"
 STATUS=0
 if [[ -n "$WHEELS" ]]; then
-    phase install install || die "installing from $WHEELS failed (above); the log is $PREFIX.log"
+    phase install install || {
+        "$PY" scripts/gpu_check_report.py report "$WORK" "$PREFIX" >/dev/null
+        die "installing from $WHEELS failed (above); wrote $PREFIX.md and $PREFIX.log"; }
 fi
 phase info "$VPY" scripts/gpu_check_report.py info "$DEVICE" "$WORK/info.json" || {
     "$VPY" scripts/gpu_check_report.py report "$WORK" "$PREFIX" >/dev/null; die "no usable device (above); wrote $PREFIX.md"; }

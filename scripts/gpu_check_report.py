@@ -124,7 +124,7 @@ def report(work: Path, prefix: Path) -> int:
     v = info_record.get("versions", {})
     gpus = ", ".join(f"{g['name']} (sm {g['capability']}, {g['memory_gib']} GiB)" for g in info_record.get("gpus", []))
     driver = ", ".join(s.get("driver", s.get("error", "?")) for s in info_record.get("nvidia_smi", []))
-    lines = [f"# GPU check on {info_record.get('host', '?')}: {'passed' if ok else 'FAILED'}", "",
+    lines = [f"# GPU check on {info_record.get('host', platform.node())}: {'passed' if ok else 'FAILED'}", "",
              f"Device `{info_record.get('device')}`{': a dry run on the CPU, not a GPU result' if info_record.get('device') == 'cpu' else ''}. "
              f"{total:.0f} s in all ({'within' if total < BUDGET_S else 'OVER'} the {BUDGET_S // 60}-minute budget).", "",
              *([f"**{info_record['error']}**", ""] if info_record.get("error") else []),
