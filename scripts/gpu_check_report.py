@@ -83,6 +83,11 @@ def info(device: str, out: Path) -> int:
                            f"check the driver (nvidia-smi) and that this torch is a CUDA build")
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
+    v = record["versions"]
+    print(f"torch {v['torch']} (CUDA {record['torch_cuda']}), triton {v['triton']}, mamba-ssm {v['mamba-ssm']}; "
+          f"GPU {', '.join(g['name'] for g in record.get('gpus', [])) or 'none'}, driver "
+          f"{', '.join(s.get('driver', '?') for s in record['nvidia_smi'])}")
+    print(f"scan backend (auto): {record.get('scan_backend_auto')} ({record.get('scan_backend_reason', record.get('error'))})")
     return 0 if ok else 1
 
 
