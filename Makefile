@@ -3,6 +3,8 @@
 #   make test   create .venv, install, run the test suite
 #   make run-atari  record a small DQN-replay-format dataset from the real emulator, train and evaluate DMamba on it
 # On a GPU machine: make install GPU=1 (README, "GPU install")
+#   make gpu-wheels  (with internet) the wheels the GPU check installs, into $(GPU_WHEELS)
+#   make gpu-check   (on the GPU machine, no internet) scripts/gpu_check.sh: tests, benchmark, results/gpu-check-*
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -13,11 +15,16 @@ EXTRAS ?= dev
 GPU    ?=
 MAMBA_SSM ?= mamba-ssm>=2.2.2,<2.4
 PY      = $(VENV)/bin/python
+# The GPU check (README, "GPU check"). GPU_WHEELS_ARGS e.g. "--python-version 3.12 --no-torch
+# --have have.txt"; GPU_CHECK_ARGS e.g. "--quick", "--out DIR", "--build-mamba".
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEELS_ARGS ?=
+GPU_CHECK_ARGS ?=
 # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning torch
 # and numba thread pools steal each other's cores (a DT step went from 0.27 s to 2.5 s).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run run-atari test bench clean
+.PHONY: install run run-atari test bench gpu-wheels gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +54,13 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench.py
+
+gpu-wheels:
+	scripts/gpu_check.sh --prepare $(GPU_WHEELS) --torch "$(TORCH)" --mamba "$(MAMBA_SSM)" $(GPU_WHEELS_ARGS)
+
+# No install step: the machine has no internet; the wheels (if any) are all it gets.
+gpu-check:
+	scripts/gpu_check.sh $(wildcard $(GPU_WHEELS)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

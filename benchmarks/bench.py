@@ -233,14 +233,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter episodes")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="cuda: the GPU benchmark of bench_gpu.py (give --out a new file)")
+                        help="cuda: the GPU benchmark, benchmarks/bench_gpu.py (its --out default: results/bench_gpu.md)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda":
-        from bench_gpu import run as run_cuda  # benchmarks/ is on sys.path when run as a script
+        from bench_gpu import main as cuda_main  # benchmarks/ is on sys.path when run as a script
 
-        run_cuda(args.out, args.quick)
+        out = [] if args.out == parser.get_default("out") else ["--out", args.out]  # never this CPU table
+        cuda_main(["--device", "cuda", *(["--quick"] if args.quick else []), *out])
         return
     if args.memory_child:
         peak_memory_child(args.memory_child, args.steps)

@@ -62,8 +62,10 @@ class _ParallelSSM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor):
-        _, h = _states(u, delta, A, B)  # (B, D, L, N)
-        y = torch.einsum("bdln,bnl->bdl", h, C)  # (B, D, L)
+        # Under bf16/fp16 autocast the einsums would run in the low dtype: the scan is float32.
+        with torch.autocast(u.device.type, enabled=False):
+            _, h = _states(u, delta, A, B)  # (B, D, L, N)
+            y = torch.einsum("bdln,bnl->bdl", h, C)  # (B, D, L)
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.set_materialize_grads(False)
         return y, h[:, :, -1].clone()  # (B, D, L), (B, D, N)
@@ -71,6 +73,9 @@ class _ParallelSSM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):
         u, delta, A, B, C = ctx.saved_tensors
+        # The backward runs outside autocast; an incoming gradient may be bf16/fp16 all the same.
+        dy = None if dy is None else dy.to(u.dtype)
+        dh_last = None if dh_last is None else dh_last.to(u.dtype)
         decay, h = _states(u, delta, A, B)  # (B, D, L, N) each
         # Adjoint g_t = dLoss/dh_t = C_t dy_t + a_{t+1} g_{t+1}, plus dh_last at t = L:
         # a linear scan over reversed time with coefficients a_{t+1} (0 past the end).

@@ -205,6 +205,23 @@ def test_mamba_hands_the_scan_float32_A_D_and_dt_bias_in_bfloat16(monkeypatch):
     torch.testing.assert_close(y.float(), expected, rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parallel_scan_under_autocast_scans_and_differentiates_in_float32(dtype):
+    # The trainer's backward runs outside autocast: a scan whose forward let autocast run its
+    # einsums in the low dtype got a low-dtype dy and failed there ("expected m1 and m2 to
+    # have the same dtype").
+    torch.manual_seed(0)
+    block = Mamba(16, scan_backend="parallel")
+    x = torch.randn(2, 7, 16)
+    expected = torch.autograd.grad(block(x).square().sum(), list(block.parameters()))
+    with torch.autocast("cpu", dtype=dtype):
+        y = block(x)
+    grads = torch.autograd.grad(y.float().square().sum(), list(block.parameters()))
+    for got, want in zip(grads, expected):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+
+
 def tiny_trainer(overrides=(), tmp_path="runs"):
     cfg = load_config(GymConfig, None, [
         "model.mixer=mamba", "model.d_model=16", "model.n_layer=1", "model.max_ep_len=20", "train.batch_size=4",
