@@ -37,6 +37,7 @@ import torch
 from numba import prange
 from torch import Tensor, nn
 
+from decision_mamba.mixers import mixer_spec
 from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
 __all__ = ["fused_step_applies", "fused_layers_step"]
@@ -287,10 +288,12 @@ def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------ entry points
 def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
-    """Whether `fused_layers_step` may run this step: a DMamba in eval mode, CPU tokens in
-    float32/float64, no gradient wanted, and a scan backend that allows it (not "reference")."""
+    """Whether `fused_layers_step` may run this step: a model whose mixer's MIXERS entry names
+    this module (DMamba) in eval mode, CPU tokens in float32/float64, no gradient wanted, and
+    a scan backend that allows it (not "reference")."""
     cfg = model.cfg
-    return (cfg.mixer == "mamba" and cfg.scan_backend in ("auto", "fused") and x.device.type == "cpu"
+    return (mixer_spec(cfg.mixer).fused_step == __name__ and cfg.scan_backend in ("auto", "fused")
+            and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and not model.training
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))
 
