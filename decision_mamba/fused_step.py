@@ -22,7 +22,8 @@ contiguous and free of reductions, so LLVM vectorises it without reassociating s
 (which the kernels avoid: see selective_scan.py). The transposed copies are made once and
 remade when a parameter changes (a new tensor, or an in-place update, which torch counts
 in `Tensor._version`), checked at every call by reading the weights off the modules: no
-process-wide torch hooks.
+process-wide torch hooks. Not seen: an in-place write through `param.data` (`.data` is a
+tensor with a version counter of its own); change weights under `torch.no_grad()` instead.
 """
 
 from __future__ import annotations
