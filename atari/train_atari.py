@@ -24,7 +24,8 @@ from decision_mamba.data.sampler import gather_windows, sample_batch, window_end
 from decision_mamba.envs import atari_env_id, make_atari_vector_env, num_actions
 from decision_mamba.errors import DataError, cli_main
 from decision_mamba.evaluate import evaluate_policy, evaluation_seed
-from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.mixers import paper_name
+from decision_mamba.model import DecisionModel
 from decision_mamba.naming import run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.trainer import Trainer, resolve_device
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"run directory: {summary['run_dir']}")
     for which in ("last", "best"):
         if summary[which] is not None:
-            print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "
+            print(f"{paper_name(cfg.model.mixer)} on {cfg.game}, {which} evaluation "
                   f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f}")
     return summary
 

@@ -52,7 +52,8 @@ def peak_rss_bytes() -> int:
 
 def synthetic_buffer(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, ...]:
     """`rows` rows in dopamine's layout: padded episodes of 400-1200 steps, structured frames."""
-    from decision_mamba.data.atari_replay import PADDING_ROWS, add_episode_padding
+    from decision_mamba.data.atari_replay import PADDING_ROWS
+    from decision_mamba.data.dqn_replay_writer import add_episode_padding
 
     lengths = []
     while sum(lengths) + PADDING_ROWS * len(lengths) < rows:
@@ -72,7 +73,7 @@ def synthetic_buffer(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, .
 
 
 def write_buffers(root: Path, num_buffers: int) -> None:
-    from decision_mamba.data.atari_replay import write_replay_buffer
+    from decision_mamba.data.dqn_replay_writer import write_replay_buffer
 
     rng = np.random.default_rng(0)
     for index in range(num_buffers):

@@ -41,8 +41,9 @@ from decision_mamba import naming  # noqa: E402
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
+from decision_mamba.mixers import model_name, spec_of_model  # noqa: E402
 from decision_mamba.protocols import protocol_label  # noqa: E402
-from decision_mamba.sweep import MODEL_OF_MIXER, TABLES  # noqa: E402
+from decision_mamba.sweep import TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
 # The paper's numbers (REFERENCE §1), keyed by table, then (dataset, column):
@@ -95,14 +96,26 @@ PAPER_NUMBERS: dict[int, dict[tuple[str, str], tuple[float, float | None]]] = {
 TABLE_TITLES = {
     1: "Table 1: D4RL normalized score",
     2: "Table 2: Atari gamer-normalized score",
-    3: "Table 3: ablation on the medium datasets (DMamba)",
-    4: "Table 4: context length K on Atari (DMamba)",
+    3: "Table 3: ablation on the medium datasets",
+    4: "Table 4: context length K on Atari",
 }
 # What the column that varies within a dataset is called, per table.
 COLUMN_HEADERS = {1: "Model", 2: "Model", 3: "Variant", 4: "K"}
-DISPLAY_NAMES = {"dmamba": "DMamba", "dt": "DT", "dc": "DC", "ds4": "DS4",
-                 "default": "default", "rc": "RC", "rc-2l": "RC & 2L",
+VARIANT_NAMES = {"default": "default", "rc": "RC", "rc-2l": "RC & 2L",
                  "k10": "K=10", "k30": "K=30", "k40": "K=40", "k60": "K=60"}
+
+
+def table_title(table: int) -> str:
+    """TABLE_TITLES[table], with the model's name where the table has one model (Tables 3 and 4)."""
+    models = TABLES[table].models
+    return TABLE_TITLES[table] + (f" ({display_name(models[0])})" if len(models) == 1 else "")
+
+
+def display_name(column: str) -> str:
+    """A column as the paper prints it: a model's paper name (mixers.MIXERS) or a variant's."""
+    spec = spec_of_model(column)
+    return spec.paper_name if spec is not None else VARIANT_NAMES.get(column, column)
+
 
 # table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group); older runs lack the protocol.
 GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)(?:/(?P<protocol>[^/]+))?$")
@@ -146,7 +159,7 @@ class RunRecord:
 
 def _column_from_config(table: int, cfg: dict) -> str:
     """The cell's column for a run directory not made by the sweep."""
-    model = MODEL_OF_MIXER.get(cfg["model"]["mixer"], cfg["model"]["mixer"])
+    model = model_name(cfg["model"]["mixer"])
     if table == 3:
         if cfg["model"].get("channel_mlp", True):
             return "default"
@@ -196,7 +209,7 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
     match = GROUP_PATTERN.match(cfg.get("run", {}).get("wandb_group", "") or "")
     if match:  # made by decision_mamba.sweep: table<N>/<dataset>/<model>[-<variant>]
         run_table, dataset, label = int(match["table"]), match["dataset"], match["label"]
-        model = MODEL_OF_MIXER.get(cfg["model"]["mixer"], cfg["model"]["mixer"])
+        model = model_name(cfg["model"]["mixer"])
         column = label.removeprefix(f"{model}-") if run_table in (3, 4) else model
     else:
         run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)
@@ -253,7 +266,7 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
     rows = []
     for dataset, column, protocol in cells:
         row = {"table": table, "dataset": dataset, "column": column, "protocol": protocol,
-               "name": DISPLAY_NAMES.get(column, column), "seeds_expected": len(TABLES[table].seeds)}
+               "name": display_name(column), "seeds_expected": len(TABLES[table].seeds)}
         if (dataset, column, protocol) in stats.index:
             row.update(stats.loc[(dataset, column, protocol)].to_dict())
         else:
@@ -327,7 +340,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
                     note: str | None, produced_by: str | None, aggregate_command: str) -> str:
     done = [r for r in runs if r.complete]
     incomplete = [r for r in runs if not r.complete]
-    lines = [f"# {title or TABLE_TITLES[table] + ', reproduction'}", ""]
+    lines = [f"# {title or table_title(table) + ', reproduction'}", ""]
     if note:
         lines += [note, ""]
     lines += [
@@ -407,7 +420,7 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
             curves = [r.curve for r in runs
                       if r.dataset == dataset and r.column == column and r.protocol == protocol and r.curve]
             mean = _mean_curve(curves)
-            label = (f"{DISPLAY_NAMES.get(column, column)}, {protocol} "
+            label = (f"{display_name(column)}, {protocol} "
                      f"({len(curves)} seed{'s' if len(curves) > 1 else ''})")
             line, = ax.plot(mean["step"], mean["mean"], marker="o", markersize=3, label=label)
             ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from decision_mamba.mixers import mixer_spec
 from decision_mamba.selective_scan import resolve_scan_backend
 
 __all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute"]
@@ -51,7 +52,7 @@ def _version(package: str) -> str | None:
 def describe_compute(cfg: Any, device: torch.device) -> dict[str, Any]:
     """Device, precision and the selective scan that runs, with the reason (a GymConfig or AtariConfig)."""
     device = torch.device(device)
-    if cfg.model.mixer == "mamba":
+    if mixer_spec(cfg.model.mixer).uses_scan:
         backend, reason = resolve_scan_backend(cfg.model.scan_backend, device)
     else:
         backend, reason = "none", f"the {cfg.model.mixer} mixer has no selective scan"

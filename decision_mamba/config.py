@@ -20,11 +20,9 @@ from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
 from decision_mamba.errors import UserError
 from decision_mamba.model import RECURRENT_GLOBAL_POSITION, ModelConfig
+from decision_mamba.mixers import MIXERS, describe_mixers
 from decision_mamba.compute import PRECISIONS
 from decision_mamba.selective_scan import BACKENDS
-
-VALID_MIXERS = ("mamba", "attention", "conv", "s4")
-
 
 class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema."""
@@ -184,7 +182,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: GymConfig | AtariConfig) -> None:
     """What the types cannot say."""
     m, t, e = cfg.model, cfg.train, cfg.eval
-    _check(m.mixer in VALID_MIXERS, f"model.mixer must be one of {VALID_MIXERS}, got {m.mixer!r}")
+    _check(m.mixer in MIXERS, f"model.mixer must be one of {describe_mixers()}, got {m.mixer!r}")
     _check(m.scan_backend in BACKENDS, f"model.scan_backend must be one of {', '.join(BACKENDS)}, "
                                        f"got {m.scan_backend!r}")
     _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
@@ -200,6 +198,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
            f"train.lr_schedule must be linear_warmup or warmup_cosine_tokens, got {t.lr_schedule!r}")
     _check(t.rtg_scale > 0, "train.rtg_scale must be positive")
     _check(e.mode in ("window", "recurrent"), f"eval.mode must be window or recurrent, got {e.mode!r}")
+    _check(e.mode == "window" or MIXERS[m.mixer].recurrent,
+           f"eval.mode=recurrent needs a mixer with a recurrent step; {m.mixer} has none: use eval.mode=window")
     _check(e.episodes > 0, f"eval.episodes (per target) must be positive, got {e.episodes}")
     _check(len(e.targets) > 0 and all(math.isfinite(x) for x in e.targets),
            f"eval.targets needs at least one target return, all finite, got {e.targets}")

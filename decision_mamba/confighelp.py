@@ -3,7 +3,8 @@
 The descriptions are the comments of the config dataclasses (config.py, model.py): the
 comment at the end of a field's line, or else the comment lines right above it. One home
 per description, and the dataclasses stay plain to read; tests/test_confighelp.py checks
-that every field has one.
+that every field has one. A dataclass may add a `field_help()` classmethod for fields whose
+choices come from a registry (ModelConfig: the token mixers of mixers.MIXERS).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, value, description) for every leaf field of the dataclass instance `cfg`."""
     rows = []
     comments = field_comments(type(cfg))
+    if hasattr(type(cfg), "field_help"):  # choices read from a registry (ModelConfig.mixer: mixers.MIXERS)
+        comments = {**comments, **type(cfg).field_help()}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):

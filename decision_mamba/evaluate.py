@@ -33,7 +33,8 @@ from decision_mamba.checkpoint import CheckpointError, checkpoint_path, list_che
 from decision_mamba.config import AtariConfig, ConfigError, GymConfig, validate
 from decision_mamba.errors import cli_main
 from decision_mamba.evaluation import evaluate_batched, summarize
-from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.mixers import paper_name
+from decision_mamba.model import DecisionModel
 from decision_mamba.scores import atari_normalized_score, d4rl_normalized_score
 from decision_mamba.trainer import resolve_device
 
@@ -159,7 +160,7 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     finally:
         envs.close()
     return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),
-            "model": MODEL_NAMES.get(cfg.model.mixer, cfg.model.mixer), "env_id": identity.get("env_id"),
+            "model": paper_name(cfg.model.mixer), "env_id": identity.get("env_id"),
             "seed": seed, "mode": cfg.eval.mode, "episodes_per_target": cfg.eval.episodes,
             "targets": results, "code": identity.get("code"), "threads": identity.get("threads")}
 

@@ -22,7 +22,8 @@ contiguous and free of reductions, so LLVM vectorises it without reassociating s
 (which the kernels avoid: see selective_scan.py). The transposed copies are made once and
 remade when a parameter changes (a new tensor, or an in-place update, which torch counts
 in `Tensor._version`), checked at every call by reading the weights off the modules: no
-process-wide torch hooks.
+process-wide torch hooks. Not seen: an in-place write through `param.data` (`.data` is a
+tensor with a version counter of its own); change weights under `torch.no_grad()` instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from numba import prange
 from torch import Tensor, nn
 
+from decision_mamba.mixers import mixer_spec
 from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
 __all__ = ["fused_step_applies", "fused_layers_step"]
@@ -287,10 +289,12 @@ def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------ entry points
 def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
-    """Whether `fused_layers_step` may run this step: a DMamba in eval mode, CPU tokens in
-    float32/float64, no gradient wanted, and a scan backend that allows it (not "reference")."""
+    """Whether `fused_layers_step` may run this step: a model whose mixer's MIXERS entry names
+    this module (DMamba) in eval mode, CPU tokens in float32/float64, no gradient wanted, and
+    a scan backend that allows it (not "reference")."""
     cfg = model.cfg
-    return (cfg.mixer == "mamba" and cfg.scan_backend in ("auto", "fused") and x.device.type == "cpu"
+    return (mixer_spec(cfg.mixer).fused_step == __name__ and cfg.scan_backend in ("auto", "fused")
+            and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and not model.training
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))
 

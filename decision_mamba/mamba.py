@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from numba import prange
 from torch import Tensor, nn
 
+from decision_mamba.mixers import _check_padding_mask
 from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan,
                                            use_torch_thread_count)
 
@@ -324,11 +325,7 @@ class Mamba(nn.Module):
                              f"got dtype {x.dtype}; cast it with x.float()")
         if x.shape[1] == 0:
             raise ValueError("Mamba.forward: the sequence is empty (seq_len = 0); pass at least one token")
-        if key_padding_mask is not None and (not isinstance(key_padding_mask, Tensor)
-                                             or key_padding_mask.shape != x.shape[:2]):
-            got = tuple(key_padding_mask.shape) if isinstance(key_padding_mask, Tensor) else type(key_padding_mask)
-            raise ValueError(f"Mamba.forward: key_padding_mask must have shape (batch, seq_len) = "
-                             f"{tuple(x.shape[:2])}, got {got}")
+        _check_padding_mask(key_padding_mask, x, "Mamba")  # the rule every mixer shares: bool (B, L)
 
     def _check_step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> None:
         expected = f"(batch, {self.d_model})"

@@ -16,21 +16,23 @@ pad tokens a fixed embedding if their outputs are to be independent of pad value
 - `CausalSelfAttention`: DT (GPT-2 style masked multi-head attention), step = KV cache.
 - `TokenTypeConv`: DC (depthwise causal convolution, one kernel per token type R/s/a).
 - `S4DMixer`: DS4 (a diagonal S4 layer, S4D-Lin init, FFT convolution, GELU, GLU).
-- `build_mixer(name, d_model, **kwargs)`: the registry, "mamba" loaded from
-  `decision_mamba.mamba` on demand.
+- `MIXERS`: the registry, one `MixerSpec` per mixer (names, options, init rule, recurrent
+  step); every other module looks mixers up here. `build_mixer(name, d_model, **kwargs)`
+  builds one, importing its class (Mamba's from `decision_mamba.mamba`) on demand.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CausalSelfAttention", "TokenTypeConv", "S4DMixer", "MIXERS", "build_mixer"]
+__all__ = ["CausalSelfAttention", "TokenTypeConv", "S4DMixer", "MixerSpec", "MIXERS", "mixer_spec", "build_mixer"]
 
 
 # --------------------------------------------------------------------------- validation
@@ -371,39 +373,102 @@ class S4DMixer(nn.Module):
 # --------------------------------------------------------------------------- registry
 
 
-def _load_mamba() -> type[nn.Module]:
-    # Imported on first use so that the other mixers work without decision_mamba.mamba.
-    from decision_mamba.mamba import Mamba
+@dataclass(frozen=True)
+class MixerSpec:
+    """Everything the rest of the project knows about one token mixer: its entry in MIXERS.
 
-    return Mamba
+    The config (validation, --help), the model (building, init, recurrent dispatch), run
+    names, the sweep and the aggregator read these fields and spell no mixer name of their
+    own. README, "Add a mixer", walks through a new entry.
+    """
+
+    name: str  # model.mixer in configs and on the command line
+    model_name: str  # our short name of the model built with it: run names, wandb groups, sweep --models
+    paper_name: str  # the paper's name of that model, in reports and tables
+    cls: str  # "module:Class", imported on first use (mamba.py needs numba; the others do not)
+    # constructor argument -> the ModelConfig field that sets it (d_model is always passed)
+    options: dict[str, str] = field(default_factory=dict)
+    # True: the mixer keeps its reference initialisation (mamba_ssm's, S4D's) and the model's
+    # GPT-2 init (normal 0.02) leaves it alone; False: the GPT-2 init covers it too
+    own_init: bool = False
+    # True: init_state/step exist, so eval.mode=recurrent and DecisionModel.step can use it
+    recurrent: bool = True
+    # a module with fused_step_applies(model, x) and fused_layers_step(layers, x, states):
+    # one call for all layers of a recurrent step (DMamba on the CPU), imported on first use
+    fused_step: str | None = None
+    paper_tables: tuple[int, ...] = ()  # the paper's tables that report the model (sweep.TABLES)
+
+    @property
+    def uses_scan(self) -> bool:
+        """Whether model.scan_backend applies: the mixer runs the selective scan."""
+        return "scan_backend" in self.options
 
 
-def _load_attention() -> type[nn.Module]:
-    return CausalSelfAttention
+# The mixers of the paper's comparison (REFERENCE §2), in its tables' column order.
+MIXERS: dict[str, MixerSpec] = {spec.name: spec for spec in (
+    MixerSpec("mamba", "dmamba", "DMamba", "decision_mamba.mamba:Mamba",
+              {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "scan_backend": "scan_backend"},
+              own_init=True, fused_step="decision_mamba.fused_step", paper_tables=(1, 2, 3, 4)),
+    MixerSpec("attention", "dt", "DT", "decision_mamba.mixers:CausalSelfAttention",
+              {"n_head": "n_head", "dropout": "dropout"}, paper_tables=(1, 2)),
+    MixerSpec("conv", "dc", "DC", "decision_mamba.mixers:TokenTypeConv", {"window": "conv_window"},
+              paper_tables=(1, 2)),
+    MixerSpec("s4", "ds4", "DS4", "decision_mamba.mixers:S4DMixer", {"d_state": "s4_d_state", "dropout": "dropout"},
+              own_init=True, paper_tables=(1,)),
+)}
+DEFAULT_MIXER = next(iter(MIXERS))  # ModelConfig.mixer's default: DMamba's
 
 
-def _load_conv() -> type[nn.Module]:
-    return TokenTypeConv
+def mixer_spec(name: str) -> MixerSpec:
+    if name not in MIXERS:
+        raise ValueError(f"unknown token mixer {name!r}; valid names: {', '.join(sorted(MIXERS))}")
+    return MIXERS[name]
 
 
-def _load_s4() -> type[nn.Module]:
-    return S4DMixer
+def describe_mixers() -> str:
+    """'mamba (DMamba), attention (DT), ...': the valid model.mixer values, for --help and errors."""
+    return ", ".join(f"{spec.name} ({spec.paper_name})" for spec in MIXERS.values())
 
 
-# Mixer name -> a function returning its class (DMamba, DT, DC, DS4 in the paper's tables).
-MIXERS: dict[str, Callable[[], type[nn.Module]]] = {
-    "mamba": _load_mamba,
-    "attention": _load_attention,
-    "conv": _load_conv,
-    "s4": _load_s4,
-}
+def model_name(mixer: str) -> str:
+    """Our short model name (dmamba) of a model.mixer value; an unknown one passes through."""
+    return MIXERS[mixer].model_name if mixer in MIXERS else mixer
+
+
+def paper_name(mixer: str) -> str:
+    """The paper's model name (DMamba) of a model.mixer value; an unknown one passes through."""
+    return MIXERS[mixer].paper_name if mixer in MIXERS else mixer
+
+
+def spec_of_model(model: str) -> MixerSpec | None:
+    """The entry whose short model name is `model` (dmamba -> mamba's), None if there is none."""
+    return next((spec for spec in MIXERS.values() if spec.model_name == model), None)
+
+
+def models_in_table(table: int) -> tuple[str, ...]:
+    """The short names of the models the paper's Table `table` reports, in its column order."""
+    return tuple(spec.model_name for spec in MIXERS.values() if table in spec.paper_tables)
+
+
+def mixer_class(name: str) -> type[nn.Module]:
+    module, _, attribute = mixer_spec(name).cls.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def mixer_kwargs(cfg) -> dict:
+    """The constructor options of cfg.mixer, read from the ModelConfig `cfg` (d_model apart)."""
+    return {argument: getattr(cfg, config_field) for argument, config_field in mixer_spec(cfg.mixer).options.items()}
+
+
+def fused_step_module(name: str):
+    """The module of the mixer's whole-stack recurrent step, or None (see MixerSpec.fused_step)."""
+    module = mixer_spec(name).fused_step
+    return importlib.import_module(module) if module else None
 
 
 def build_mixer(name: str, d_model: int, **kwargs) -> nn.Module:
     """Build the token mixer `name` of width d_model; kwargs must all belong to that mixer."""
-    if name not in MIXERS:
-        raise ValueError(f"unknown token mixer {name!r}; valid names: {', '.join(sorted(MIXERS))}")
-    cls = MIXERS[name]()
+    cls = mixer_class(name)
     params = list(inspect.signature(cls).parameters.values())[1:]  # all but d_model
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -20,8 +20,9 @@ paper's release pads actions with -10 in training and 0 at evaluation; Mamba has
 mask, so that inconsistency reaches the model. We do not repeat it.)
 
 The same model runs recurrently: `init_state` + `step` feed one timestep's tokens
-through every mixer's own `step`, O(1) per token for Mamba, conv and S4. DMamba's
-inference steps on the CPU run all layers in one numba kernel (fused_step.py).
+through every mixer's own `step`, O(1) per token for Mamba, conv and S4. A mixer whose
+MIXERS entry names a fused step runs all layers in one call instead (DMamba on the CPU:
+one numba kernel, fused_step.py, imported on first use).
 """
 
 from __future__ import annotations
@@ -33,27 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decision_mamba.errors import UserError
-from decision_mamba.fused_step import fused_layers_step, fused_step_applies
-from decision_mamba.mixers import build_mixer
-
-# The paper's names for the models built with each token mixer.
-MODEL_NAMES = {"mamba": "DMamba", "attention": "DT", "conv": "DC", "s4": "DS4"}
+from decision_mamba.mixers import DEFAULT_MIXER, build_mixer, describe_mixers, fused_step_module, mixer_kwargs, mixer_spec
 
 # The recurrent step cannot run the release's Atari timestep embedding: every step gives
 # the whole window a new global embedding (the current step's), so no state carries over.
 RECURRENT_GLOBAL_POSITION = ("eval.mode=recurrent cannot run model.timestep_embedding=global_position (each step "
                              "re-embeds the whole window with the current step); use eval.mode=window")
 
-# Mixers whose parameters follow their reference implementation's initialisation
-# (mamba_ssm.Mamba, S4D); the GPT-2 style normal(0, 0.02) init leaves them alone.
-MIXERS_WITH_OWN_INIT = ("mamba", "s4")
-
 
 @dataclass
 class ModelConfig:
     """Architecture. Defaults are the paper's gym setting (Table 5)."""
 
-    mixer: str = "mamba"  # mamba (DMamba) | attention (DT) | conv (DC) | s4 (DS4)
+    mixer: str = DEFAULT_MIXER  # the token mixer (decision_mamba/mixers.py, MIXERS)
     d_model: int = 128  # embedding width
     n_layer: int = 3  # residual blocks
     dropout: float = 0.1  # dropout of embeddings and blocks
@@ -87,20 +80,12 @@ class ModelConfig:
     timestep_embedding: str = "per_step"
 
     def mixer_kwargs(self) -> dict:
-        if self.mixer == "attention":
-            return {"n_head": self.n_head, "dropout": self.dropout}
-        if self.mixer == "conv":
-            return {"window": self.conv_window}
-        if self.mixer == "mamba":
-            return {
-                "d_state": self.d_state,
-                "d_conv": self.d_conv,
-                "expand": self.expand,
-                "scan_backend": self.scan_backend,
-            }
-        if self.mixer == "s4":
-            return {"d_state": self.s4_d_state, "dropout": self.dropout}
-        return {}  # build_mixer names the valid mixers
+        return mixer_kwargs(self)  # the options its MIXERS entry names
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """--help's text for the fields whose choices live in a registry (confighelp.py)."""
+        return {"mixer": f"the token mixer: {describe_mixers()}"}
 
 
 class ChannelMLP(nn.Module):
@@ -268,7 +253,7 @@ class DecisionModel(nn.Module):
     def _init_weights(self) -> None:
         """GPT-2 init (normal 0.02, zero bias) for everything but mixers with their own init."""
         keep = set()
-        if self.cfg.mixer in MIXERS_WITH_OWN_INIT:
+        if mixer_spec(self.cfg.mixer).own_init:
             for layer in self.layers:
                 keep.update(id(m) for m in layer.mixer.modules())
         for module in self.modules():
@@ -368,6 +353,9 @@ class DecisionModel(nn.Module):
     # --------------------------------------------------------- recurrent inference
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> list[tuple]:
         """The recurrent state of every layer's mixer before the first token."""
+        if not mixer_spec(self.cfg.mixer).recurrent:
+            raise ValueError(f"the {self.cfg.mixer} mixer has no recurrent step (its MIXERS entry says recurrent=False); "
+                             f"evaluate with eval.mode=window")
         dtype = self.ln_f.weight.dtype
         return [layer.mixer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
 
@@ -392,8 +380,9 @@ class DecisionModel(nn.Module):
             prev_time = self.embed_timestep((timestep - 1).clamp(min=0))
             tokens.insert(0, self.embed_action(prev_action) + prev_time)
         x = self.embed_dropout(self.embed_ln(torch.stack(tokens, dim=1)))  # (B, 2 or 3, d)
-        if fused_step_applies(self, x):  # DMamba inference on the CPU: one numba kernel per layer
-            x, new_state = fused_layers_step(self.layers, x, inference_state)
+        fused = fused_step_module(self.cfg.mixer)  # DMamba inference on the CPU: one numba kernel
+        if fused is not None and fused.fused_step_applies(self, x):
+            x, new_state = fused.fused_layers_step(self.layers, x, inference_state)
         else:
             new_state = []
             for layer, layer_state in zip(self.layers, inference_state):

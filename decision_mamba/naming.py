@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from decision_mamba.mixers import model_name
 from decision_mamba.protocols import protocol_label
 
-# Our short model names per model.mixer (the paper's names are model.MODEL_NAMES).
-MODEL_OF_MIXER = {"mamba": "dmamba", "attention": "dt", "conv": "dc", "s4": "ds4"}
 GENERATED_SUFFIX = "-gen"  # decision_mamba.data.generate names its files <env>-<dataset>-<version>-gen.hdf5
 
 
@@ -52,7 +51,7 @@ def data_source(cfg: Any) -> str:
 
 
 def model_label(cfg: Any, variant: str = "") -> str:
-    model = MODEL_OF_MIXER.get(cfg.model.mixer, cfg.model.mixer)
+    model = model_name(cfg.model.mixer)  # dmamba, dt, ... (mixers.MIXERS)
     return f"{model}-{variant}" if variant else model
 
 

@@ -25,7 +25,8 @@ Four interchangeable implementations behind `selective_scan(..., backend=)`, cho
 - "reference": a plain PyTorch loop over time, obviously correct and differentiable by
   autograd; the tests' ground truth.
 
-`selective_state_update` is the one-token version for recurrent inference (Mamba.step).
+Recurrent inference does not come here: `Mamba.step_chunk` (mamba.py) runs the one-token
+recurrence in PyTorch, and fused_step.py all layers of a DMamba step in one numba kernel.
 
 Layout of the fused kernels. They work on u, delta, y as (B, L, D) and on B, C as
 (B, L, N): the innermost loop runs over a block of contiguous channels d, so LLVM
@@ -55,7 +56,7 @@ from torch import Tensor
 
 from decision_mamba.scan_parallel import ssm_scan_parallel
 
-__all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "selective_state_update", "cuda_scan_available",
+__all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "cuda_scan_available",
            "cuda_kernel_status", "resolve_scan_backend"]
 
 Backend = Literal["auto", "cuda", "parallel", "fused", "reference"]
@@ -621,43 +622,3 @@ def selective_scan_reference(
         ys.append((h * C_c[:, None, :, t]).sum(-1))  # (B, D)
     y = _skip_and_gate(torch.stack(ys, dim=-1), u_c, D, z).to(u.dtype)  # (B, D, L)
     return (y, h) if return_last_state else y
-
-
-def selective_state_update(
-    h: Tensor,
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """One step of the recurrence for recurrent inference: returns (y, new_h), h untouched.
-
-    h: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N); D, dt_bias: (D,).
-    y: (B, D). Equal to selective_scan at each time step when iterated from h = 0.
-    """
-    if h.dim() != 3 or x.dim() != 2 or h.shape[:2] != x.shape or h.shape[1:] != A.shape:
-        raise ValueError(f"selective_state_update: expected h (batch, d_inner, d_state), x (batch, d_inner) and "
-                         f"A (d_inner, d_state), got h {_describe(h)}, x {_describe(x)}, A {_describe(A)}")
-    batch, d_inner, d_state = h.shape
-    for name, tensor, shape in [("dt", dt, (batch, d_inner)), ("B", B, (batch, d_state)), ("C", C, (batch, d_state)),
-                                ("D", D, (d_inner,)), ("z", z, (batch, d_inner)), ("dt_bias", dt_bias, (d_inner,))]:
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise ValueError(f"selective_state_update: {name} must have shape {shape} to match h {tuple(h.shape)}, "
-                             f"got {_describe(tensor)}")
-    if dt_bias is not None:
-        dt = dt + dt_bias
-    if dt_softplus:
-        dt = F.softplus(dt)
-    decay = torch.exp(dt.unsqueeze(-1) * A)  # (B, D, N)
-    new_h = torch.addcmul((dt * x).unsqueeze(-1) * B.unsqueeze(1), decay, h)  # (B, D, N)
-    y = torch.matmul(new_h, C.unsqueeze(-1)).squeeze(-1)  # (B, D)
-    if D is not None:
-        y = torch.addcmul(y, x, D)
-    if z is not None:
-        y = y * F.silu(z)
-    return y, new_h

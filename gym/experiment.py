@@ -24,7 +24,8 @@ from decision_mamba.envs import gym_env_id, make_gym_vector_env
 from decision_mamba.errors import cli_main
 from decision_mamba.evaluate import evaluate_policy, evaluation_seed
 from decision_mamba.evaluation import evaluate_random_policy
-from decision_mamba.model import MODEL_NAMES, DecisionModel
+from decision_mamba.mixers import paper_name
+from decision_mamba.model import DecisionModel
 from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.scores import d4rl_normalized_score
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    discrete=False, state_mean=state_mean, state_std=state_std),
                              data=f"{dataset_spec(cfg)}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")
     envs.close()
-    print(report(summary, MODEL_NAMES[cfg.model.mixer]))
+    print(report(summary, paper_name(cfg.model.mixer)))
     return summary
 
 

@@ -13,12 +13,11 @@ import pytest
 from decision_mamba.data.atari_replay import (
     FrameStackStore,
     ReplayFileError,
-    add_episode_padding,
     load_dqn_replay,
     read_replay_buffer,
     replay_file,
-    write_replay_buffer,
 )
+from decision_mamba.data.dqn_replay_writer import add_episode_padding, write_replay_buffer
 from atari_helpers import DopamineBuffer, Episode, naive_stacks, record_episodes
 
 GAME = "Breakout"

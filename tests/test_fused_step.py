@@ -232,3 +232,19 @@ def test_importing_the_model_installs_no_process_wide_torch_hooks():
     import sys
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0"
+
+
+def test_the_model_imports_the_fused_step_only_for_a_mixer_that_has_one():
+    # (issue 14) DMamba's MIXERS entry names fused_step; the model imports it on its first step.
+    program = ("import sys, torch; from decision_mamba.model import DecisionModel, ModelConfig\n"
+               "def steps(mixer):\n"
+               "    model = DecisionModel(ModelConfig(mixer=mixer, d_model=8, n_layer=1), (3,), 2, discrete=False).eval()\n"
+               "    with torch.no_grad():\n"
+               "        model.step(torch.zeros(1, 3), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), None,\n"
+               "                   model.init_state(1))\n"
+               "    return 'decision_mamba.fused_step' in sys.modules\n"
+               "print(steps('attention'), steps('mamba'))")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

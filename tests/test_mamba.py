@@ -225,7 +225,7 @@ def test_bad_inputs_raise_clear_errors():
         block(torch.ones(2, 5, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         block(torch.randn(2, 0, 16))
-    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(batch, seq_len\) = \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"key_padding_mask must be a bool tensor of shape \(batch, seq_len\) = \(2, 5\)"):
         block(torch.randn(2, 5, 16), key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
     state = block.init_state(2)
     with pytest.raises(ValueError, match=r"expected x of shape \(batch, 16\)"):

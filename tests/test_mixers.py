@@ -1,35 +1,97 @@
-"""Tests of the DT / DC / DS4 token mixers (decision_mamba/mixers.py) and the registry.
+"""Tests of the token mixers (decision_mamba/mixers.py) and their registry, MIXERS.
 
-Each mixer is checked against an independent, slow and obvious reference: a hand-written
-softmax attention, a per-position loop for the token-type convolution, a Python-loop
-recurrence (and a numerically integrated ODE) for the S4D kernel.
+The mixer contract (causality, forward = successive steps, overfitting a batch, bad input)
+runs over every registered mixer and over a tiny fifth one that this file registers, and
+trains through gym/experiment.py. DT, DC and DS4 are also checked against independent,
+slow and obvious references: a hand-written softmax attention, a per-position loop for the
+token-type convolution, a Python-loop recurrence (and a numerically integrated ODE) for the
+S4D kernel; Mamba's are in test_mamba.py.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from decision_mamba.mixers import MIXERS, CausalSelfAttention, S4DMixer, TokenTypeConv, build_mixer
+from decision_mamba import mixers
+from decision_mamba.config import GymConfig, load_config
+from decision_mamba.errors import UserError
+from decision_mamba.mixers import (MIXERS, CausalSelfAttention, MixerSpec, S4DMixer, TokenTypeConv, build_mixer,
+                                   mixer_kwargs)
+from decision_mamba.model import DecisionModel, ModelConfig
 
+from helpers import roll_random_hopper, write_episodes_d4rl
+
+REPO = Path(__file__).resolve().parents[1]
 D_MODEL = 16
-MIXER_NAMES = ["attention", "conv", "s4"]
+
+
+# --------------------------------------------------------------------------- a fifth mixer
+
+
+class DecayingSum(nn.Module):
+    """The tiny extra mixer: h_t = a * h_{t-1} + W_in x_t per channel, y_t = W_out gelu(h_t).
+
+    Written as a new mixer would be: the shared input checks, the token-mixer interface
+    (forward, init_state, step), and one MIXERS entry (EXTRA below) make it usable
+    everywhere: configs, the model, recurrent evaluation, run names and reports.
+    """
+
+    def __init__(self, d_model: int, dropout: float = 0.0):
+        super().__init__()
+        self.d_model = d_model
+        self.in_proj = nn.Linear(d_model, 2 * d_model)
+        self.decay_logit = nn.Parameter(torch.linspace(-2.0, 2.0, 2 * d_model))  # a = sigmoid(logit)
+        self.out_proj = nn.Linear(2 * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, key_padding_mask=None):
+        mixers._check_sequence(x, self.d_model, "DecayingSum")
+        mixers._check_padding_mask(key_padding_mask, x, "DecayingSum")
+        u, a = self.in_proj(x), torch.sigmoid(self.decay_logit)  # (B, L, 2d), (2d,)
+        h, hs = torch.zeros_like(u[:, 0]), []
+        for t in range(x.shape[1]):
+            h = a * h + u[:, t]
+            hs.append(h)
+        return self.dropout(self.out_proj(F.gelu(torch.stack(hs, dim=1))))
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        weight = self.in_proj.weight
+        return (torch.zeros(batch_size, 2 * self.d_model, device=device or weight.device, dtype=dtype or weight.dtype),)
+
+    def step(self, x, state):
+        mixers._check_token(x, self.d_model, "DecayingSum")
+        mixers._check_state(state, [("h", (x.shape[0], 2 * self.d_model))], "DecayingSum")
+        h = torch.sigmoid(self.decay_logit) * state[0] + self.in_proj(x)
+        return self.dropout(self.out_proj(F.gelu(h))), (h,)
+
+
+# The one place the extra mixer is registered: its MIXERS entry, installed for every test of
+# this file (and removed after each) by the autouse fixture below.
+EXTRA = MixerSpec("decay", "ddecay", "DDecay", f"{__name__}:DecayingSum", {"dropout": "dropout"})
+CONTRACT_MIXERS = [spec.name for spec in (*MIXERS.values(), EXTRA)]  # every registered mixer, and the extra one
+RECURRENT_MIXERS = [spec.name for spec in (*MIXERS.values(), EXTRA) if spec.recurrent]
+
+
+@pytest.fixture(autouse=True)
+def extra_mixer_registered(monkeypatch):
+    monkeypatch.setitem(MIXERS, EXTRA.name, EXTRA)
 
 
 def make_mixer(name: str, dropout: float = 0.1, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.nn.Module:
-    """A small mixer in eval mode (dropout > 0 by default, so eval() must switch it off)."""
+    """A small mixer built from its registry entry, in eval mode (dropout > 0 by default, so
+    eval() must switch it off)."""
     torch.manual_seed(seed)
-    if name == "attention":
-        mixer = CausalSelfAttention(D_MODEL, n_head=4, dropout=dropout)
-    elif name == "conv":
-        mixer = TokenTypeConv(D_MODEL, window=6)
-    else:
-        mixer = S4DMixer(D_MODEL, d_state=8, dropout=dropout)
-    return mixer.to(dtype).eval()
+    cfg = ModelConfig(mixer=name, d_model=D_MODEL, n_head=4, conv_window=6, s4_d_state=8, d_state=8, dropout=dropout)
+    return build_mixer(name, D_MODEL, **mixer_kwargs(cfg)).to(dtype).eval()
 
 
 def run_steps(mixer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +104,10 @@ def run_steps(mixer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(outputs, dim=1)
 
 
-# --------------------------------------------------------------------------- shared properties
+# --------------------------------------------------------------------------- the contract, every mixer
 
 
-@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
 def test_causal_future_tokens_do_not_change_past_outputs(name):
     mixer = make_mixer(name)
     torch.manual_seed(1)
@@ -61,7 +123,7 @@ def test_causal_future_tokens_do_not_change_past_outputs(name):
             assert (y_perturbed[:, t + 1] - y[:, t + 1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("name", RECURRENT_MIXERS)
 def test_forward_equals_successive_steps(name):
     mixer = make_mixer(name)
     torch.manual_seed(2)
@@ -70,7 +132,7 @@ def test_forward_equals_successive_steps(name):
         torch.testing.assert_close(run_steps(mixer, x), mixer(x), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("name", RECURRENT_MIXERS)
 def test_step_does_not_mutate_the_input_state(name):
     mixer = make_mixer(name)
     x = torch.randn(2, 3, D_MODEL, dtype=torch.float64)
@@ -85,7 +147,7 @@ def test_step_does_not_mutate_the_input_state(name):
             state = new_state
 
 
-@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
 def test_overfits_a_tiny_fixed_batch(name):
     """Mixer + linear readout fit a fixed random batch: the loss falls at least 100-fold."""
     mixer = make_mixer(name, dropout=0.0, dtype=torch.float32, seed=3).train()
@@ -105,7 +167,7 @@ def test_overfits_a_tiny_fixed_batch(name):
     assert losses[-1] < losses[0] / 100, f"{name}: loss {losses[0]:.4f} -> {losses[-1]:.6f}"
 
 
-@pytest.mark.parametrize("name", MIXER_NAMES)
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
 def test_bad_inputs_name_the_expected_shape(name):
     mixer = make_mixer(name)
     with pytest.raises(ValueError, match=r"\(batch, seq_len, 16\)"):
@@ -118,6 +180,8 @@ def test_bad_inputs_name_the_expected_shape(name):
         mixer(torch.randn(2, 5, D_MODEL, dtype=torch.float64), key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="key_padding_mask"):
         mixer(torch.randn(2, 5, D_MODEL, dtype=torch.float64), key_padding_mask=torch.ones(2, 5))
+    if not MIXERS[name].recurrent:
+        return
     state = mixer.init_state(2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"\(batch, 16\)"):
         mixer.step(torch.randn(2, 1, D_MODEL, dtype=torch.float64), state)
@@ -340,11 +404,11 @@ def test_build_mixer_builds_each_mixer_with_its_options():
     assert isinstance(conv, TokenTypeConv) and conv.window == 4
     s4 = build_mixer("s4", 32, d_state=16, dropout=0.1)
     assert isinstance(s4, S4DMixer) and s4.d_state == 16
-    assert set(MIXERS) == {"mamba", "attention", "conv", "s4"}
+    assert set(MIXERS) == {"mamba", "attention", "conv", "s4", EXTRA.name}
 
 
 def test_build_mixer_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown token mixer 'transformer'.*attention, conv, mamba, s4"):
+    with pytest.raises(ValueError, match="unknown token mixer 'transformer'.*attention, conv, decay, mamba, s4"):
         build_mixer("transformer", 32)
 
 
@@ -358,8 +422,97 @@ def test_build_mixer_rejects_options_of_other_mixers():
 
 
 def test_build_mixer_loads_mamba_lazily():
-    pytest.importorskip("decision_mamba.mamba", reason="decision_mamba/mamba.py is not written yet")
     mixer = build_mixer("mamba", 32, d_state=16, d_conv=4, expand=2, scan_backend="auto")
     assert type(mixer).__name__ == "Mamba"
     with pytest.raises(ValueError, match="Mamba does not take n_head"):
         build_mixer("mamba", 32, n_head=1)
+
+
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
+def test_each_entry_names_real_config_fields_and_constructor_arguments(name):
+    """An entry's options map constructor arguments to ModelConfig fields, and the names are unique."""
+    spec = MIXERS[name]
+    fields = {f for f in ModelConfig.__dataclass_fields__}
+    assert set(spec.options.values()) <= fields, f"{name}: options name no ModelConfig field"
+    mixer = build_mixer(name, 8, **{arg: getattr(ModelConfig(mixer=name, d_model=8, n_head=2), f)
+                                    for arg, f in spec.options.items()})
+    assert isinstance(mixer, nn.Module)
+    others = [s for s in MIXERS.values() if s is not spec]
+    assert spec.model_name not in {s.model_name for s in others} and spec.paper_name not in {s.paper_name for s in others}
+    assert all(table in (1, 2, 3, 4) for table in spec.paper_tables)
+
+
+def test_the_registry_is_what_the_config_names_runs_and_reports_read():
+    """The extra entry alone makes the mixer a valid model.mixer, named in --help, run names and tables."""
+    from decision_mamba import naming
+    from decision_mamba.aggregate import PAPER_NUMBERS, display_name
+    from decision_mamba.confighelp import config_rows
+    from decision_mamba.sweep import TABLES
+
+    cfg = load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}", "eval.mode=recurrent"])
+    assert naming.model_label(cfg) == "ddecay" and "-ddecay-" in naming.run_name(cfg)
+    assert display_name("ddecay") == "DDecay" and display_name("dmamba") == "DMamba" and display_name("rc") == "RC"
+    help_text = dict((key, text) for key, _, text in config_rows(GymConfig()))["model.mixer"]
+    assert "decay (DDecay)" in help_text and "mamba (DMamba)" in help_text
+    with pytest.raises(UserError, match="model.mixer must be one of mamba \\(DMamba\\).*got 'transformer'"):
+        load_config(GymConfig, overrides=["model.mixer=transformer"])
+    # The paper's tables hold registered models only (its numbers are keyed by the short names).
+    registered = {spec.model_name for spec in MIXERS.values()}
+    for table, spec in TABLES.items():
+        assert spec.models and set(spec.models) <= registered
+        columns = {column for _, column in PAPER_NUMBERS[table]}
+        if table in (1, 2):
+            assert columns == set(spec.models)
+    assert EXTRA.model_name not in TABLES[1].models  # not in the paper
+
+
+def test_a_mixer_without_a_recurrent_step_is_refused_for_recurrent_evaluation(monkeypatch):
+    monkeypatch.setitem(MIXERS, EXTRA.name, MixerSpec(**{**EXTRA.__dict__, "recurrent": False}))
+    with pytest.raises(UserError, match="eval.mode=recurrent needs a mixer with a recurrent step; decay has none"):
+        load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}", "eval.mode=recurrent"])
+    assert load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}"]).eval.mode == "window"
+    model = DecisionModel(ModelConfig(mixer=EXTRA.name, d_model=8, n_layer=1), (3,), 2, discrete=False)
+    with pytest.raises(ValueError, match="no recurrent step"):
+        model.init_state(1)
+
+
+def test_own_init_decides_whether_the_gpt2_init_covers_the_mixer(monkeypatch):
+    """own_init=False: the model's normal(0, 0.02) init redraws the mixer's Linear weights;
+    own_init=True: they keep the mixer's own (PyTorch's default, std 1/sqrt(3 fan_in) = 0.144 here)."""
+    stds = {}
+    for own_init in (False, True):
+        monkeypatch.setitem(MIXERS, EXTRA.name, MixerSpec(**{**EXTRA.__dict__, "own_init": own_init}))
+        torch.manual_seed(0)
+        model = DecisionModel(ModelConfig(mixer=EXTRA.name, d_model=16, n_layer=2), (3,), 2, discrete=False)
+        stds[own_init] = torch.cat([layer.mixer.in_proj.weight.flatten() for layer in model.layers]).std().item()
+    assert abs(stds[False] - 0.02) < 0.003 and abs(stds[True] - 1 / math.sqrt(3 * 16)) < 0.02
+
+
+def load_gym_experiment():
+    # gym/ is a folder of scripts, not a package (gym/__init__.py refuses the import)
+    spec = importlib.util.spec_from_file_location("gym_experiment_for_mixers", REPO / "gym" / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point(tmp_path, capsys):
+    """Registered in this file only, the fifth mixer runs gym/experiment.py's main end to end:
+    training, recurrent evaluation in Hopper-v4, checkpoint, summary, report."""
+    data = write_episodes_d4rl(tmp_path / "hopper-random-test.hdf5", roll_random_hopper(6, seed=3, max_episode_steps=30))
+    summary = load_gym_experiment().main([
+        "--config", str(REPO / "configs/gym/hopper-medium.yaml"), f"dataset={data}", f"model.mixer={EXTRA.name}",
+        "model.d_model=16", "model.n_layer=1", "train.batch_size=8", "train.context_len=4", "train.warmup_steps=5",
+        "train.learning_rate=1e-3", "train.num_iterations=2", "train.steps_per_iteration=15", "eval.mode=recurrent",
+        "eval.episodes=1", "eval.targets=[3600]", "eval.max_ep_len=20", "run.progress=false", "train.num_threads=1",
+        f"run.out_dir={tmp_path / 'runs'}"])
+    run_dir = Path(summary["run_dir"])
+    assert "-ddecay-" in run_dir.name
+    assert summary["last"]["iteration"] == 2 and np.isfinite(summary["last"]["score"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2] and all(r["eval"] for r in records)
+    assert all(np.isfinite(r["train"]["loss_mean"]) for r in records)
+    weights = torch.load(run_dir / "checkpoints" / "iter_002.pt", weights_only=True)["trainer"]["model"]
+    assert "layers.0.mixer.decay_logit" in weights  # the extra mixer was built and trained
+    assert not torch.equal(weights["layers.0.mixer.decay_logit"], torch.linspace(-2.0, 2.0, 32))
+    assert "DDecay, last evaluation (iteration 2)" in capsys.readouterr().out

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from decision_mamba.mixers import MIXERS as REGISTRY
 from decision_mamba.model import DecisionModel, ModelConfig
 
-MIXERS = ["mamba", "attention", "conv", "s4"]
+MIXERS = list(REGISTRY)  # every registered mixer
 
 
 def make_model(mixer, obs_dim=5, act_dim=3, discrete=False, state_shape=None, **kw):

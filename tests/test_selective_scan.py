@@ -14,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decision_mamba.selective_scan import (kernel_exp, selective_scan, selective_scan_reference,
-                                           selective_state_update)
+from decision_mamba.selective_scan import kernel_exp, selective_scan, selective_scan_reference
 
 INPUT_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -231,40 +230,6 @@ def test_nan_in_the_step_size_propagates():
     delta[0, 2, 3] = float("nan")
     y = fused(u, delta, A, B, C)
     assert torch.isnan(y[0, 2, 3:]).all() and not torch.isnan(y[0, 2, :3]).any()
-
-
-# --------------------------------------------------------------------------- recurrent inference
-
-
-@pytest.mark.parametrize("gate,skip,bias,softplus", [(True, True, True, True), (False, False, False, False)])
-def test_state_update_iterated_over_time_equals_the_scan(gate, skip, bias, softplus):
-    u, delta, A, B, C, D, z, delta_bias = make_inputs(3, 7, 9, 5, dtype=torch.float64, seed=9, softplus=softplus)
-    y_ref, h_ref = selective_scan_reference(u, delta, A, B, C, D if skip else None, z if gate else None,
-                                            delta_bias if bias else None, softplus, return_last_state=True)
-    h = torch.zeros(3, 7, 5, dtype=torch.float64)
-    ys = []
-    for t in range(u.shape[-1]):
-        h_before = h.clone()
-        y_t, h_next = selective_state_update(h, u[..., t], delta[..., t], A, B[..., t], C[..., t],
-                                             D if skip else None, z[..., t] if gate else None,
-                                             dt_bias=delta_bias if bias else None, dt_softplus=softplus)
-        assert torch.equal(h, h_before)  # the input state is not mutated
-        h = h_next
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, dim=-1), y_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
-
-
-def test_state_update_rejects_mismatched_shapes():
-    h = torch.zeros(2, 4, 3)
-    x = torch.zeros(2, 4)
-    A = -torch.ones(4, 3)
-    with pytest.raises(ValueError, match=r"expected h \(batch, d_inner, d_state\)"):
-        selective_state_update(h[0], x, x, A, torch.zeros(2, 3), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"B must have shape \(2, 3\)"):
-        selective_state_update(h, x, x, A, torch.zeros(2, 4), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"dt_bias must have shape \(4,\)"):
-        selective_state_update(h, x, x, A, torch.zeros(2, 3), torch.zeros(2, 3), dt_bias=torch.zeros(3))
 
 
 # --------------------------------------------------------------------------- bad input

@@ -8,7 +8,7 @@ two frames, grayscale, 84x84, sticky actions 0.25, rewards clipped to [-1, 1]); 
 from a uniform random policy, and episodes are cut after `max_steps` steps (dopamine too
 marks an episode cut by its step limit as terminal). Each buffer holds whole episodes with
 dopamine's 3 zero transitions before each one and is written by
-atari_replay.write_replay_buffer as buffers 50 - buffers .. 49 of run 1, where
+dqn_replay_writer.write_replay_buffer as buffers 50 - buffers .. 49 of run 1, where
 load_dqn_replay(num_buffers=buffers) looks for them. configs/atari/quickstart.yaml trains
 on it (`make run-atari`). It is a smoke-test dataset: the returns of a random policy, not
 of DQN, so its scores say nothing about the paper's.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from decision_mamba.data.atari_replay import add_episode_padding, replay_dir, write_replay_buffer
+from decision_mamba.data.atari_replay import replay_dir
+from decision_mamba.data.dqn_replay_writer import add_episode_padding, write_replay_buffer
 from decision_mamba.data.download_atari import NUM_BUFFERS
 
 Episode = tuple[np.ndarray, np.ndarray, np.ndarray]  # frames (T, 84, 84) uint8, actions (T,) int32, rewards (T,) float32
