@@ -72,18 +72,12 @@ from tqdm import tqdm
 
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.data.d4rl import write_d4rl_hdf5
+from decision_mamba.envs import GYM_ENV_NAMES, gym_env_id
 from decision_mamba.errors import UserError, cli_main
 from decision_mamba.scores import D4RL_REFERENCE_RETURNS, d4rl_normalized_score
 
-# Gymnasium id -> D4RL environment name (the key of the D4RL reference returns).
-SUPPORTED_ENVS: dict[str, str] = {
-    "Hopper-v4": "hopper",
-    "HalfCheetah-v4": "halfcheetah",
-    "Walker2d-v4": "walker2d",
-    "Hopper-v5": "hopper",
-    "HalfCheetah-v5": "halfcheetah",
-    "Walker2d-v5": "walker2d",
-}
+# Gymnasium id -> D4RL environment name (the key of the D4RL reference returns): Hopper-v4 -> hopper, ...
+SUPPORTED_ENVS: dict[str, str] = {gym_env_id(env, version): env for version in ("v4", "v5") for env in GYM_ENV_NAMES}
 DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 # What each dataset needs from SAC training (random needs none).
 _NEEDS_MEDIUM = {"medium", "medium-replay", "medium-expert"}
