@@ -112,6 +112,18 @@ def test_the_dataset_prefix_picks_the_suite():
         suite_name_of_dataset("d4rl2:hopper")
 
 
+def test_default_targets_of_each_suite(hopper_v5, minari_root):
+    from decision_mamba.config import AtariConfig, GymConfig, load_config
+
+    gym_cfg = load_config(GymConfig, overrides=["env=walker2d", "eval.targets=[]"])
+    assert suites()["d4rl"].default_targets(gym_cfg, None) == [5000.0]  # the paper's, REFERENCE §4
+    assert suites()["atari"].default_targets(load_config(AtariConfig, overrides=["game=Qbert"]), None) == [14000.0]
+    with minari_datasets_path(minari_root):
+        traj, _ = load_minari(hopper_v5)
+    returns = [float(np.sum(traj.rewards[s:s + n], dtype=np.float64)) for s, n in zip(traj.starts, traj.lengths)]
+    assert suites()["minari"].default_targets(gym_cfg, traj) == [pytest.approx(max(returns))]
+
+
 def test_one_rule_for_file_datasets():
     assert is_file_dataset("data/x.hdf5") and is_file_dataset("x.pkl") and is_file_dataset("runs/folder")
     assert not is_file_dataset("medium-replay") and not is_file_dataset("medium")

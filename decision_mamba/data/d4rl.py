@@ -193,14 +193,12 @@ def _attribute_to_python(value: Any) -> Any:
     return value
 
 
-def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False) -> tuple[Trajectories, dict[str, Any]]:
-    """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+def read_d4rl_arrays(path: str | os.PathLike, *, next_observations: bool = False
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The flat arrays of a file in the D4RL v2 hdf5 layout, as stored, and its root attributes.
 
-    The steps after the last flagged one (D4RL's files end mid-episode) are kept as a last
-    episode, unless drop_unterminated_tail (the release's: DT's converter never saves it).
-
-    Returns the trajectories and the file's root attributes (empty for the original D4RL files).
-    """
+    The one reader of the layout (load_d4rl_hdf5 and data/generate.py read through it).
+    next_observations=True adds that array, None when the file has none."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(
@@ -217,12 +215,27 @@ def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False
                     f"a D4RL v2 file needs {list(REQUIRED_KEYS)}"
                 )
             arrays = {key: f[key][()] for key in REQUIRED_KEYS}
+            if next_observations:
+                arrays["next_observations"] = f["next_observations"][()] if "next_observations" in f else None
             metadata = {key: _attribute_to_python(value) for key, value in f.attrs.items()}
     except OSError as error:
         raise CorruptFileError(
             f"cannot read {path} as an hdf5 file ({error}); it is truncated or corrupt. "
             f"Delete it and download it again with: {_download_hint(path)}"
         ) from error
+    return arrays, metadata
+
+
+def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False) -> tuple[Trajectories, dict[str, Any]]:
+    """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+
+    The steps after the last flagged one (D4RL's files end mid-episode) are kept as a last
+    episode, unless drop_unterminated_tail (the release's: DT's converter never saves it).
+
+    Returns the trajectories and the file's root attributes (empty for the original D4RL files).
+    """
+    path = Path(path)
+    arrays, metadata = read_d4rl_arrays(path)
 
     lengths = {key: len(array) for key, array in arrays.items()}
     if len(set(lengths.values())) != 1:
