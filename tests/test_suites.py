@@ -112,6 +112,35 @@ def test_the_dataset_prefix_picks_the_suite():
         suite_name_of_dataset("d4rl2:hopper")
 
 
+def test_a_suite_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
+    """A new suite registered in one place is served by the real entry point: data, env, score, name."""
+    import dataclasses
+
+    from decision_mamba.suites.d4rl_mujoco import D4RLMuJoCo
+    from helpers import roll_random_hopper, write_episodes_d4rl
+
+    class Toy(D4RLMuJoCo):  # D4RL files under a prefix, scored as the raw return / 10
+        name, prefix = "toy", "toy"
+
+        def load(self, cfg):
+            return super().load(dataclasses.replace(cfg, dataset=cfg.dataset.removeprefix("toy:")))
+
+        def score(self, cfg, env):
+            return lambda returns: np.asarray(returns, dtype=np.float64) / 10.0
+
+        def dataset_name(self, cfg):
+            return "toy-data"
+
+    monkeypatch.setitem(suites(), "toy", Toy())
+    path = write_episodes_d4rl(tmp_path / "toy.hdf5", roll_random_hopper(4, seed=2, max_episode_steps=20))
+    experiment_main()(["--config", str(REPO / "configs" / "gym" / "quickstart.yaml"), f"dataset=toy:{path}", *TINY,
+                       "eval.max_ep_len=10", f"run.out_dir={tmp_path}"])
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert run_dir.name.startswith("toy-data-dmamba")
+    (target,) = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["eval"].values()
+    assert target["score_mean"] == pytest.approx(target["return_mean"] / 10.0)
+
+
 def test_default_targets_of_each_suite(hopper_v5, minari_root):
     from decision_mamba.config import AtariConfig, GymConfig, load_config
 

@@ -17,7 +17,7 @@ has its own entry point. What a suite returns about its environment (`SuiteData.
 is plain JSON: it goes into every checkpoint's identity, so that
 `python -m decision_mamba.evaluate` rebuilds the same environment and score without the data.
 
-Adding a suite: one file here with a `Suite` subclass (and its test), one line in SUITES.
+Adding a suite: one file here with a `Suite` subclass (and its test), one line in `_registry()`.
 """
 
 from __future__ import annotations
