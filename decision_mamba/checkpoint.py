@@ -111,6 +111,8 @@ def run_identity(experiment: str, traj: Any, *, env_id: str, obs_shape: tuple[in
     when it says more than the id (a Minari dataset's env spec and reference scores).
     Plain JSON-able values except the normalisation (float32 arrays, stored as tensors)."""
     env_packages = ("gymnasium", "mujoco") if experiment == "gym" else ("gymnasium", "ale-py")
+    if env and "env_spec" in env:  # a Minari dataset's environment: its maze / kitchen / Adroit code too
+        env_packages += ("minari", "gymnasium-robotics")
     identity = {
         "experiment": experiment,  # gym | atari
         "data_fingerprint": data_fingerprint(traj),

@@ -201,7 +201,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(t.rtg_scale > 0, "train.rtg_scale must be positive")
     _check(e.mode in ("window", "recurrent"), f"eval.mode must be window or recurrent, got {e.mode!r}")
     _check(e.episodes > 0, f"eval.episodes (per target) must be positive, got {e.episodes}")
-    _check(all(math.isfinite(x) for x in e.targets), f"eval.targets must all be finite, got {e.targets}")
+    _check(all(math.isfinite(x) for x in e.targets),
+           f"eval.targets must be all finite ([] = the suite's default), got {e.targets}")
     _check(e.every > 0, f"eval.every must be positive, got {e.every}")
     _check(e.max_ep_len > 0, f"eval.max_ep_len must be positive, got {e.max_ep_len}")
     try:

@@ -233,3 +233,13 @@ def test_pointmaze_end_to_end_with_the_data_chosen_target(pointmaze, minari_root
     (target,) = evaluation.values()
     assert target["score_mean"] == pytest.approx(float(np.mean(hand_score(target["return_mean"]))))
     assert target["length_mean"] <= 15  # the recorded environment's time limit
+
+
+def test_the_minari_configs_name_the_issue_s_datasets():
+    from decision_mamba.config import GymConfig, load_config
+
+    datasets = {load_config(GymConfig, path).dataset for path in (REPO / "configs" / "minari").glob("*.yaml")}
+    wanted = {f"minari:mujoco/{env}/{level}-v0" for env in ("hopper", "halfcheetah", "walker2d")
+              for level in ("medium", "expert", "simple")}
+    wanted |= {"minari:D4RL/antmaze/umaze-v1", "minari:D4RL/kitchen/complete-v2", "minari:D4RL/pen/human-v2"}
+    assert wanted <= datasets
