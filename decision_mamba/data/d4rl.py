@@ -344,9 +344,13 @@ def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, di
         observations = flatten_observations(space, episode.observations)
         episodes.append({"observations": observations[:-1], "actions": episode.actions, "rewards": episode.rewards})
     env_spec = dataset.spec.env_spec
-    # The evaluation environment minari itself would recover (recover_environment(eval_env=True)).
-    eval_spec = getattr(dataset, "_eval_env_spec", None) or env_spec
     stored = dataset.storage.metadata
+    # The evaluation environment minari itself recovers (recover_environment(eval_env=True)), as
+    # minari parsed it (it mends specs written by older gymnasium versions); its public way
+    # builds the environment, so only where that parsed spec is not found.
+    eval_spec = env_spec
+    if stored.get("eval_env_spec") is not None:
+        eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.recover_environment(eval_env=True).spec
     metadata = {
         "dataset_id": dataset.spec.dataset_id,
         "env_id": env_spec.id if env_spec is not None else None,
