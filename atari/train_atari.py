@@ -19,15 +19,15 @@ import numpy as np
 
 from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import AtariConfig, load_config
-from decision_mamba.data.atari_replay import load_dqn_replay
 from decision_mamba.data.sampler import gather_windows, sample_batch, window_ends
-from decision_mamba.envs import atari_env_id, make_atari_vector_env, num_actions
+from decision_mamba.envs import num_actions
 from decision_mamba.errors import DataError, cli_main
-from decision_mamba.evaluate import evaluate_policy, evaluation_seed
+from decision_mamba.evaluate import evaluate_after
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import run_group, run_name, run_tags
-from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
+from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
 
 
@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(cfg.train.device)
 
     n_actions = num_actions(cfg.game)  # an unknown game fails here, before the data is read
-    traj = load_dqn_replay(cfg.data_dir, cfg.game, num_buffers=cfg.num_buffers, num_steps=cfg.num_steps,
-                           trajectories_per_buffer=cfg.trajectories_per_buffer, seed=cfg.seed,
-                           verify_checksums=cfg.verify_checksums)
+    suite = suite_of(cfg)  # decision_mamba/suites/atari.py
+    data = suite.load(cfg)
+    traj = data.trajectories
+    resolve_targets(cfg, suite, traj)
     if int(traj.actions.max()) >= n_actions:
         raise DataError(f"the replay data of {cfg.game} has action {int(traj.actions.max())}, but the game's "
                          f"minimal action set has {n_actions} actions: is data_dir holding another game?")
@@ -51,20 +52,17 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device,
                       final_tokens=final_tokens)
 
-    envs = make_atari_vector_env(cfg.game, num_envs=max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                                 seed=cfg.seed, resize=cfg.eval.atari_resize)
-
-    def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
-        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), progress=cfg.run.progress)
+    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)))
+    evaluate = evaluate_after(cfg, model, envs, data.env)
 
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg, f"k{K}")),
                              group=run_group(cfg, variant=f"k{K}"), resume=args.resume, tags=run_tags(cfg),
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
                                                         "transitions": int(traj.num_transitions)}},
-                             identity=run_identity("atari", traj, env_id=atari_env_id(cfg.game), obs_shape=(4, 84, 84),
+                             identity=run_identity("atari", traj, env_id=data.env["env_id"], obs_shape=(4, 84, 84),
                                                    act_dim=n_actions, discrete=True),
-                             data=f"DQN-replay {cfg.game} in {cfg.data_dir}: {traj.num_episodes} episodes, "
+                             data=f"{data.description}: {traj.num_episodes} episodes, "
                                   f"{traj.num_transitions:,} transitions")
     envs.close()
     print(f"run directory: {summary['run_dir']}")

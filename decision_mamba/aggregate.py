@@ -40,9 +40,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from decision_mamba import naming  # noqa: E402
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
+from decision_mamba.data.d4rl import is_file_dataset  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
 from decision_mamba.mixers import model_name, spec_of_model  # noqa: E402
 from decision_mamba.protocols import protocol_label  # noqa: E402
+from decision_mamba.scores import run_score  # noqa: E402
 from decision_mamba.sweep import TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
@@ -148,8 +150,10 @@ class RunRecord:
         if "game" in self.config:
             return f"DQN-replay ({self.config['data_dir']})"
         dataset = str(self.config["dataset"])
-        if "/" in dataset or dataset.endswith((".hdf5", ".h5", ".pkl")) or dataset.startswith("minari:"):
-            return Path(dataset.removeprefix("minari:")).name
+        if dataset.startswith("minari:"):
+            return dataset
+        if is_file_dataset(dataset):
+            return Path(dataset).name
         return f"D4RL {self.config['env']}-{dataset}-v2"
 
     @property
@@ -199,8 +203,7 @@ def _read_metrics(path: Path) -> tuple[list[tuple[int, float]], int]:
             continue
         iterations = max(iterations, int(record["iteration"]))
         if record.get("eval"):
-            # the same score as summary.json: best target's mean normalized score
-            curve.append((int(record["step"]), max(t["score_mean"] for t in record["eval"].values())))
+            curve.append((int(record["step"]), run_score(record["eval"])))  # summary.json's score
     return curve, iterations
 
 

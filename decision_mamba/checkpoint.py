@@ -104,12 +104,16 @@ def package_versions(*names: str) -> dict[str, str | None]:
 
 def run_identity(experiment: str, traj: Any, *, env_id: str, obs_shape: tuple[int, ...], act_dim: int,
                  discrete: bool, state_mean: np.ndarray | None = None,
-                 state_std: np.ndarray | None = None) -> dict:
+                 state_std: np.ndarray | None = None, env: dict | None = None) -> dict:
     """What, besides the config, a checkpoint needs to be evaluated alone and a resume must match.
 
+    env: the suite's description of its evaluation environment (suites.SuiteData.env), kept
+    when it says more than the id (a Minari dataset's env spec and reference scores).
     Plain JSON-able values except the normalisation (float32 arrays, stored as tensors)."""
     env_packages = ("gymnasium", "mujoco") if experiment == "gym" else ("gymnasium", "ale-py")
-    return {
+    if env and "env_spec" in env:  # a Minari dataset's environment: its maze / kitchen / Adroit code too
+        env_packages += ("minari", "gymnasium-robotics")
+    identity = {
         "experiment": experiment,  # gym | atari
         "data_fingerprint": data_fingerprint(traj),
         "env_id": env_id,
@@ -120,6 +124,9 @@ def run_identity(experiment: str, traj: Any, *, env_id: str, obs_shape: tuple[in
         "state_mean": None if state_mean is None else [float(x) for x in np.asarray(state_mean, np.float32)],
         "state_std": None if state_std is None else [float(x) for x in np.asarray(state_std, np.float32)],
     }
+    if env and env != {"env_id": env_id}:
+        identity["env"] = env
+    return identity
 
 
 # ------------------------------------------------------------ save, load, verify

@@ -18,11 +18,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
+from decision_mamba.envs import GYM_ENV_NAMES
 from decision_mamba.errors import UserError
 from decision_mamba.model import RECURRENT_GLOBAL_POSITION, ModelConfig
 from decision_mamba.mixers import MIXERS, describe_mixers
 from decision_mamba.compute import PRECISIONS
 from decision_mamba.selective_scan import BACKENDS
+from decision_mamba.suites import suite_of
 
 class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema."""
@@ -62,7 +64,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     episodes: int = 10  # per target; the paper's release uses 100
-    targets: list[float] = field(default_factory=lambda: [3600.0])  # returns-to-go to condition on, each evaluated separately
+    # returns-to-go to condition on, each evaluated separately; [] = the suite's default (suites/)
+    targets: list[float] = field(default_factory=lambda: [3600.0])
     mode: str = "window"  # window (recompute the K-step window) | recurrent (O(1) step)
     sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
@@ -88,9 +91,9 @@ class RunConfig:
 
 @dataclass
 class GymConfig:
-    env: str = "hopper"  # hopper | halfcheetah | walker2d
-    dataset: str = "medium"  # medium | medium-replay | medium-expert | expert | random | a path | minari:<id>
-    env_version: str = "v4"  # gymnasium MuJoCo version used for evaluation (v4 for D4RL, v5 for Minari)
+    env: str = "hopper"  # hopper | halfcheetah | walker2d (unused by minari: datasets)
+    dataset: str = "medium"  # medium | medium-replay | medium-expert | expert | random | a path | minari:<id or path>
+    env_version: str = "v4"  # gymnasium MuJoCo version used for evaluation (minari: the dataset's own)
     data_dir: str = "data"  # folder of the D4RL hdf5 files
     allow_pickle: bool = False  # .pkl datasets run code when loaded: opt in explicitly
     # A dataset whose metadata names another environment or version is refused (data/identity.py);
@@ -201,8 +204,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(e.mode == "window" or MIXERS[m.mixer].recurrent,
            f"eval.mode=recurrent needs a mixer with a recurrent step; {m.mixer} has none: use eval.mode=window")
     _check(e.episodes > 0, f"eval.episodes (per target) must be positive, got {e.episodes}")
-    _check(len(e.targets) > 0 and all(math.isfinite(x) for x in e.targets),
-           f"eval.targets needs at least one target return, all finite, got {e.targets}")
+    _check(all(math.isfinite(x) for x in e.targets),
+           f"eval.targets must be all finite ([] = the suite's default), got {e.targets}")
     _check(e.every > 0, f"eval.every must be positive, got {e.every}")
     _check(e.max_ep_len > 0, f"eval.max_ep_len must be positive, got {e.max_ep_len}")
     try:
@@ -225,8 +228,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(cfg.run.wandb in ("disabled", "offline", "online"),
            f"run.wandb must be disabled, offline or online, got {cfg.run.wandb!r}")
     if isinstance(cfg, GymConfig):
-        _check(cfg.env in ("hopper", "halfcheetah", "walker2d"),
-               f"env must be hopper, halfcheetah or walker2d, got {cfg.env!r}")
+        _check(cfg.env in GYM_ENV_NAMES, f"env must be {', '.join(GYM_ENV_NAMES)}, got {cfg.env!r}")
         _check(cfg.env_version in ("v4", "v5"), f"env_version must be v4 or v5, got {cfg.env_version!r}")
         _check(t.batch_order == "with_replacement",
                "train.batch_order=shuffled_epoch is the Atari release's; gym samples windows with replacement")
@@ -234,7 +236,11 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
                                                    "release's; the gym release embeds each timestep, keep per_step")
         _check(e.atari_short_prefix == "padded", "eval.atari_short_prefix=unpadded is the Atari release's; the gym "
                                                  "release pads its evaluation windows, keep padded")
-    else:
+    try:
+        suite_of(cfg).check_config(cfg)
+    except UserError as err:
+        raise ConfigError(str(err)) from None
+    if isinstance(cfg, AtariConfig):
         _check(t.padding == "masked", "train.padding=release is the gym release's padding; the Atari release "
                                       "does not pad its training windows, so Atari keeps train.padding=masked")
 

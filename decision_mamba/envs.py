@@ -55,31 +55,47 @@ def gym_env_id(env: str, version: str = "v4") -> str:
     return f"{GYM_ENV_NAMES[env]}-{version}"
 
 
-def make_gym_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 1000,
+def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: int, max_episode_steps: int = 1000,
                         dataset_obs_dim: int | None = None, dataset_act_dim: int | None = None,
                         **env_kwargs: Any) -> gym.vector.VectorEnv:
-    """`num_envs` copies of a MuJoCo environment stepped together, without auto-reset.
+    """`num_envs` copies of a continuous-control environment stepped together, without auto-reset.
 
+    env_id: a registered id ('Hopper-v4') or a full EnvSpec (a Minari dataset's, with its
+    kwargs and entry point). Dict observations (mazes, kitchen) are flattened by gymnasium's
+    FlattenObservation, the same order as the data's (data.d4rl.flatten_observations).
     Sub-environment i is seeded with seed + i by `reset(seed=seed)`. When the dataset's
     observation and action sizes are given they are checked against the environment's,
     so that a dataset evaluated in the wrong environment fails here and not as a
     shape error deep inside the model.
     """
-    if env_id not in gym.registry:
+    if isinstance(env_id, str) and env_id not in gym.registry:
         raise ValueError(f"unknown gymnasium environment {env_id!r}; expected e.g. Hopper-v4, HalfCheetah-v4, "
                          f"Walker2d-v4 (or -v5)")
-    probe = gym.make(env_id, **env_kwargs)
+    name = env_id if isinstance(env_id, str) else env_id.id
+    probe = _make_flat(env_id, max_episode_steps, env_kwargs)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
     if dataset_obs_dim is not None and dataset_obs_dim != obs_dim:
-        raise DataError(f"the dataset has observation size {dataset_obs_dim} but {env_id} has {obs_dim}: "
+        raise DataError(f"the dataset has observation size {dataset_obs_dim} but {name} has {obs_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
     if dataset_act_dim is not None and dataset_act_dim != act_dim:
-        raise DataError(f"the dataset has action size {dataset_act_dim} but {env_id} has {act_dim}: "
+        raise DataError(f"the dataset has action size {dataset_act_dim} but {name} has {act_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
-    make = functools.partial(gym.make, env_id, max_episode_steps=max_episode_steps, **env_kwargs)
+    make = functools.partial(_make_flat, env_id, max_episode_steps, env_kwargs)
     return gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+def _make_flat(env_id: str | gym.envs.registration.EnvSpec, max_episode_steps: int,
+               env_kwargs: dict[str, Any]) -> gym.Env:
+    try:
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **env_kwargs)
+    except ModuleNotFoundError as error:  # an EnvSpec's entry point names a package that is not installed
+        raise UserError(f"cannot make the environment {getattr(env_id, 'id', env_id)}: {error}; install its "
+                        f"package (mazes, kitchen, Adroit: pip install -e '.[robotics]')") from None
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)
+    return env
 
 
 # ======================================================================================

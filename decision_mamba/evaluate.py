@@ -35,7 +35,7 @@ from decision_mamba.errors import cli_main
 from decision_mamba.evaluation import evaluate_batched, summarize
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
-from decision_mamba.scores import atari_normalized_score, d4rl_normalized_score
+from decision_mamba.suites import suite_of
 from decision_mamba.trainer import resolve_device
 
 SCHEMAS = {"gym": GymConfig, "atari": AtariConfig}
@@ -50,17 +50,27 @@ def evaluation_seed(seed: int, iteration: int) -> int:
 
 def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, seed: int,
                     state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
-                    progress: bool = False) -> dict[str, dict[str, float]]:
-    """One evaluation (every target x cfg.eval.episodes, batched) -> summarize()'s per-target dict."""
+                    progress: bool = False, env: dict | None = None) -> dict[str, dict[str, float]]:
+    """One evaluation (every target x cfg.eval.episodes, batched) -> summarize()'s per-target dict.
+
+    env: the suite's description of the environment (suites.SuiteData.env), for its score."""
     targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
     stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len, rtg_scale=cfg.train.rtg_scale,
                              max_ep_len=cfg.eval.max_ep_len, seed=seed, mode=cfg.eval.mode,
                              state_mean=state_mean, state_std=state_std,
                              sample_actions=cfg.eval.sample_actions,  # ignored when continuous
                              short_prefix=cfg.eval.atari_short_prefix, progress=progress)
-    if isinstance(cfg, GymConfig):
-        return summarize(stats, lambda r: d4rl_normalized_score(cfg.env, r))
-    return summarize(stats, lambda r: atari_normalized_score(cfg.game, r))
+    return summarize(stats, suite_of(cfg).score(cfg, env or {}))
+
+
+def evaluate_after(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, env: dict,
+                   state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None):
+    """The entry points' evaluate(iteration): evaluate_policy with the evaluation seed of that iteration."""
+    def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
+        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
+                               progress=cfg.run.progress, env=env)
+
+    return evaluate
 
 
 # -------------------------------------------------------------------- the command
@@ -119,13 +129,14 @@ def _set_threads(threads: dict[str, int] | None) -> None:
 
 
 def make_envs(cfg: GymConfig | AtariConfig, identity: dict) -> gym.vector.VectorEnv:
-    from decision_mamba.envs import make_atari_vector_env, make_gym_vector_env
-
     num_envs = cfg.eval.episodes * len(cfg.eval.targets)
-    if isinstance(cfg, GymConfig):
-        return make_gym_vector_env(identity["env_id"], num_envs=num_envs, max_episode_steps=cfg.eval.max_ep_len,
-                                   dataset_obs_dim=identity["obs_shape"][0], dataset_act_dim=identity["act_dim"])
-    return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed, resize=cfg.eval.atari_resize)
+    return suite_of(cfg).make_envs(cfg, environment(identity), num_envs, obs_dim=identity["obs_shape"][0],
+                                   act_dim=identity["act_dim"])
+
+
+def environment(identity: dict) -> dict:
+    """The suite's environment description stored in a checkpoint (older D4RL ones: the env id only)."""
+    return identity.get("env") or {"env_id": identity["env_id"]}
 
 
 def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Sequence[float] | None = None,
@@ -156,7 +167,8 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     # A --video DIR option belongs here: record the episodes of this same evaluation
     # (the video module wraps `envs`), so the videos show the scored episodes.
     try:
-        results = evaluate_policy(cfg, model, envs, seed, **normalization, progress=cfg.run.progress)
+        results = evaluate_policy(cfg, model, envs, seed, **normalization, progress=cfg.run.progress,
+                                  env=environment(identity))
     finally:
         envs.close()
     return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),

@@ -16,38 +16,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from decision_mamba.data.d4rl import is_file_dataset
 from decision_mamba.mixers import model_name
 from decision_mamba.protocols import protocol_label
 
 GENERATED_SUFFIX = "-gen"  # decision_mamba.data.generate names its files <env>-<dataset>-<version>-gen.hdf5
 
 
-def is_file_dataset(dataset: str) -> bool:
-    return "/" in dataset or dataset.endswith((".hdf5", ".h5", ".pkl")) or dataset.startswith("minari:")
-
-
 def dataset_name(cfg: Any) -> str:
-    """hopper-medium | hopper-medium-v4-gen | mujoco-hopper-medium-v0 | breakout."""
-    if hasattr(cfg, "game"):
-        return str(cfg.game).lower()
-    dataset = str(cfg.dataset)
-    if not is_file_dataset(dataset):
-        return f"{cfg.env}-{dataset}"
-    if dataset.startswith("minari:"):
-        stem = dataset.removeprefix("minari:").strip("/").replace("/", "-")
-    else:
-        stem = Path(dataset).stem
-    return stem if stem.startswith(f"{cfg.env}-") or stem.startswith(f"mujoco-{cfg.env}") else f"{cfg.env}-{stem}"
+    """hopper-medium | hopper-medium-v4-gen | mujoco-hopper-medium-v0 | breakout (the suite's rule)."""
+    from decision_mamba.suites import suite_of
+
+    return suite_of(cfg).dataset_name(cfg)
 
 
 def data_source(cfg: Any) -> str:
     """d4rl | minari | file | dqn-replay."""
-    if hasattr(cfg, "game"):
+    from decision_mamba.suites import suite_name
+
+    suite = suite_name(cfg)
+    if suite == "atari":
         return "dqn-replay"
-    dataset = str(cfg.dataset)
-    if dataset.startswith("minari:"):
-        return "minari"
-    return "file" if is_file_dataset(dataset) else "d4rl"
+    if suite == "d4rl":
+        return "file" if is_file_dataset(str(cfg.dataset)) else "d4rl"
+    return suite
 
 
 def model_label(cfg: Any, variant: str = "") -> str:

@@ -44,6 +44,7 @@ from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
 from decision_mamba.protocols import protocol_label
 from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
+from decision_mamba.scores import run_score
 from decision_mamba.trainer import Trainer
 
 
@@ -91,6 +92,14 @@ def seed_everything(seed: int, num_threads: int = 0) -> None:
         torch.set_num_threads(num_threads)
         numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_targets(cfg: GymConfig | AtariConfig, suite: Any, trajectories: Any) -> None:
+    """eval.targets: [] -> the suite's default targets, written into cfg, so that config.yaml,
+    --resume and `python -m decision_mamba.evaluate` all see the targets the run evaluated."""
+    if not cfg.eval.targets:
+        cfg.eval.targets = [float(x) for x in suite.default_targets(cfg, trajectories)]
+        print(f"eval.targets: [] -> {cfg.eval.targets} (the {suite.name} suite's default)")
 
 
 def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
@@ -185,7 +194,7 @@ def best_and_last(records: list[dict]) -> dict:
         return {"last": None, "best": None}
 
     def score(r: dict) -> float:
-        return max(t["score_mean"] for t in r["eval"].values())
+        return run_score(r["eval"])
 
     def view(r: dict) -> dict:
         return {"iteration": r["iteration"], "step": r["step"], "score": score(r), "targets": r["eval"]}

@@ -40,7 +40,14 @@ def _env_key(name: str) -> str:
     return base.removesuffix("noframeskip")
 
 
-def _normalize(returns, low: float, high: float):
+def run_score(evaluation: dict) -> float:
+    """The score of one evaluation, as summary.json, the tables and the curves give it: the best,
+    over the return-to-go targets, of the mean normalized score of that target's episodes."""
+    return max(float(t["score_mean"]) for t in evaluation.values())
+
+
+def normalize(returns, low: float, high: float):
+    """100 * (R - low) / (high - low) of one return (-> float) or an array of them (-> array)."""
     values = np.asarray(returns, dtype=np.float64)
     scores = 100.0 * (values - low) / (high - low)
     return float(scores) if scores.ndim == 0 else scores
@@ -54,7 +61,7 @@ def d4rl_normalized_score(env_name: str, returns):
             f"no D4RL reference returns for {env_name!r}; "
             f"known environments: {', '.join(sorted(D4RL_REFERENCE_RETURNS))}"
         )
-    return _normalize(returns, *D4RL_REFERENCE_RETURNS[key])
+    return normalize(returns, *D4RL_REFERENCE_RETURNS[key])
 
 
 def atari_normalized_score(game: str, returns):
@@ -65,4 +72,4 @@ def atari_normalized_score(game: str, returns):
             f"no Atari reference scores for {game!r}; "
             f"known games: {', '.join(sorted(ATARI_REFERENCE_SCORES))}"
         )
-    return _normalize(returns, *ATARI_REFERENCE_SCORES[key])
+    return normalize(returns, *ATARI_REFERENCE_SCORES[key])

@@ -1,8 +1,11 @@
-"""Decision Mamba (and DT, DC, DS4) on D4RL MuJoCo: Tables 1 and 3 of the paper.
+"""Decision Mamba (and DT, DC, DS4) on D4RL MuJoCo (Tables 1 and 3 of the paper) and Minari.
 
     python gym/experiment.py --config configs/gym/hopper-medium.yaml [key=value ...] [--resume]
+    python gym/experiment.py --config configs/minari/antmaze-umaze.yaml
 
-Mirrors the Decision Transformer codebase's gym/experiment.py: load the D4RL data,
+Serves every continuous-control suite (decision_mamba/suites/: d4rl, minari): the suite
+loads the data, makes the environment and scores the returns. Mirrors the Decision
+Transformer codebase's gym/experiment.py: load the data,
 normalise states, sample K-step windows, train for `num_iterations` x
 `steps_per_iteration` updates and evaluate after each iteration in the real MuJoCo
 environment, all episodes batched. Everything but the data, the environment and the
@@ -17,26 +20,16 @@ import numpy as np
 
 from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
-from decision_mamba.data.d4rl import load_dataset
-from decision_mamba.data.identity import check_dataset_env
 from decision_mamba.data.sampler import sample_batch, state_normalization
-from decision_mamba.envs import gym_env_id, make_gym_vector_env
 from decision_mamba.errors import cli_main
-from decision_mamba.evaluate import evaluate_policy, evaluation_seed
+from decision_mamba.evaluate import evaluate_after
 from decision_mamba.evaluation import evaluate_random_policy
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
-from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
-from decision_mamba.scores import d4rl_normalized_score
+from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
-
-
-def dataset_spec(cfg: GymConfig) -> str:
-    """'medium' on hopper -> 'hopper-medium-v2'; paths and minari:<id> pass through."""
-    if "/" in cfg.dataset or cfg.dataset.endswith((".hdf5", ".h5", ".pkl")) or cfg.dataset.startswith("minari:"):
-        return cfg.dataset
-    return f"{cfg.env}-{cfg.dataset}-v2"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,15 +38,15 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
-    traj, metadata = load_dataset(dataset_spec(cfg), cfg.data_dir, allow_pickle=cfg.allow_pickle,
-                                  drop_unterminated_tail=cfg.drop_unterminated_tail)
-    env_id = gym_env_id(cfg.env, cfg.env_version)
-    check_dataset_env(metadata, env_id, source=dataset_spec(cfg), allow_mismatch=cfg.allow_env_mismatch)
-    num_envs = cfg.eval.episodes * len(cfg.eval.targets)
-    envs = make_gym_vector_env(env_id, num_envs=max(1, num_envs), max_episode_steps=cfg.eval.max_ep_len,
-                               dataset_obs_dim=traj.observations.shape[1], dataset_act_dim=traj.actions.shape[1])
+    suite = suite_of(cfg)  # D4RL MuJoCo or Minari (decision_mamba/suites/)
+    data = suite.load(cfg)
+    traj, metadata = data.trajectories, data.metadata
+    resolve_targets(cfg, suite, traj)
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
+    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
+                           obs_dim=obs_dim, act_dim=act_dim)
     state_mean, state_std = state_normalization(traj)
+    score = suite.score(cfg, data.env)
 
     model = DecisionModel(cfg.model, (obs_dim,), act_dim, discrete=False).to(device)
     model.zero_padded_tokens = cfg.train.padding == "masked"  # release: pads reach the model unmasked
@@ -65,32 +58,27 @@ def main(argv: list[str] | None = None) -> dict:
                             padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
+    evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std)
 
-    def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
-        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
-                               progress=cfg.run.progress)
+    def scored(returns: np.ndarray) -> dict:
+        return {"return_mean": float(np.mean(returns)), "score_mean": float(np.mean(score(returns)))}
 
     reference = {
         "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
-                    **_score(cfg.env, traj.episode_returns)},
+                    **scored(traj.episode_returns)},
         "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_normalized_score") if k in metadata},
-        "random_policy": _score(cfg.env, evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len,
-                                                                  seed=cfg.seed).returns),
+        "random_policy": scored(evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed).returns),
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg)),
                              group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
                              extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
-                             identity=run_identity("gym", traj, env_id=env_id, obs_shape=(obs_dim,), act_dim=act_dim,
-                                                   discrete=False, state_mean=state_mean, state_std=state_std),
-                             data=f"{dataset_spec(cfg)}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")
+                             identity=run_identity("gym", traj, env_id=data.env["env_id"], obs_shape=(obs_dim,),
+                                                   act_dim=act_dim, discrete=False, state_mean=state_mean,
+                                                   state_std=state_std, env=data.env),
+                             data=f"{data.description}: {traj.num_episodes} episodes, {traj.num_transitions:,} transitions")
     envs.close()
     print(report(summary, paper_name(cfg.model.mixer)))
     return summary
-
-
-def _score(env: str, returns: np.ndarray) -> dict:
-    return {"return_mean": float(np.mean(returns)),
-            "score_mean": float(np.mean(d4rl_normalized_score(env, returns)))}
 
 
 def report(summary: dict, model_name: str) -> str:

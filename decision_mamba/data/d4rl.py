@@ -30,15 +30,26 @@ from decision_mamba.atomic import atomic_path
 from decision_mamba.data.trajectories import Trajectories
 from decision_mamba.errors import CorruptFileError, DataError, MissingFileError
 
+from decision_mamba.envs import GYM_ENV_NAMES
+
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
-D4RL_ENVS = ("hopper", "halfcheetah", "walker2d")
+D4RL_ENVS = tuple(GYM_ENV_NAMES)  # hopper, halfcheetah, walker2d (one home: envs.py)
+FILE_SUFFIXES = (".hdf5", ".h5", ".pkl")
 D4RL_DATASETS = ("random", "medium", "expert", "medium-replay", "medium-expert", "full-replay")
 DEFAULT_DATA_DIR = Path("data")  # the gym configs' data_dir default
 DOWNLOAD_MODULE = "python -m decision_mamba.data.download"
 
 
 # ----- dataset names -----------------------------------------------------------------
+
+
+def is_file_dataset(spec: str | os.PathLike) -> bool:
+    """Is the config's dataset a file (a path, or a name ending .hdf5 / .h5 / .pkl) rather
+    than a D4RL name? The one rule: D4RL names have neither a folder nor a suffix."""
+    text = str(spec)
+    return "/" in text or os.sep in text or text.lower().endswith(FILE_SUFFIXES)
+
 
 
 def parse_d4rl_name(name: str) -> tuple[str, str]:
@@ -182,14 +193,12 @@ def _attribute_to_python(value: Any) -> Any:
     return value
 
 
-def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False) -> tuple[Trajectories, dict[str, Any]]:
-    """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+def read_d4rl_arrays(path: str | os.PathLike, *, next_observations: bool = False
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The flat arrays of a file in the D4RL v2 hdf5 layout, as stored, and its root attributes.
 
-    The steps after the last flagged one (D4RL's files end mid-episode) are kept as a last
-    episode, unless drop_unterminated_tail (the release's: DT's converter never saves it).
-
-    Returns the trajectories and the file's root attributes (empty for the original D4RL files).
-    """
+    The one reader of the layout (load_d4rl_hdf5 and data/generate.py read through it).
+    next_observations=True adds that array, None when the file has none."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(
@@ -206,12 +215,27 @@ def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False
                     f"a D4RL v2 file needs {list(REQUIRED_KEYS)}"
                 )
             arrays = {key: f[key][()] for key in REQUIRED_KEYS}
+            if next_observations:
+                arrays["next_observations"] = f["next_observations"][()] if "next_observations" in f else None
             metadata = {key: _attribute_to_python(value) for key, value in f.attrs.items()}
     except OSError as error:
         raise CorruptFileError(
             f"cannot read {path} as an hdf5 file ({error}); it is truncated or corrupt. "
             f"Delete it and download it again with: {_download_hint(path)}"
         ) from error
+    return arrays, metadata
+
+
+def load_d4rl_hdf5(path: str | os.PathLike, drop_unterminated_tail: bool = False) -> tuple[Trajectories, dict[str, Any]]:
+    """Read a file in the D4RL v2 hdf5 layout; episodes end after a terminal or timeout step.
+
+    The steps after the last flagged one (D4RL's files end mid-episode) are kept as a last
+    episode, unless drop_unterminated_tail (the release's: DT's converter never saves it).
+
+    Returns the trajectories and the file's root attributes (empty for the original D4RL files).
+    """
+    path = Path(path)
+    arrays, metadata = read_d4rl_arrays(path)
 
     lengths = {key: len(array) for key, array in arrays.items()}
     if len(set(lengths.values())) != 1:
@@ -266,12 +290,38 @@ def load_pickle_trajectories(
     return trajectories, {}
 
 
+def flatten_observations(space: Any, observations: Any) -> np.ndarray:
+    """A batch of (possibly nested) Dict observations as one float32 array (T, obs_dim).
+
+    The one flattening rule of this project, for the data and (through gymnasium's
+    FlattenObservation, which this reproduces: tests/test_suites.py) for the evaluation
+    environment alike: the leaves are concatenated in the Dict space's key order, which
+    gymnasium sorts (achieved_goal, desired_goal, observation; kitchen's nested goal dicts
+    likewise, task by task in sorted order), each leaf flattened row-major. A Box passes through.
+    """
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Dict):
+        parts = [flatten_observations(sub, observations[key]) for key, sub in space.spaces.items()]
+        return np.concatenate(parts, axis=1)
+    if isinstance(space, gym.spaces.Box):
+        array = np.asarray(observations, dtype=np.float32)
+        return array.reshape(len(array), -1)
+    raise DataError(f"observations of type {type(space).__name__} cannot be flattened; "
+                    "only Box and (nested) Dict-of-Box observation spaces are supported")
+
+
 def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, dict[str, Any]]:
     """Read a Minari dataset: an id known locally ("mujoco/hopper/medium-v0", looked up under
     MINARI_DATASETS_PATH or ~/.minari/datasets) or the path of a dataset directory.
 
     Minari stores T+1 observations per episode (the final one included); the last is dropped.
+    Dict observations (mazes, kitchen) are flattened by `flatten_observations`. The metadata
+    holds the environment to evaluate in (`eval_env_spec`: the dataset's evaluation
+    environment, which its reference scores were measured on, else the recording one, as
+    JSON) and the reference scores (None when the dataset has none).
     """
+    import gymnasium as gym
     import minari  # imported here: minari is slow to import and only this reader needs it
 
     local = Path(dataset_id_or_path)
@@ -288,20 +338,26 @@ def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, di
                 f"{DOWNLOAD_MODULE} minari {dataset_id}"
             ) from error
 
+    space = dataset.observation_space
     episodes = []
     for episode in dataset.iterate_episodes():
-        if not isinstance(episode.observations, np.ndarray):
-            raise DataError(
-                f"Minari dataset {dataset.spec.dataset_id} has {type(episode.observations).__name__} "
-                "observations; only flat Box observation spaces are supported"
-            )
-        episodes.append(
-            {"observations": episode.observations[:-1], "actions": episode.actions, "rewards": episode.rewards}
-        )
+        observations = flatten_observations(space, episode.observations)
+        episodes.append({"observations": observations[:-1], "actions": episode.actions, "rewards": episode.rewards})
     env_spec = dataset.spec.env_spec
+    stored = dataset.storage.metadata
+    # The evaluation environment minari itself recovers (recover_environment(eval_env=True)), as
+    # minari parsed it (it mends specs written by older gymnasium versions); its public way
+    # builds the environment, so only where that parsed spec is not found.
+    eval_spec = env_spec
+    if stored.get("eval_env_spec") is not None:
+        eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.recover_environment(eval_env=True).spec
     metadata = {
         "dataset_id": dataset.spec.dataset_id,
         "env_id": env_spec.id if env_spec is not None else None,
+        "eval_env_spec": eval_spec.to_json() if eval_spec is not None else None,
+        "ref_min_score": stored.get("ref_min_score"),
+        "ref_max_score": stored.get("ref_max_score"),
+        "dict_observations": not isinstance(space, gym.spaces.Box),
         "data_path": str(dataset.spec.data_path),
     }
     try:
@@ -329,11 +385,14 @@ def load_dataset(
     spec_text = str(spec)
     if spec_text.startswith("minari:"):
         return load_minari(spec_text.removeprefix("minari:"))
-    suffix = Path(spec_text).suffix.lower()
-    if suffix in (".hdf5", ".h5"):
-        return load_d4rl_hdf5(spec_text, drop_unterminated_tail)
-    if suffix == ".pkl":
-        return load_pickle_trajectories(spec_text, allow_pickle=allow_pickle)
+    if is_file_dataset(spec_text):
+        suffix = Path(spec_text).suffix.lower()
+        if suffix in (".hdf5", ".h5"):
+            return load_d4rl_hdf5(spec_text, drop_unterminated_tail)
+        if suffix == ".pkl":
+            return load_pickle_trajectories(spec_text, allow_pickle=allow_pickle)
+        raise DataError(f"dataset {spec_text!r} is a path but not a .hdf5 / .h5 (D4RL layout) or .pkl file; "
+                        f"for a Minari dataset folder write minari:{spec_text}")
 
     try:
         file_names = d4rl_source_files(spec_text)

@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import h5py
 import mujoco
 import numpy as np
 import stable_baselines3
@@ -71,19 +70,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 from decision_mamba.atomic import write_text_atomic
-from decision_mamba.data.d4rl import write_d4rl_hdf5
+from decision_mamba.data.d4rl import read_d4rl_arrays, write_d4rl_hdf5
+from decision_mamba.data.trajectories import Trajectories
+from decision_mamba.envs import GYM_ENV_NAMES, gym_env_id
 from decision_mamba.errors import UserError, cli_main
 from decision_mamba.scores import D4RL_REFERENCE_RETURNS, d4rl_normalized_score
 
-# Gymnasium id -> D4RL environment name (the key of the D4RL reference returns).
-SUPPORTED_ENVS: dict[str, str] = {
-    "Hopper-v4": "hopper",
-    "HalfCheetah-v4": "halfcheetah",
-    "Walker2d-v4": "walker2d",
-    "Hopper-v5": "hopper",
-    "HalfCheetah-v5": "halfcheetah",
-    "Walker2d-v5": "walker2d",
-}
+# Gymnasium id -> D4RL environment name (the key of the D4RL reference returns): Hopper-v4 -> hopper, ...
+SUPPORTED_ENVS: dict[str, str] = {gym_env_id(env, version): env for version in ("v4", "v5") for env in GYM_ENV_NAMES}
 DATASETS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 # What each dataset needs from SAC training (random needs none).
 _NEEDS_MEDIUM = {"medium", "medium-replay", "medium-expert"}
@@ -230,7 +224,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 @dataclass
 class Transitions:
-    """A dataset in the flat D4RL layout; always whole episodes (the last row ends one)."""
+    """A dataset in the flat D4RL layout as write_d4rl_hdf5 writes it; always whole episodes
+    (the last row ends one). Its episodes are the shared container's (Trajectories)."""
 
     observations: np.ndarray  # (N, obs_dim) float32
     actions: np.ndarray  # (N, act_dim) float32
@@ -242,15 +237,15 @@ class Transitions:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def trajectories(self) -> Trajectories:
+        return Trajectories.from_flat(self.observations, self.actions, self.rewards, self.terminals | self.timeouts)
+
     def episode_bounds(self) -> list[tuple[int, int]]:
-        ends = np.flatnonzero(self.terminals | self.timeouts) + 1
-        starts = np.concatenate([[0], ends[:-1]])
-        return list(zip(starts.tolist(), ends.tolist()))
+        traj = self.trajectories()
+        return list(zip(traj.starts.tolist(), (traj.starts + traj.lengths).tolist()))
 
     def episode_returns(self) -> np.ndarray:
-        # Summed in float64 so the reported return does not depend on float32 rounding.
-        rewards = self.rewards.astype(np.float64)
-        return np.array([rewards[start:end].sum() for start, end in self.episode_bounds()])
+        return self.trajectories().episode_returns  # summed in float64
 
     @staticmethod
     def concatenate(parts: list[Transitions]) -> Transitions:
@@ -263,10 +258,7 @@ class Transitions:
 
 def _read_transitions(path: Path) -> Transitions:
     """Read back one of our own files (medium-expert is built from the medium and expert files)."""
-    with h5py.File(path, "r") as f:
-        arrays = {key: f[key][()] for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
-        arrays["next_observations"] = f["next_observations"][()] if "next_observations" in f else None
-    return Transitions(**arrays)
+    return Transitions(**read_d4rl_arrays(path, next_observations=True)[0])
 
 
 # ----- environments ------------------------------------------------------------------
