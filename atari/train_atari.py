@@ -28,6 +28,7 @@ from decision_mamba.model import MODEL_NAMES, DecisionModel
 from decision_mamba.naming import run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import iteration_video_dir, recorded_indices
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,12 +62,16 @@ def main(argv: list[str] | None = None) -> dict:
                       final_tokens=final_tokens)
 
     envs = make_atari_vector_env(cfg.game, num_envs=max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                                 seed=cfg.seed, resize=cfg.eval.atari_resize)
+                                 seed=cfg.seed, resize=cfg.eval.atari_resize,
+                                 record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes,
+                                                         cfg.eval.video_episodes))
+    run_dir = run_directory(cfg, run_name(cfg, f"k{K}"))
 
     def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
-        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), progress=cfg.run.progress)
+        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), progress=cfg.run.progress,
+                               video_dir=iteration_video_dir(run_dir, iteration) if cfg.eval.video_episodes else None)
 
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg, f"k{K}")),
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
                              group=run_group(cfg, variant=f"k{K}"), resume=args.resume, tags=run_tags(cfg),
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),

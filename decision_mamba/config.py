@@ -70,6 +70,7 @@ class EvalConfig:
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
     max_ep_len: int = 1000  # evaluation episodes are cut after this many steps
     atari_resize: str = "area"  # area (cv2.INTER_AREA) | linear (INTER_LINEAR, the release's and DT's)
+    video_episodes: int = 0  # film the first N episodes of each target at each evaluation (MP4 in <run>/videos/)
 
 
 @dataclass
@@ -202,6 +203,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
            f"eval.targets needs at least one target return, all finite, got {e.targets}")
     _check(e.every > 0, f"eval.every must be positive, got {e.every}")
     _check(e.max_ep_len > 0, f"eval.max_ep_len must be positive, got {e.max_ep_len}")
+    _check(e.video_episodes >= 0, f"eval.video_episodes must be 0 (no video) or more, got {e.video_episodes}")
     try:
         parse_keep(cfg.run.keep_checkpoints)
     except UserError as err:

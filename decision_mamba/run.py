@@ -45,6 +45,7 @@ from decision_mamba.errors import UserError
 from decision_mamba.protocols import protocol_label
 from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.trainer import Trainer
+from decision_mamba.video import iteration_video_dir
 
 
 class RunExistsError(UserError, FileExistsError):
@@ -129,6 +130,16 @@ class MetricsLog:
             os.fsync(f.fileno())
         if self.wandb_run is not None:
             self.wandb_run.log(_flatten(record), step=record["step"])
+
+    def log_videos(self, directory: Path, step: int) -> None:
+        """The evaluation's MP4s (eval.video_episodes) as wandb videos, video/<file name>."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        videos = {f"video/{path.stem}": wandb.Video(str(path), format="mp4") for path in sorted(directory.glob("*.mp4"))}
+        if videos:
+            self.wandb_run.log(videos, step=step)
 
     def close(self, summary: dict) -> None:
         if self.wandb_run is not None:
@@ -288,6 +299,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             t1 = time.perf_counter()
             record["eval"] = evaluate(iteration)
             record["eval_time_s"] = time.perf_counter() - t1
+            log.log_videos(iteration_video_dir(run_dir, iteration), trainer.step)
             bar.write(format_eval(iteration, n_iter, record))
         log.log(record)
         save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),

@@ -29,6 +29,7 @@ from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
 from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.scores import d4rl_normalized_score
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import iteration_video_dir, recorded_indices
 
 
 def dataset_spec(cfg: GymConfig) -> str:
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_dataset_env(metadata, env_id, source=dataset_spec(cfg), allow_mismatch=cfg.allow_env_mismatch)
     num_envs = cfg.eval.episodes * len(cfg.eval.targets)
     envs = make_gym_vector_env(env_id, num_envs=max(1, num_envs), max_episode_steps=cfg.eval.max_ep_len,
-                               dataset_obs_dim=traj.observations.shape[1], dataset_act_dim=traj.actions.shape[1])
+                               dataset_obs_dim=traj.observations.shape[1], dataset_act_dim=traj.actions.shape[1],
+                               record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes,
+                                                       cfg.eval.video_episodes))
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
     state_mean, state_std = state_normalization(traj)
 
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
 
+    run_dir = run_directory(cfg, run_name(cfg))
+
     def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
         return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
-                               progress=cfg.run.progress)
+                               progress=cfg.run.progress,
+                               video_dir=iteration_video_dir(run_dir, iteration) if cfg.eval.video_episodes else None)
 
     reference = {
         "dataset": {"episodes": int(traj.num_episodes), "transitions": int(traj.num_transitions),
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         "random_policy": _score(cfg.env, evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len,
                                                                   seed=cfg.seed).returns),
     }
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg)),
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
                              group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
                              extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
                              identity=run_identity("gym", traj, env_id=env_id, obs_shape=(obs_dim,), act_dim=act_dim,
