@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     for which in ("last", "best"):
         if summary[which] is not None:
             print(f"{MODEL_NAMES[cfg.model.mixer]} on {cfg.game}, {which} evaluation "
-                  f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f}")
+                  f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f} "
+                  f"(target return {summary[which]['target']})")
     return summary
 
 

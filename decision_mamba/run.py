@@ -198,8 +198,10 @@ def best_and_last(records: list[dict]) -> dict:
     def score(r: dict) -> float:
         return max(t["score_mean"] for t in r["eval"].values())
 
-    def view(r: dict) -> dict:
-        return {"iteration": r["iteration"], "step": r["step"], "score": score(r), "targets": r["eval"]}
+    def view(r: dict) -> dict:  # target: the one the score belongs to (the first of equal scores)
+        target = max(r["eval"], key=lambda t: r["eval"][t]["score_mean"])
+        return {"iteration": r["iteration"], "step": r["step"], "score": score(r), "target": target,
+                "targets": r["eval"]}
 
     best = max(evaluated, key=score)  # first of equal scores: the earliest
     return {"last": view(evaluated[-1]), "best": view(best)}

@@ -107,7 +107,7 @@ def report(summary: dict, model_name: str) -> str:
         s = summary[which]
         if s is not None:
             lines.append(f"{model_name}, {which} evaluation (iteration {s['iteration']}): "
-                         f"normalized score {s['score']:.1f}")
+                         f"normalized score {s['score']:.1f} (target return {s['target']})")
     ref = summary.get("reference", {})
     behaviour = ref.get("behaviour_policy", {})
     if "behaviour_normalized_score" in behaviour:

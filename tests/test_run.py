@@ -162,6 +162,7 @@ def test_summary_reports_last_and_best_separately():
     out = best_and_last(records)
     assert out["last"]["iteration"] == 4 and out["last"]["score"] == 25
     assert out["best"]["iteration"] == 2 and out["best"]["score"] == 50
+    assert out["last"]["target"] == "2" and out["best"]["target"] == "1"  # whose score it is
     assert best_and_last([{"iteration": 1, "step": 1}]) == {"last": None, "best": None}
 
 
