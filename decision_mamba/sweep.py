@@ -132,7 +132,7 @@ SMOKE_BUDGET = {
               "train.batch_size=8", "train.num_iterations=2", "train.steps_per_iteration=10",
               "train.warmup_tokens=100", "eval.episodes=1", "eval.max_ep_len=30"),
 }
-SMOKE_COMMON = ("train.num_threads=1", "run.wandb_project=decision-mamba-smoke")
+SMOKE_COMMON = ("train.num_threads=1", f"run.wandb_project={naming.SMOKE_WANDB_PROJECT}")  # tagged "smoke"
 SMOKE_SEEDS = 2  # the table's first two seeds: a mean ± std to show
 SMOKE_RECORDING = {"buffers": 2, "transitions": 300, "max_steps": 100}  # per game, a few seconds
 

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission
 
-from decision_mamba import sweep
+from decision_mamba import naming, sweep
 from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
@@ -362,6 +362,7 @@ def test_atari_smoke_records_a_dataset_the_runs_can_load(tmp_path):
     assert sorted({(r.variant, r.seed) for r in runs}) == [(k, s) for k in ("k10", "k30", "k40", "k60")
                                                            for s in (123, 231)]
     cfg = runs[0].resolved_config()
+    assert naming.run_tags(cfg) == ["data:dqn-replay", "protocol:release", "smoke"]  # never mistaken for DQN's data
     assert cfg.data_dir == str(tmp_path / "smoke" / "dqn_replay_recorded") and cfg.train.num_iterations == 2
     sweep.record_smoke_data(runs)
     assert sorted(p.name for p in (tmp_path / "smoke" / "dqn_replay_recorded").iterdir()) == ["Breakout"]
