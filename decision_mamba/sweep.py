@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print one command line per run, launch nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="the table's protocol at a tiny budget on generated / recorded data, into "
-                             "runs/smoke/table<N> (never the real table's folder); see above")
+                             "runs/smoke/table<N> (never the real table's folder); scripts/README.md says more")
     parser.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"])
     parser.add_argument("--slots", type=int, help="local launchers: runs at a time (default: #GPUs, or 1)")
     parser.add_argument("--time", type=int, default=3 * 24 * 60, help="time limit per run, minutes")
