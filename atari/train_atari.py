@@ -29,6 +29,7 @@ from decision_mamba.naming import run_group, run_name, run_tags
 from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import recorded_indices
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -52,10 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device,
                       final_tokens=final_tokens)
 
-    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)))
-    evaluate = evaluate_after(cfg, model, envs, data.env)
+    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
+                           record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes))
+    run_dir = run_directory(cfg, run_name(cfg, f"k{K}"))
+    evaluate = evaluate_after(cfg, model, envs, data.env, run_dir=run_dir)
 
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg, f"k{K}")),
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
                              group=run_group(cfg, variant=f"k{K}"), resume=args.resume, tags=run_tags(cfg),
                              steps_per_iteration=steps_per_epoch,
                              extra_summary={"dataset": {"episodes": int(traj.num_episodes),
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     for which in ("last", "best"):
         if summary[which] is not None:
             print(f"{paper_name(cfg.model.mixer)} on {cfg.game}, {which} evaluation "
-                  f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f}")
+                  f"(epoch {summary[which]['iteration']}): gamer-normalized score {summary[which]['score']:.1f} "
+                  f"(target return {summary[which]['target']})")
     return summary
 
 

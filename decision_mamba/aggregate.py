@@ -5,15 +5,17 @@
 reads every run directory under runs/table1 (config.yaml + summary.json + metrics.jsonl)
 and writes
     results/table1.md            the table (Markdown), how it was made, incomplete runs
-    results/table1.csv           the same numbers at full precision (one row per cell)
+    results/table1.csv           the same numbers at full precision: one row per cell (empty
+                                 `seed`), each followed by one row per seed of the cell
     results/table1-<dataset>.png learning curves: normalized score vs training step,
-                                 one line per model (mean over seeds, shaded ± std)
+    results/table1-<dataset>.svg one line per model (mean over seeds, shaded ± std), the
+                                 paper's number dotted with its ± std band, in the legend
 
 A cell is a dataset (or game), a model (Table 3: a variant; Table 4: a context length
 K) and a protocol (decision_mamba/protocols.py: release, clean, or one of them with named
 switches changed); runs of different protocols are never averaged together. It shows mean ± std over its seeds of both the **last** evaluation and the **best**
 evaluation seen during training (the paper's release reports the best one), with the
-number of seeds it has. A run's score is its summary.json "score": the best over the
+number of seeds it has ("1 seed" rather than a std of 0). A run's score is its summary.json "score": the best over the
 return-to-go targets of the mean normalized score of that evaluation. Runs that have not
 finished are listed, never silently dropped.
 """
@@ -281,9 +283,30 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
     return frame.astype({"seeds_done": int})
 
 
-def _mean_std(mean: float, std: float) -> str:
+def seed_rows(frame: pd.DataFrame, runs: list[RunRecord]) -> pd.DataFrame:
+    """The CSV: each cell's row (empty `seed`), then one row per finished seed of that cell."""
+    by_cell: dict[tuple[str, str, str], list[RunRecord]] = {}
+    for r in sorted((r for r in runs if r.complete), key=lambda r: r.seed):
+        by_cell.setdefault((r.dataset, r.column, r.protocol), []).append(r)
+    rows = []
+    for cell in frame.to_dict("records"):
+        rows.append({**cell, "seed": "", "run_dir": ""})
+        for r in by_cell.get((cell["dataset"], cell["column"], cell["protocol"]), []):
+            rows.append({**cell, "seed": r.seed, "seeds_done": 1, "seeds": str(r.seed), "data": r.data,
+                         "last_mean": float(r.summary["last"]["score"]), "last_std": np.nan,
+                         "best_mean": float(r.summary["best"]["score"]), "best_std": np.nan,
+                         "run_dir": str(r.run_dir)})
+    columns = list(frame.columns)
+    columns.insert(columns.index("seeds_done"), "seed")
+    return pd.DataFrame(rows, columns=[*columns, "run_dir"])
+
+
+def _mean_std(mean: float, std: float, seeds: int | None = None) -> str:
+    """'mean ± std'; a bare mean where the std is unknown; '(1 seed)' where there is no spread to show."""
     if np.isnan(mean):
         return "—"
+    if seeds == 1:
+        return f"{mean:.1f} (1 seed)"
     if np.isnan(std):
         return f"{mean:.1f}"
     return f"{mean:.1f} ± {std:.2f}" if std < 0.1 else f"{mean:.1f} ± {std:.1f}"
@@ -348,7 +371,8 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         lines += [note, ""]
     lines += [
         f"- Scores: **last** = the final evaluation; **best** = the best evaluation seen during training "
-        f"(what the paper's released code reports). Mean ± std over seeds (np.std, ddof={STD_DDOF}); a run's "
+        f"(what the paper's released code reports). Mean ± std over seeds (np.std, ddof={STD_DDOF}; "
+        f"\"1 seed\" where one seed has no spread to show); a run's "
         f"score is the best over its return-to-go targets of the mean normalized score.",
         f"- Protocols (decision_mamba/protocols.py): **release** = every switch as in the authors' code, the "
         f"protocol the paper's numbers come from; **clean** = this project's corrections; a name such as "
@@ -374,7 +398,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
               "Last", "Best", "Paper"]
     rows = [[row.dataset, row.name, row.protocol, row.data or "—", f"{row.seeds_done}/{row.seeds_expected}"
              + (f" ({row.seeds})" if row.seeds_done else ""),
-             _mean_std(row.last_mean, row.last_std), _mean_std(row.best_mean, row.best_std),
+             _mean_std(row.last_mean, row.last_std, row.seeds_done), _mean_std(row.best_mean, row.best_std, row.seeds_done),
              _mean_std(row.paper_mean, row.paper_std)] for row in shown.itertuples()]
     lines += [_markdown_table(header, rows), ""]
     not_run = frame[[(row.dataset, row.column, row.protocol) not in started for row in frame.itertuples()]]
@@ -399,7 +423,8 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
                   *[f"- `{r.run_dir}` (table {r.table})" for r in other], ""]
     if curve_files:
         lines += ["## Learning curves", ""]
-        lines += [f"![{dataset}]({name})" for dataset, name in curve_files.items()]
+        lines += [f"![{dataset}]({name}) ([SVG]({Path(name).with_suffix('.svg')}))"
+                  for dataset, name in curve_files.items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -411,14 +436,20 @@ def _mean_curve(curves: list[list[tuple[int, float]]]) -> pd.DataFrame:
         mean="mean", std=lambda x: float(np.std(x, ddof=STD_DDOF)), seeds="count").reset_index()
 
 
+def _paper_label(column: str, mean: float, std: float | None) -> str:
+    name = display_name(column)
+    return f"paper {name}: {mean:.1f}" + (f" ± {std:g}" if std is not None else " (no std published)")
+
+
 def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
-    """One PNG per dataset; returns {dataset: file name} for the Markdown."""
+    """One PNG and one SVG per dataset; returns {dataset: PNG file name} for the Markdown."""
     files = {}
     order = {cell: i for i, cell in enumerate(_expected_cells(table, _protocols(runs)))}
     for dataset in dict.fromkeys(r.dataset for r in runs if r.curve):
         fig, ax = plt.subplots(figsize=(6, 4))
         cells = sorted({(r.column, r.protocol) for r in runs if r.dataset == dataset and r.curve},
                        key=lambda c: (order.get((dataset, *c), len(order)), c))
+        papers_drawn: set[str] = set()  # one paper line per column, whatever the protocols
         for column, protocol in cells:
             curves = [r.curve for r in runs
                       if r.dataset == dataset and r.column == column and r.protocol == protocol and r.curve]
@@ -428,18 +459,28 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
             line, = ax.plot(mean["step"], mean["mean"], marker="o", markersize=3, label=label)
             ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
                             color=line.get_color(), alpha=0.2)
-            paper = PAPER_NUMBERS[table].get((dataset, column))
-            if paper is not None:
-                ax.axhline(paper[0], color=line.get_color(), linestyle=":", linewidth=1)
+            paper = PAPER_NUMBERS[table].get((dataset, column))  # only where the data is the paper's
+            if paper is not None and column not in papers_drawn:
+                papers_drawn.add(column)
+                mean_p, std_p = paper
+                ax.axhline(mean_p, color=line.get_color(), linestyle=":", linewidth=1.2,
+                           label=_paper_label(column, mean_p, std_p))
+                if std_p is not None:
+                    ax.axhspan(mean_p - std_p, mean_p + std_p, color=line.get_color(), alpha=0.08, linewidth=0)
+        data = ", ".join(sorted({r.data for r in runs if r.dataset == dataset and r.curve}))
+        protocols = ", ".join(dict.fromkeys(protocol for _, protocol in cells))
         ax.set_xlabel("training step")
         ax.set_ylabel("normalized score" if table in (1, 3) else "gamer-normalized score")
-        ax.set_title(f"{dataset}: mean ± std over seeds (dotted: paper)")
+        ax.set_title(f"{TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
+                     f"protocol {protocols}; mean ± std over seeds; dotted: the paper, band ± its std", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_prefix.parent / f"{out_prefix.name}-{dataset}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")  # the temporary name does not end in .png
+        for fmt in ("png", "svg"):
+            # svg.fonttype none: the SVG keeps its text as text (searchable, editable), not outlines
+            with atomic_path(path.with_suffix(f".{fmt}")) as tmp, plt.rc_context({"svg.fonttype": "none"}):
+                fig.savefig(tmp, dpi=120, format=fmt)  # the temporary name does not end in .png
         plt.close(fig)
         files[dataset] = path.name
     return files
@@ -449,7 +490,7 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
 def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str | None = None,
               note: str | None = None, produced_by: str | None = None,
               aggregate_command: str = "") -> pd.DataFrame:
-    """Write <out>.md, <out>.csv and <out>-<dataset>.png; return the table."""
+    """Write <out>.md, <out>.csv and <out>-<dataset>.png / .svg; return the table (one row per cell)."""
     if table not in TABLES:
         raise AggregateError(f"--table must be one of {sorted(TABLES)}, got {table}")
     everything = find_runs(roots, table)
@@ -463,7 +504,7 @@ def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str
     markdown = render_markdown(frame, runs, other, table, roots, curve_files, title=title, note=note,
                                produced_by=produced_by, aggregate_command=aggregate_command)
     write_text_atomic(out_prefix.parent / f"{out_prefix.name}.md", markdown)
-    csv = frame.rename(columns={"column": "model" if table in (1, 2) else "variant"})
+    csv = seed_rows(frame, runs).rename(columns={"column": "model" if table in (1, 2) else "variant"})
     write_text_atomic(out_prefix.parent / f"{out_prefix.name}.csv", csv.to_csv(index=False))
     return frame
 
@@ -480,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m decision_mamba.aggregate", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="folders of run directories, e.g. runs/table1")
     parser.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
-    parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png")
+    parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png and .svg")
     parser.add_argument("--title", help="the Markdown title (default: the table's name)")
     parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
     parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")

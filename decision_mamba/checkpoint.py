@@ -36,7 +36,7 @@ CHECKPOINT_RE = re.compile(r"^iter_(\d+)\.pt$")
 IDENTITY_FILE = "identity.json"
 # Keys that may differ on --resume: where the run lives and how it is displayed or
 # logged; none changes a number.
-RESUME_MAY_DIFFER = ("run.out_dir", "run.name", "run.progress", "run.wandb")
+RESUME_MAY_DIFFER = ("run.out_dir", "run.name", "run.progress", "run.wandb", "eval.video_episodes")
 # Identity entries a resumed run must share: other data or another thread count give
 # other numbers. Package and code versions are recorded, not compared.
 RESUME_COMPARED = ("data_fingerprint", "env_id", "threads")

@@ -74,6 +74,7 @@ class EvalConfig:
     # window mode, steps t < K: padded (the window left-padded to K steps, as in training) |
     # unpadded (the model sees only the t + 1 steps so far, the release's and DT's Atari evaluation)
     atari_short_prefix: str = "padded"
+    video_episodes: int = 0  # film the first N episodes of each target at each evaluation (MP4 in <run>/videos/)
 
 
 @dataclass
@@ -208,6 +209,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
            f"eval.targets must be all finite ([] = the suite's default), got {e.targets}")
     _check(e.every > 0, f"eval.every must be positive, got {e.every}")
     _check(e.max_ep_len > 0, f"eval.max_ep_len must be positive, got {e.max_ep_len}")
+    _check(e.video_episodes >= 0, f"eval.video_episodes must be 0 (no video) or more, got {e.video_episodes}")
     try:
         parse_keep(cfg.run.keep_checkpoints)
     except UserError as err:

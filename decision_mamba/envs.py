@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import functools
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -30,6 +31,7 @@ import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
 from decision_mamba.errors import DataError, UserError
+from decision_mamba.video import MUJOCO_VIDEO_SIZE, EpisodeFrames, use_headless_gl
 
 
 class UnknownGameError(UserError, ValueError):
@@ -57,13 +59,14 @@ def gym_env_id(env: str, version: str = "v4") -> str:
 
 def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: int, max_episode_steps: int = 1000,
                         dataset_obs_dim: int | None = None, dataset_act_dim: int | None = None,
-                        **env_kwargs: Any) -> gym.vector.VectorEnv:
+                        record: Sequence[int] = (), **env_kwargs: Any) -> gym.vector.VectorEnv:
     """`num_envs` copies of a continuous-control environment stepped together, without auto-reset.
 
     env_id: a registered id ('Hopper-v4') or a full EnvSpec (a Minari dataset's, with its
     kwargs and entry point). Dict observations (mazes, kitchen) are flattened by gymnasium's
     FlattenObservation, the same order as the data's (data.d4rl.flatten_observations).
-    Sub-environment i is seeded with seed + i by `reset(seed=seed)`. When the dataset's
+    Sub-environment i is seeded with seed + i by `reset(seed=seed)`; those in `record` can
+    be filmed (decision_mamba/video.py: rendered only while a recording is asked for). When the dataset's
     observation and action sizes are given they are checked against the environment's,
     so that a dataset evaluated in the wrong environment fails here and not as a
     shape error deep inside the model.
@@ -81,13 +84,16 @@ def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: i
     if dataset_act_dim is not None and dataset_act_dim != act_dim:
         raise DataError(f"the dataset has action size {dataset_act_dim} but {name} has {act_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
-    make = functools.partial(_make_flat, env_id, max_episode_steps, env_kwargs)
-    return gym.vector.SyncVectorEnv([make for _ in range(num_envs)],
+    return gym.vector.SyncVectorEnv([functools.partial(_make_flat, env_id, max_episode_steps, env_kwargs, i in record)
+                                     for i in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
 def _make_flat(env_id: str | gym.envs.registration.EnvSpec, max_episode_steps: int,
-               env_kwargs: dict[str, Any]) -> gym.Env:
+               env_kwargs: dict[str, Any], filmed: bool = False) -> gym.Env:
+    if filmed:
+        use_headless_gl()
+        env_kwargs = {**env_kwargs, "render_mode": "rgb_array", "width": MUJOCO_VIDEO_SIZE, "height": MUJOCO_VIDEO_SIZE}
     try:
         env = gym.make(env_id, max_episode_steps=max_episode_steps, **env_kwargs)
     except ModuleNotFoundError as error:  # an EnvSpec's entry point names a package that is not installed
@@ -95,6 +101,8 @@ def _make_flat(env_id: str | gym.envs.registration.EnvSpec, max_episode_steps: i
                         f"package (mazes, kitchen, Adroit: pip install -e '.[robotics]')") from None
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)
+    if filmed:
+        env = EpisodeFrames(env, fps=env.metadata["render_fps"])  # Hopper: 125 steps per simulated second
     return env
 
 
@@ -213,12 +221,13 @@ RESIZE_WRAPPERS = {"area": AtariPreprocessing, "linear": _LinearResizePreprocess
 
 
 def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES,
-                   resize: str = "area") -> gym.Env:
+                   resize: str = "area", film: bool = False) -> gym.Env:
     """One Atari environment with the DT evaluation protocol (see the module docstring).
 
     obs: (4, 84, 84) uint8, oldest frame first; actions: indices into the minimal action
     set; rewards: raw game score (not clipped); terminated at game over; truncated after
     max_episode_frames emulator frames (no-ops included). The first reset() uses `seed`.
+    film: wrapped in video.EpisodeFrames (the RGB screen after each agent step).
     """
     if max_episode_frames <= 0:
         raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
@@ -231,6 +240,7 @@ def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISOD
         full_action_space=False,
         max_num_frames_per_episode=max_episode_frames,
         obs_type="grayscale",  # AtariPreprocessing reads the screen itself; skip the RGB copy
+        render_mode="rgb_array" if film else None,  # render() reads the RGB screen, nothing else changes
     )
     env = DTNoopReset(env, DT_NOOP_MAX)
     env = RESIZE_WRAPPERS[resize](
@@ -245,6 +255,8 @@ def make_atari_env(game: str, seed: int, max_episode_frames: int = DT_MAX_EPISOD
     env = FrameStackObservation(env, ATARI_FRAME_STACK, padding_type="zero")
     env = SeedFirstReset(env, seed)
     _check_action_set(game, env)
+    if film:  # one frame per agent step: 60 emulator frames a second / frame skip
+        env = EpisodeFrames(env, fps=60 / ATARI_FRAME_SKIP)
     return env
 
 
@@ -270,9 +282,10 @@ def num_actions(game: str) -> int:
 
 
 def make_atari_vector_env(
-    game: str, num_envs: int, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES, resize: str = "area"
+    game: str, num_envs: int, seed: int, max_episode_frames: int = DT_MAX_EPISODE_FRAMES, resize: str = "area",
+    record: Sequence[int] = (),
 ) -> gym.vector.SyncVectorEnv:
-    """num_envs copies of make_atari_env, sub-environment i seeded with seed + i.
+    """num_envs copies of make_atari_env, sub-environment i seeded with seed + i (filmed if i in `record`).
 
     Autoreset is off: a finished sub-environment must be reset by the caller with
     ``reset(options={"reset_mask": done})`` before the next step (evaluation counts
@@ -288,6 +301,7 @@ def make_atari_vector_env(
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     atari_env_id(game)  # fail here, with a clear message, rather than inside a sub-environment
-    env_fns = [functools.partial(make_atari_env, game, seed + i, max_episode_frames, resize) for i in range(num_envs)]
+    env_fns = [functools.partial(make_atari_env, game, seed + i, max_episode_frames, resize, i in record)
+               for i in range(num_envs)]
     return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 

@@ -2,6 +2,7 @@
 
     python -m decision_mamba.evaluate RUN_DIR_OR_CHECKPOINT [--which last|best] [--episodes N]
         [--targets R [R ...]] [--mode window|recurrent] [--seed S] [--device D] [--json OUT]
+        [--video DIR [--video-episodes N]]
 
 A checkpoint is self-contained (decision_mamba/checkpoint.py): the config, the state
 normalisation and the environment come from the file, not from the data. Given a run
@@ -10,7 +11,9 @@ directory it takes the newest checkpoint (`--which last`) or the best evaluation
 settings and the default seed (seed * 1000 + iteration, as during training) and the
 run's thread counts, it reproduces the evaluation logged in metrics.jsonl number for
 number: training and this command call the same functions below. Works for gym and
-Atari runs alike. Prints one line per target and writes JSON with --json.
+Atari runs alike. Prints one line per target and writes JSON with --json. --video films
+the first N episodes of each target of this same evaluation (decision_mamba/video.py):
+the scores are those without --video.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import resolve_device
+from decision_mamba.video import iteration_video_dir, record_episodes, recorded_indices
 
 SCHEMAS = {"gym": GymConfig, "atari": AtariConfig}
 
@@ -50,25 +54,38 @@ def evaluation_seed(seed: int, iteration: int) -> int:
 
 def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, seed: int,
                     state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
-                    progress: bool = False, env: dict | None = None) -> dict[str, dict[str, float]]:
+                    progress: bool = False, env: dict | None = None, video_dir: Path | None = None,
+                    videos: list[Path] | None = None) -> dict[str, dict[str, float]]:
     """One evaluation (every target x cfg.eval.episodes, batched) -> summarize()'s per-target dict.
 
-    env: the suite's description of the environment (suites.SuiteData.env), for its score."""
+    env: the suite's description of the environment (suites.SuiteData.env), for its score.
+    video_dir: write there an MP4 of each episode played by a filmed sub-environment of
+    `envs` (video.recorded_indices), named target<R>_episode<k>.mp4, and append their paths to `videos`."""
     targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
-    stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len, rtg_scale=cfg.train.rtg_scale,
-                             max_ep_len=cfg.eval.max_ep_len, seed=seed, mode=cfg.eval.mode,
-                             state_mean=state_mean, state_std=state_std,
-                             sample_actions=cfg.eval.sample_actions,  # ignored when continuous
-                             short_prefix=cfg.eval.atari_short_prefix, progress=progress)
+
+    def video_name(i: int) -> str:  # sub-environment i plays episode i % episodes of targets[i]
+        return f"target{targets[i]:g}_episode{i % cfg.eval.episodes}"
+
+    with record_episodes(envs, video_dir, video_name) as written:
+        stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len,
+                                 rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.eval.max_ep_len, seed=seed,
+                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std,
+                                 sample_actions=cfg.eval.sample_actions,  # ignored when continuous
+                                 short_prefix=cfg.eval.atari_short_prefix, progress=progress)
+    if videos is not None:
+        videos.extend(written)
     return summarize(stats, suite_of(cfg).score(cfg, env or {}))
 
 
 def evaluate_after(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, env: dict,
-                   state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None):
-    """The entry points' evaluate(iteration): evaluate_policy with the evaluation seed of that iteration."""
+                   state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
+                   run_dir: Path | None = None):
+    """The entry points' evaluate(iteration): evaluate_policy with the evaluation seed of that
+    iteration, filming cfg.eval.video_episodes per target into run_dir/videos/iter_NNN."""
     def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
+        video_dir = iteration_video_dir(run_dir, iteration) if cfg.eval.video_episodes and run_dir else None
         return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
-                               progress=cfg.run.progress, env=env)
+                               progress=cfg.run.progress, env=env, video_dir=video_dir)
 
     return evaluate
 
@@ -129,9 +146,11 @@ def _set_threads(threads: dict[str, int] | None) -> None:
 
 
 def make_envs(cfg: GymConfig | AtariConfig, identity: dict) -> gym.vector.VectorEnv:
+    """The evaluation's environments, as training made them; cfg.eval.video_episodes of each target filmed."""
     num_envs = cfg.eval.episodes * len(cfg.eval.targets)
+    record = recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes)
     return suite_of(cfg).make_envs(cfg, environment(identity), num_envs, obs_dim=identity["obs_shape"][0],
-                                   act_dim=identity["act_dim"])
+                                   act_dim=identity["act_dim"], record=record)
 
 
 def environment(identity: dict) -> dict:
@@ -140,15 +159,25 @@ def environment(identity: dict) -> dict:
 
 
 def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Sequence[float] | None = None,
-                        mode: str | None = None, seed: int | None = None, device: str | None = None) -> dict:
-    """Rebuild the policy of checkpoint `path` and evaluate it; returns the JSON report."""
+                        mode: str | None = None, seed: int | None = None, device: str | None = None,
+                        video: Path | None = None, video_episodes: int | None = None) -> dict:
+    """Rebuild the policy of checkpoint `path` and evaluate it; returns the JSON report.
+
+    video: a folder for MP4s of the first `video_episodes` episodes of each target (default:
+    the run's eval.video_episodes, at least 1)."""
     state = load_checkpoint(path)
     overrides = [f"eval.episodes={episodes}"] if episodes is not None else []
     if targets is not None:
         overrides.append(f"eval.targets=[{','.join(repr(float(t)) for t in targets)}]")
     if mode is not None:
         overrides.append(f"eval.mode={mode}")
+    if video is None:  # training may have filmed; this command films only with --video
+        overrides.append("eval.video_episodes=0")
+    elif video_episodes is not None:
+        overrides.append(f"eval.video_episodes={video_episodes}")
     cfg = config_from_checkpoint(state, path, overrides)
+    if video is not None:
+        cfg.eval.video_episodes = max(1, cfg.eval.video_episodes)
     identity = state["identity"]
     _set_threads(identity.get("threads"))
     torch_device = resolve_device(device or cfg.train.device)
@@ -164,17 +193,17 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
                          "state_std": np.asarray(identity["state_std"], dtype=np.float32)}
     seed = evaluation_seed(cfg.seed, state["iteration"]) if seed is None else seed
     envs = make_envs(cfg, identity)
-    # A --video DIR option belongs here: record the episodes of this same evaluation
-    # (the video module wraps `envs`), so the videos show the scored episodes.
+    videos: list[Path] = []
     try:
         results = evaluate_policy(cfg, model, envs, seed, **normalization, progress=cfg.run.progress,
-                                  env=environment(identity))
+                                  env=environment(identity), video_dir=video, videos=videos)
     finally:
         envs.close()
     return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),
             "model": paper_name(cfg.model.mixer), "env_id": identity.get("env_id"),
             "seed": seed, "mode": cfg.eval.mode, "episodes_per_target": cfg.eval.episodes,
-            "targets": results, "code": identity.get("code"), "threads": identity.get("threads")}
+            "targets": results, "code": identity.get("code"), "threads": identity.get("threads"),
+            "videos": [str(p) for p in videos]}
 
 
 def format_report(report: dict) -> str:
@@ -200,7 +229,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="default: seed * 1000 + iteration, the seed training used")
     parser.add_argument("--device", help="default: the run's train.device")
     parser.add_argument("--json", type=Path, help="write the report here as JSON")
-    # --video DIR (recorded episodes) is added by the video module; see evaluate_checkpoint.
+    parser.add_argument("--video", type=Path, metavar="DIR",
+                        help="write MP4s of the evaluation's first episodes here (MuJoCo needs EGL or OSMesa)")
+    parser.add_argument("--video-episodes", type=int, metavar="N",
+                        help="with --video: episodes filmed per target (default: the run's eval.video_episodes, or 1)")
     return parser.parse_args(argv)
 
 
@@ -208,8 +240,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     path = resolve_checkpoint(args.target, args.which)
     report = evaluate_checkpoint(path, episodes=args.episodes, targets=args.targets, mode=args.mode,
-                                 seed=args.seed, device=args.device)
+                                 seed=args.seed, device=args.device, video=args.video,
+                                 video_episodes=args.video_episodes)
     print(format_report(report))
+    for path in report["videos"]:
+        print(f"video: {path}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return report

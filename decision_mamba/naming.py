@@ -4,7 +4,8 @@
     wandb group  <table>/<dataset>/<model>[-<variant>]/<protocol>   table1/hopper-medium/dmamba/release
                  (<table> is table<N> for the sweep, "hand" for a run started by hand)
     tags         data:<source> and protocol:<protocol>; "generated" for files made by
-                 decision_mamba.data.generate, so they never pass for D4RL
+                 decision_mamba.data.generate, so they never pass for D4RL; "smoke" for the
+                 sweep's --smoke runs (their wandb project is SMOKE_WANDB_PROJECT)
 
 <dataset> is the D4RL name (hopper-medium), a file's stem (hopper-medium-v4-gen: the env
 is prefixed only when the stem lacks it), a Minari id with / as - , or the Atari game.
@@ -21,6 +22,7 @@ from decision_mamba.mixers import model_name
 from decision_mamba.protocols import protocol_label
 
 GENERATED_SUFFIX = "-gen"  # decision_mamba.data.generate names its files <env>-<dataset>-<version>-gen.hdf5
+SMOKE_WANDB_PROJECT = "decision-mamba-smoke"  # sweep --smoke: runs on generated / emulator-recorded data
 
 
 def dataset_name(cfg: Any) -> str:
@@ -60,4 +62,6 @@ def run_tags(cfg: Any) -> list[str]:
     tags = [f"data:{data_source(cfg)}", f"protocol:{protocol_label(cfg)}"]
     if data_source(cfg) == "file" and Path(str(cfg.dataset)).stem.endswith(GENERATED_SUFFIX):
         tags.append("generated")
+    if cfg.run.wandb_project == SMOKE_WANDB_PROJECT:
+        tags.append("smoke")
     return tags

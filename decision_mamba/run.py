@@ -46,6 +46,7 @@ from decision_mamba.protocols import protocol_label
 from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
 from decision_mamba.scores import run_score
 from decision_mamba.trainer import Trainer
+from decision_mamba.video import iteration_video_dir
 
 
 class RunExistsError(UserError, FileExistsError):
@@ -139,6 +140,16 @@ class MetricsLog:
         if self.wandb_run is not None:
             self.wandb_run.log(_flatten(record), step=record["step"])
 
+    def log_videos(self, directory: Path, step: int) -> None:
+        """The evaluation's MP4s (eval.video_episodes) as wandb videos, video/<file name>."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        videos = {f"video/{path.stem}": wandb.Video(str(path), format="mp4") for path in sorted(directory.glob("*.mp4"))}
+        if videos:
+            self.wandb_run.log(videos, step=step)
+
     def close(self, summary: dict) -> None:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(_flatten(summary))
@@ -196,8 +207,10 @@ def best_and_last(records: list[dict]) -> dict:
     def score(r: dict) -> float:
         return run_score(r["eval"])
 
-    def view(r: dict) -> dict:
-        return {"iteration": r["iteration"], "step": r["step"], "score": score(r), "targets": r["eval"]}
+    def view(r: dict) -> dict:  # target: the one the score belongs to (the first of equal scores)
+        target = max(r["eval"], key=lambda t: r["eval"][t]["score_mean"])
+        return {"iteration": r["iteration"], "step": r["step"], "score": score(r), "target": target,
+                "targets": r["eval"]}
 
     best = max(evaluated, key=score)  # first of equal scores: the earliest
     return {"last": view(evaluated[-1]), "best": view(best)}
@@ -297,6 +310,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             t1 = time.perf_counter()
             record["eval"] = evaluate(iteration)
             record["eval_time_s"] = time.perf_counter() - t1
+            log.log_videos(iteration_video_dir(run_dir, iteration), trainer.step)
             bar.write(format_eval(iteration, n_iter, record))
         log.log(record)
         save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),

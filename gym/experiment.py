@@ -30,6 +30,7 @@ from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
 from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import recorded_indices
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_targets(cfg, suite, traj)
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
     envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                           obs_dim=obs_dim, act_dim=act_dim)
+                           obs_dim=obs_dim, act_dim=act_dim,
+                           record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes))
     state_mean, state_std = state_normalization(traj)
     score = suite.score(cfg, data.env)
 
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
                             padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
-    evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std)
+    run_dir = run_directory(cfg, run_name(cfg))
+    evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std, run_dir=run_dir)
 
     def scored(returns: np.ndarray) -> dict:
         return {"return_mean": float(np.mean(returns)), "score_mean": float(np.mean(score(returns)))}
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         "behaviour_policy": {k: metadata[k] for k in ("behaviour_return_mean", "behaviour_normalized_score") if k in metadata},
         "random_policy": scored(evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed).returns),
     }
-    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_directory(cfg, run_name(cfg)),
+    summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
                              group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
                              extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
                              identity=run_identity("gym", traj, env_id=data.env["env_id"], obs_shape=(obs_dim,),
@@ -90,7 +93,7 @@ def report(summary: dict, model_name: str) -> str:
         s = summary[which]
         if s is not None:
             lines.append(f"{model_name}, {which} evaluation (iteration {s['iteration']}): "
-                         f"normalized score {s['score']:.1f}")
+                         f"normalized score {s['score']:.1f} (target return {s['target']})")
     ref = summary.get("reference", {})
     behaviour = ref.get("behaviour_policy", {})
     if "behaviour_normalized_score" in behaviour:

@@ -1,9 +1,21 @@
 # Shared body of scripts/table<N>_*.sh, sourced with TABLE set ($0 and "$@" are the
 # caller's): launch the table's runs through the sweep, then aggregate them into
-# results/table<N>.{md,csv,png}.
+# results/table<N>.{md,csv,png,svg}. With --smoke: the table's protocol at a tiny budget on
+# generated / recorded data (decision_mamba/sweep.py), into runs/smoke/table<N> and
+# results/smoke/table<N>, never the real table's folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
+SMOKE=""
+for arg in "$@"; do
+  [[ "$arg" == "--" ]] && break
+  if [[ "$arg" == "--smoke" ]]; then SMOKE=1; fi
+done
+if [[ -n "$SMOKE" ]]; then
+  RUNS="${RUNS:-runs/smoke/table${TABLE}}"
+  OUT="${OUT:-results/smoke/table${TABLE}}"
+  TITLE="${TITLE:-Table ${TABLE}, smoke test: the protocol at a tiny budget on generated or emulator-recorded data (its scores measure nothing)}"
+fi
 RUNS="${RUNS:-runs/table${TABLE}}"
 # --out-dir given to the script wins over RUNS: the aggregator must look where the runs go.
 previous=""

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH="${TORCH:-torch==2.13.0}"
-TESTS="${TESTS:-tests/test_config.py tests/test_d4rl_data.py tests/test_evaluation.py tests/test_atari_env.py tests/test_atari_replay.py tests/test_aggregate.py tests/test_download.py tests/test_sampler.py tests/test_generate.py}"
+TESTS="${TESTS:-tests/test_config.py tests/test_d4rl_data.py tests/test_evaluation.py tests/test_atari_env.py tests/test_atari_replay.py tests/test_aggregate.py tests/test_download.py tests/test_sampler.py tests/test_generate.py tests/test_video.py}"
 VENV="$(mktemp -d "${TMPDIR:-/tmp}/dm-min-deps.XXXXXX")"
 if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$VENV"' EXIT; fi
 

@@ -6,7 +6,7 @@
 #   scripts/table1_gym.sh --models dmamba --slots 2         # DMamba only, 2 runs at a time
 #   scripts/table1_gym.sh --launcher slurm --partition gpu  # one SLURM job array
 #   scripts/table1_gym.sh --dry-run                         # list the runs
-#   scripts/table1_gym.sh --seeds 12 -- train.num_iterations=1 eval.episodes=2   # smoke test
+#   scripts/table1_gym.sh --smoke                          # the protocol at a tiny budget on generated data
 #
 # Arguments go to `python -m decision_mamba.sweep table1` (filters, launcher; key=value
 # overrides for every run after --). Environment: RUNS (run directories, default

@@ -6,6 +6,7 @@
 #
 #   scripts/table2_atari.sh --launcher slurm --partition gpu --time 2880
 #   scripts/table2_atari.sh --datasets breakout --models dmamba --slots 2
+#   scripts/table2_atari.sh --smoke      # the protocol at a tiny budget on data recorded from the emulator (no download)
 #
 # Arguments go to `python -m decision_mamba.sweep table2`; environment: RUNS, OUT, TITLE,
 # NOTE, PYTHON as in scripts/table1_gym.sh.

@@ -4,6 +4,7 @@
 # (45 runs), then the table and the plots.
 #
 #   scripts/table3_ablation.sh --variants rc rc-2l --slots 2
+#   scripts/table3_ablation.sh --smoke   # the protocol at a tiny budget on generated data
 #
 # Arguments go to `python -m decision_mamba.sweep table3`; environment: RUNS, OUT, TITLE,
 # NOTE, PYTHON as in scripts/table1_gym.sh.

@@ -66,7 +66,7 @@ def summaries(out: Path, model: str, seeds: tuple[int, ...] | None = None) -> li
 def test_mean_and_std_over_seeds_match_the_summary_files(table1_runs, tmp_path):
     prefix = tmp_path / "results" / "table1"
     assert aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)]) == 0
-    rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(f"{prefix}.csv"))}
+    rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(f"{prefix}.csv")) if r["seed"] == ""}
     # every cell of the paper's Table 1, run or not, and the cells of the test file's runs: named
     # by their data (naming.py), never counted as D4RL's hopper-medium
     assert len(rows) == 36 + 2 and {r["protocol"] for r in rows.values()} == {"release"}
@@ -114,7 +114,8 @@ def test_unfinished_runs_are_listed_not_dropped(table1_runs, tmp_path):
     assert "5 finished, 1 unfinished" in markdown
     unfinished = markdown.split("## Unfinished runs")[1]
     assert "hopper-random-test-dc-release-s34` | 3/3 | 3 |" in unfinished  # 3 iterations and 3 evaluations logged
-    row = next(r for r in csv.DictReader(open(f"{prefix}.csv")) if r["model"] == "dc" and r["dataset"] == "hopper-random-test")
+    row = next(r for r in csv.DictReader(open(f"{prefix}.csv"))
+               if r["model"] == "dc" and r["dataset"] == "hopper-random-test" and r["seed"] == "")
     assert row["seeds"] == "12 23"  # seed 34 is not averaged in
 
 
@@ -156,7 +157,7 @@ def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "t1.csv")))
     assert [r["seeds_done"] for r in rows if r["dataset"] == "hopper-medium" and r["model"] == "dc"] == ["0"]
     # a run made by hand (no sweep group) counts under what its config says: DC on the test file
-    by_hand = [r for r in rows if r["seeds_done"] != "0" and r["model"] == "dc"]
+    by_hand = [r for r in rows if r["seeds_done"] != "0" and r["model"] == "dc" and r["seed"] == ""]
     assert [(r["dataset"], r["seeds"]) for r in by_hand] == [("hopper-random-test", "12")]
 
 
@@ -177,3 +178,56 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
     assert aggregate.PAPER_NUMBERS[2][("pong", "dmamba")] == (63.2, 102.1)
     assert aggregate.PAPER_NUMBERS[3][("hopper-medium", "rc-2l")] == (85.2, 14.9)
     assert aggregate.PAPER_NUMBERS[4][("qbert", "k60")] == (15.7, 5.5)
+
+
+def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float]) -> None:
+    """A finished Table 1 run on D4RL hopper-medium whose evaluations scored `curve` (steps 10, 20, ...)."""
+    from decision_mamba import naming
+    from decision_mamba.config import GymConfig, load_config, to_yaml
+
+    cfg = load_config(GymConfig, REPO / "configs/gym/hopper-medium.yaml",
+                      ["protocol=release", f"seed={seed}", f"model.mixer={mixer}"])
+    cfg.run.wandb_group = naming.run_group(cfg, table=1)
+    run_dir = root / naming.run_name(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    views = [{"iteration": i, "step": 10 * i, "score": score, "targets": {"3600": {"score_mean": score}}}
+             for i, score in enumerate(curve, 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"iteration": v["iteration"], "step": v["step"], "eval": v["targets"]}) + "\n" for v in views))
+    best = max(views, key=lambda v: v["score"])
+    (run_dir / "summary.json").write_text(json.dumps({"last": views[-1], "best": best}))
+
+
+def test_per_seed_csv_rows_one_seed_cells_and_the_paper_in_the_plot(tmp_path):
+    runs = tmp_path / "runs"
+    _hand_made_run(runs, "mamba", 12, [10.0, 60.0, 40.0])  # last 40, best 60
+    _hand_made_run(runs, "mamba", 23, [20.0, 30.0, 50.0])  # last 50, best 50
+    _hand_made_run(runs, "attention", 12, [5.0, 25.0])  # DT, one seed: last 25, best 25
+    prefix = tmp_path / "out" / "t1"
+    assert aggregate.main([str(runs), "--table", "1", "--out", str(prefix)]) == 0
+
+    rows = [r for r in csv.DictReader(open(f"{prefix}.csv")) if r["dataset"] == "hopper-medium"]
+    dmamba = [r for r in rows if r["model"] == "dmamba"]
+    # the cell's row first, then its seeds in order; by hand: last 40, 50 -> 45 ± 5; best 60, 50 -> 55 ± 5
+    assert [r["seed"] for r in dmamba] == ["", "12", "23"]
+    assert [(float(r["last_mean"]), float(r["best_mean"])) for r in dmamba] == [(45.0, 55.0), (40.0, 60.0), (50.0, 50.0)]
+    assert float(dmamba[0]["last_std"]) == 5.0 and float(dmamba[0]["best_std"]) == 5.0
+    assert dmamba[1]["last_std"] == "" and dmamba[1]["run_dir"] == str(runs / "hopper-medium-dmamba-release-s12")
+    assert [r["seeds_done"] for r in dmamba] == ["2", "1", "1"] and dmamba[0]["paper_mean"] == "83.5"
+
+    markdown = Path(f"{prefix}.md").read_text()
+    dmamba_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DMamba |"))
+    dt_line = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DT |"))
+    assert dmamba_line.endswith("| 2/5 (12 23) | 45.0 ± 5.0 | 55.0 ± 5.0 | 83.5 ± 12.5 |")
+    assert dt_line.endswith("| 1/5 (12) | 25.0 (1 seed) | 25.0 (1 seed) | 68.4 |")  # not "± 0.00"
+    assert "± 0.00" not in markdown
+
+    png, svg = tmp_path / "out" / "t1-hopper-medium.png", tmp_path / "out" / "t1-hopper-medium.svg"
+    assert matplotlib.image.imread(png).ndim == 3
+    text = svg.read_text()
+    # the legend names the paper's value (and its std where the paper gives one); the title the data and protocol
+    assert "paper DMamba: 83.5 ± 12.5" in text and "paper DT: 68.4 (no std published)" in text
+    assert "DMamba, release (2 seeds)" in text and "trained on D4RL hopper-medium-v2" in text
+    assert "protocol release" in text
+    assert "([SVG](t1-hopper-medium.svg))" in markdown

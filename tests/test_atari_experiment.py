@@ -97,3 +97,24 @@ def test_release_protocol_trains_and_its_checkpoint_reproduces_the_evaluation(re
     assert json.loads((tmp_path / "eval.json").read_text())["targets"] == records[-1]["eval"]
     refused = evaluate_command(tmp_path / "run", "--mode", "recurrent")
     assert refused.returncode == 2 and "use eval.mode=window" in refused.stderr
+
+
+def test_training_films_each_evaluation_and_evaluate_video_films_the_same_episode(replay_root, tmp_path):
+    from decision_mamba.video import read_mp4
+
+    args = ["--config", "configs/atari/breakout.yaml", f"data_dir={replay_root}", *TINY, "train.num_iterations=2",
+            "eval.video_episodes=1", f"run.out_dir={tmp_path}", "run.name=run"]
+    finish(experiment(args))
+    run_dir = tmp_path / "run"
+    for iteration in (1, 2):  # the first of the 2 episodes of the one target, at each evaluation
+        assert [p.name for p in (run_dir / "videos" / f"iter_00{iteration}").iterdir()] == ["target90_episode0.mp4"]
+
+    done = evaluate_command(run_dir, "--video", tmp_path / "again", "--json", tmp_path / "eval.json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert report["targets"] == records[-1]["eval"]  # filming changed no number
+    assert report["videos"] == [str(tmp_path / "again" / "target90_episode0.mp4")]
+    trained, _ = read_mp4(run_dir / "videos" / "iter_002" / "target90_episode0.mp4")
+    again, _ = read_mp4(tmp_path / "again" / "target90_episode0.mp4")
+    assert trained.shape == again.shape and (trained == again).all()  # the same episode, frame for frame

@@ -58,10 +58,16 @@ def test_evaluate_reproduces_the_logged_evaluations(gym_run, tmp_path):
 
     # another protocol, from the file: one episode per target, another seed
     done = evaluate(run_dir / "checkpoints" / "iter_003.pt", "--episodes", "1", "--targets", "900",
-                    "--seed", "7", "--json", tmp_path / "other.json")
+                    "--seed", "7", "--json", tmp_path / "other.json", "--video", tmp_path / "video")
     assert done.returncode == 0, done.stderr
     other = json.loads((tmp_path / "other.json").read_text())
     assert other["seed"] == 7 and list(other["targets"]) == ["900"] and other["targets"]["900"]["return_std"] == 0.0
+    # --video: the one episode, rendered headless (EGL), a frame after the reset and after each step
+    from decision_mamba.video import read_mp4
+
+    assert other["videos"] == [str(tmp_path / "video" / "target900_episode0.mp4")]
+    frames, _ = read_mp4(other["videos"][0])
+    assert len(frames) == other["targets"]["900"]["length_mean"] + 1 and frames.std() > 1.0
     assert other["code"]["package"] == "0.1.0" and other["env_id"] == "Hopper-v4"
 
 

@@ -15,6 +15,7 @@ from decision_mamba.model import DecisionModel
 from decision_mamba.checkpoint import load_checkpoint
 from decision_mamba.run import best_and_last, run_experiment
 from decision_mamba.trainer import Trainer, configure_optimizer, linear_warmup, warmup_cosine_tokens
+from decision_mamba.video import iteration_video_dir, write_mp4
 
 
 def tiny_dataset(seed=0, episodes=6, obs_dim=4, act_dim=2):
@@ -161,6 +162,7 @@ def test_summary_reports_last_and_best_separately():
     out = best_and_last(records)
     assert out["last"]["iteration"] == 4 and out["last"]["score"] == 25
     assert out["best"]["iteration"] == 2 and out["best"]["score"] == 50
+    assert out["last"]["target"] == "2" and out["best"]["target"] == "1"  # whose score it is
     assert best_and_last([{"iteration": 1, "step": 1}]) == {"last": None, "best": None}
 
 
@@ -170,9 +172,16 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cfg, trainer, evaluate = tiny_setup(tmp_path, ["train.num_iterations=2", "run.wandb=offline"])
-    run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="table1/hopper/dmamba")
+
+    def evaluate_and_film(iteration):  # as the entry points do with eval.video_episodes > 0
+        frames = [np.full((16, 16, 3), 40 * t, np.uint8) for t in range(5)]
+        write_mp4(iteration_video_dir(tmp_path / "run", iteration) / "target1_episode0.mp4", frames, fps=15)
+        return evaluate(iteration)
+
+    run_experiment(cfg, trainer, evaluate_and_film, run_dir=tmp_path / "run", group="table1/hopper/dmamba")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    assert len(list(runs[0].rglob("video/target1_episode0*.mp4"))) == 2  # one per evaluation, to upload
     files = list(runs[0].glob("*.wandb"))
     assert files and files[0].stat().st_size > 0
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission
 
-from decision_mamba import sweep
+from decision_mamba import naming, sweep
 from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
@@ -304,3 +304,71 @@ def test_a_run_log_is_written_as_the_run_goes(tmp_path):
     with pytest.raises(RuntimeError, match="exited without writing"):
         job()
     assert seen.read_text() == "True", "the run's output reached its log only when it exited"
+
+
+def test_table_script_smoke_runs_the_protocol_into_its_own_folders(tmp_path):
+    """`scripts/table1_gym.sh --smoke` end to end, from a copy of scripts/ in tmp_path (the script works
+    where it lies): a real tiny run on the generated Hopper data, aggregated; the real table's folders
+    (a finished run planted in runs/table1) are left as they were."""
+    import csv
+    import shutil
+    import sys
+
+    (tmp_path / "scripts").mkdir()
+    for name in ("_table.sh", "table1_gym.sh"):
+        shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
+    real = tmp_path / "runs" / "table1" / "hopper-medium-dmamba-release-s12"
+    real.mkdir(parents=True)
+    (real / "summary.json").write_text("{}")
+    before = {p: p.read_bytes() for p in (tmp_path / "runs" / "table1").rglob("*") if p.is_file()}
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "NUMBA_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("RUNS", None), env.pop("OUT", None), env.pop("TITLE", None)
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "table1_gym.sh"), "--smoke", "--models", "dmamba",
+                           "--seeds", "12"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    run_dir = tmp_path / "runs" / "smoke" / "table1" / "hopper-medium-v4-gen-dmamba-release-s12"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = OmegaConf.load(run_dir / "config.yaml")
+    assert summary["steps"] == 20 and config.train.num_iterations == 2 and config.protocol == "release"
+    assert config.dataset.endswith("data/hopper-medium-v4-gen.hdf5") and config.run.wandb_project == "decision-mamba-smoke"
+    assert {p: p.read_bytes() for p in (tmp_path / "runs" / "table1").rglob("*") if p.is_file()} == before
+    assert not list((tmp_path / "results").glob("table1*"))  # the real table's results neither
+
+    results = tmp_path / "results" / "smoke"
+    markdown = (results / "table1.md").read_text()
+    assert markdown.startswith("# Table 1, smoke test: the protocol at a tiny budget") and "hopper-medium-v4-gen.hdf5" in markdown
+    rows = [r for r in csv.DictReader(open(results / "table1.csv")) if r["dataset"] == "hopper-medium-v4-gen"]
+    assert [(r["model"], r["seed"], r["seeds_done"]) for r in rows] == [("dmamba", "", "1"), ("dmamba", "12", "1")]
+    assert float(rows[1]["last_mean"]) == summary["last"]["score"]
+    assert (results / "table1-hopper-medium-v4-gen.svg").is_file()
+
+
+def test_smoke_never_writes_into_the_real_table_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(sweep.main, ["table3", "--smoke", "--out-dir", "runs/table3", "--dry-run"]) == 2
+    assert "--smoke never writes into the real table's runs/table3" in capsys.readouterr().err
+    assert cli_main(sweep.main, ["table1", "--smoke", "--datasets", "walker2d-medium", "--dry-run"]) == 2
+    assert "generated" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_atari_smoke_records_a_dataset_the_runs_can_load(tmp_path):
+    from decision_mamba.data.atari_replay import load_dqn_replay
+
+    runs = sweep.table_runs(4, out_dir=str(tmp_path / "smoke" / "table4"), smoke=True)
+    # every K of Table 4 on Breakout, the first two seeds, all on the recorded data
+    assert sorted({(r.variant, r.seed) for r in runs}) == [(k, s) for k in ("k10", "k30", "k40", "k60")
+                                                           for s in (123, 231)]
+    cfg = runs[0].resolved_config()
+    assert naming.run_tags(cfg) == ["data:dqn-replay", "protocol:release", "smoke"]  # never mistaken for DQN's data
+    assert cfg.data_dir == str(tmp_path / "smoke" / "dqn_replay_recorded") and cfg.train.num_iterations == 2
+    sweep.record_smoke_data(runs)
+    assert sorted(p.name for p in (tmp_path / "smoke" / "dqn_replay_recorded").iterdir()) == ["Breakout"]
+    traj = load_dqn_replay(cfg.data_dir, cfg.game, num_buffers=cfg.num_buffers, num_steps=cfg.num_steps,
+                           trajectories_per_buffer=cfg.trajectories_per_buffer, seed=cfg.seed)
+    assert traj.num_transitions >= cfg.num_steps
+    mtimes = [p.stat().st_mtime_ns for p in (tmp_path / "smoke" / "dqn_replay_recorded").rglob("*")]
+    sweep.record_smoke_data(runs)  # recorded once, then reused
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "smoke" / "dqn_replay_recorded").rglob("*")] == mtimes

@@ -22,7 +22,7 @@ Adding a suite: one file here with a `Suite` subclass (and its test), one line i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +53,9 @@ class Suite:
         raise NotImplementedError
 
     def make_envs(self, cfg: Any, env: dict[str, Any], num_envs: int, obs_dim: int | None = None,
-                  act_dim: int | None = None):
-        """The vector environment (no auto-reset) that evaluation steps, for `env` (SuiteData.env)."""
+                  act_dim: int | None = None, record: Sequence[int] = ()):
+        """The vector environment (no auto-reset) that evaluation steps, for `env` (SuiteData.env);
+        the sub-environments in `record` can be filmed (decision_mamba/video.py)."""
         raise NotImplementedError
 
     def score(self, cfg: Any, env: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:

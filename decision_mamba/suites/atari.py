@@ -10,6 +10,7 @@ targets  when eval.targets is []: DT's per game (Breakout 90, Qbert 14000, Pong 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from decision_mamba.data.atari_replay import load_dqn_replay
@@ -33,8 +34,9 @@ class Atari(Suite):
                          f"DQN-replay {cfg.game} in {cfg.data_dir}", {})
 
     def make_envs(self, cfg: Any, env: dict[str, Any], num_envs: int, obs_dim: int | None = None,
-                  act_dim: int | None = None):
-        return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed, resize=cfg.eval.atari_resize)
+                  act_dim: int | None = None, record: Sequence[int] = ()):
+        return make_atari_vector_env(cfg.game, num_envs=num_envs, seed=cfg.seed, resize=cfg.eval.atari_resize,
+                                     record=record)
 
     def score(self, cfg: Any, env: dict[str, Any]):
         return lambda returns: atari_normalized_score(cfg.game, returns)

@@ -11,6 +11,7 @@ targets  when eval.targets is []: the paper's, 3600 / 6000 / 5000 (REFERENCE §4
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from decision_mamba.data.d4rl import is_file_dataset, load_dataset
@@ -41,9 +42,9 @@ class D4RLMuJoCo(Suite):
         return SuiteData(traj, {"env_id": env_id}, source, metadata)
 
     def make_envs(self, cfg: Any, env: dict[str, Any], num_envs: int, obs_dim: int | None = None,
-                  act_dim: int | None = None):
+                  act_dim: int | None = None, record: Sequence[int] = ()):
         return make_gym_vector_env(env["env_id"], num_envs=num_envs, max_episode_steps=cfg.eval.max_ep_len,
-                                   dataset_obs_dim=obs_dim, dataset_act_dim=act_dim)
+                                   dataset_obs_dim=obs_dim, dataset_act_dim=act_dim, record=record)
 
     def score(self, cfg: Any, env: dict[str, Any]):
         return lambda returns: d4rl_normalized_score(cfg.env, returns)

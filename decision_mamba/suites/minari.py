@@ -21,6 +21,7 @@ targets  when eval.targets is []: the best episode return in the data. The paper
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,7 @@ class Minari(Suite):
         return SuiteData(traj, env, f"minari {metadata['dataset_id']} ({kind}; evaluated on {spec.id})", metadata)
 
     def make_envs(self, cfg: Any, env: dict[str, Any], num_envs: int, obs_dim: int | None = None,
-                  act_dim: int | None = None):
+                  act_dim: int | None = None, record: Sequence[int] = ()):
         from gymnasium.envs.registration import EnvSpec
 
         from decision_mamba.envs import make_gym_vector_env
@@ -78,7 +79,7 @@ class Minari(Suite):
         limit = env.get("max_episode_steps")
         steps = cfg.eval.max_ep_len if limit is None else min(int(limit), cfg.eval.max_ep_len)
         return make_gym_vector_env(EnvSpec.from_json(env["env_spec"]), num_envs=num_envs, max_episode_steps=steps,
-                                   dataset_obs_dim=obs_dim, dataset_act_dim=act_dim)
+                                   dataset_obs_dim=obs_dim, dataset_act_dim=act_dim, record=record)
 
     def score(self, cfg: Any, env: dict[str, Any]):
         low, high = env["ref_min_score"], env["ref_max_score"]
