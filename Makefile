@@ -53,6 +53,7 @@ test: install
 	$(PY) -m pytest -n 2 -q
 
 bench: install
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"  # HF transformers' DT, measured beside ours
 	$(PY) benchmarks/bench.py
 
 gpu-wheels:
