@@ -3,19 +3,21 @@
 # run a fast subset of the tests there: the declared lower bounds must be versions that
 # work together (issue 12, item 10).
 #
-#   scripts/check_min_deps.sh                      # torch==2.13.0 from the package index
+#   scripts/check_min_deps.sh                      # torch at its floor from the package index
 #   TORCH=/path/to/torch-2.13.0+cpu-....whl scripts/check_min_deps.sh
 #
 # Every `name>=X` of [project] dependencies and of the dev extra becomes `name==X`; the
-# packages those need come at whatever version pip picks. torch is the exception: its
-# bound (>=2.1) is not tested here, because PyPI's Linux torch wheels are multi-GB CUDA
-# builds; TORCH says which torch to use (default torch==2.13.0, the version we test).
+# packages those need come at whatever version pip picks. torch is installed apart, as
+# TORCH says (default torch==<its floor>): PyPI's Linux torch wheels are multi-GB CUDA
+# builds, so a machine may rather point TORCH at a local CPU wheel of the same version.
+#
+# Last run (2026-12-02, Python 3.11, TORCH=/opt/wheels/torch-2.13.0+cpu-...whl):
+#   RESULT_PLACEHOLDER
 # Environment: PYTHON (default python3), KEEP=1 keeps the venv (its path is printed),
 # TESTS (default: the subset below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-TORCH="${TORCH:-torch==2.13.0}"
 TESTS="${TESTS:-tests/test_config.py tests/test_d4rl_data.py tests/test_evaluation.py tests/test_atari_env.py tests/test_atari_replay.py tests/test_aggregate.py tests/test_download.py tests/test_sampler.py tests/test_generate.py}"
 VENV="$(mktemp -d "${TMPDIR:-/tmp}/dm-min-deps.XXXXXX")"
 if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$VENV"' EXIT; fi
@@ -28,11 +30,13 @@ project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 pins = []
 for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
     name, bound = re.fullmatch(r"([A-Za-z0-9_.\-\[\],]+)\s*>=\s*([0-9][0-9.]*)", requirement).groups()
-    if not name.startswith("torch"):
-        pins.append(f"{name}=={bound}")
-open(sys.argv[1], "w").write("\n".join(pins) + "\n")
+    pins.append(f"{name}=={bound}")
+torch = [p for p in pins if p.startswith("torch==")]
+open(sys.argv[1], "w").write("\n".join(p for p in pins if p not in torch) + "\n")
+open(sys.argv[1] + ".torch", "w").write(torch[0])
 print("lowest versions:", " ".join(pins))
 PY
+TORCH="${TORCH:-$(cat "$PINS.torch")}"
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
