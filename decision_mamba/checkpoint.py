@@ -167,7 +167,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     state = {**state, "format": FORMAT}
     state["digest"] = _digest(state)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, nameless=True) as tmp:  # a kill while saving leaves no .tmp file
             torch.save(state, tmp)
     except OSError as err:
         if err.errno == errno.ENOSPC:

@@ -4,6 +4,10 @@ retention, and a resume that refuses another config, other data or another threa
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,6 +178,33 @@ def test_resume_removes_our_temporary_leftovers_only(reference_run, tmp_path, ca
     assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
     assert metrics(run_dir) == metrics(reference_run)
     assert remove_leftovers(tmp_path / "nothing-here") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="nameless temporary files are Linux's O_TMPFILE")
+def test_a_kill_while_saving_a_checkpoint_leaves_no_file_behind(tmp_path):
+    """kill -9 in the middle of torch.save (1 MB written): no .tmp is left, with no --resume to clean up."""
+    ckpt_dir = tmp_path / "checkpoints"
+    script = f"""if True:
+        import os, signal, torch
+        from pathlib import Path
+        from decision_mamba.checkpoint import save_checkpoint
+        path = Path({str(ckpt_dir / "iter_001.pt")!r})
+        save_checkpoint(path, {{"iteration": 1, "trainer": {{}}}})  # a finished one: it stays
+        def dying_save(state, f):
+            with open(f, "wb") as out:
+                out.write(b"PK" + bytes(1_000_000))
+                out.flush()
+                os.fsync(out.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        save_checkpoint(path.with_name("iter_002.pt"), {{"iteration": 2, "trainer": {{}}}})
+    """
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in ckpt_dir.iterdir()] == ["iter_001.pt"]
+    assert load_checkpoint(ckpt_dir / "iter_001.pt")["iteration"] == 1
 
 
 def test_resume_drops_a_torn_last_metrics_line(reference_run, tmp_path, capsys):

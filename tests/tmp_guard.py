@@ -52,7 +52,12 @@ def _written_path(event: str, args: tuple) -> object:
         return path if writes else None
     if event == "os.mkdir":
         return args[0]
-    if event in ("os.rename", "os.link", "os.symlink"):
+    if event in ("os.rename", "os.link"):  # (src, dst, src_dir_fd, dst_dir_fd)
+        dst, dst_dir_fd = args[1], args[3]
+        if dst_dir_fd is not None and dst_dir_fd >= 0 and not os.path.isabs(os.fsdecode(dst)):
+            return os.path.join(os.readlink(f"/proc/self/fd/{dst_dir_fd}"), os.fsdecode(dst))
+        return dst
+    if event == "os.symlink":
         return args[1]
     return None
 
