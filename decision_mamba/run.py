@@ -12,7 +12,7 @@ A run directory holds
     run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
 `--resume` first compares the config and the identity with the run's and refuses any
-difference; then it reloads the newest intact checkpoint, drops metrics written after it
+difference (but those run.resume_allow_changes names; never other data); then it reloads the newest intact checkpoint, drops metrics written after it
 (and a torn last line), and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
 checkpoint carries every random state and each evaluation is seeded from (seed, iteration).
@@ -239,7 +239,8 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             trainer.step = int(state["trainer"]["step"])
         else:
             raise CheckpointError(f"{path} holds the weights only (compacted at the end of a run), so the run "
-                                  f"cannot continue from it; start a new run")
+                                  f"cannot continue from it; start a new run (run.keep_checkpoints=all keeps "
+                                  f"a finished run whole, so that it can be extended)")
         start_iteration = state["iteration"] + 1
         print(f"resumed {run_dir} from {path.name} (step {trainer.step})")
     log.truncate(start_iteration - 1)
