@@ -294,12 +294,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in flat.items()}
 
 
-def differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """'key: old -> new' for every leaf that differs (absent on one side included)."""
-    return list(_differences(old, new, ignore).values())
-
-
-def _differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> dict[str, str]:
+def differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> dict[str, str]:
+    """{key: 'key: old -> new'} for every leaf that differs (absent on one side included)."""
     old_flat, new_flat = _flatten(old), _flatten(new)
     ignore = set(ignore)
     missing = "(absent)"
@@ -337,7 +333,7 @@ def check_resume(run_dir: Path, config_yaml: str, identity: dict, say: Say = pri
             old = OmegaConf.to_container(OmegaConf.load(config_file))
         except Exception as err:
             raise CheckpointError(f"cannot read {config_file} ({type(err).__name__}); it is damaged") from None
-        found |= _differences(old, new_config, RESUME_MAY_DIFFER)
+        found |= differences(old, new_config, RESUME_MAY_DIFFER)
     identity_file = run_dir / IDENTITY_FILE
     if identity_file.exists():
         try:
@@ -345,7 +341,7 @@ def check_resume(run_dir: Path, config_yaml: str, identity: dict, say: Say = pri
         except ValueError:
             raise CheckpointError(f"cannot read {identity_file}: it is not JSON; it is damaged") from None
         new = {k: identity.get(k) for k in RESUME_COMPARED}
-        found |= _differences({k: old_identity.get(k) for k in RESUME_COMPARED}, new)
+        found |= differences({k: old_identity.get(k) for k in RESUME_COMPARED}, new)
     accepted = [text for key, text in found.items() if any(_covers(a, key) for a in allowed)]
     refused = {key: text for key, text in found.items() if not any(_covers(a, key) for a in allowed)}
     if refused:
@@ -354,7 +350,8 @@ def check_resume(run_dir: Path, config_yaml: str, identity: dict, say: Say = pri
         message = (f"--resume of {run_dir} with a different setup ({'; '.join(refused.values())}); run it as it "
                    f"was started or start a new run (another run.name)")
         if others:
-            message += f"; to resume anyway, if you know the change is safe: run.resume_allow_changes=[{','.join(others)}]"
+            message += (f"; to resume anyway, if you know the change is safe: "
+                        f"run.resume_allow_changes=[{','.join(others)}]")
         if data:
             message += "; other data has no override"
         raise CheckpointError(message)

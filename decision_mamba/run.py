@@ -12,8 +12,8 @@ A run directory holds
     run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
 `--resume` first compares the config and the identity with the run's and refuses any
-difference (but those run.resume_allow_changes names; never other data); then it reloads the newest intact checkpoint, drops metrics written after it
-(and a torn last line), and goes on;
+difference (but those run.resume_allow_changes names; never other data); then it reloads
+the newest intact checkpoint, drops metrics written after it (and a torn last line), and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
 checkpoint carries every random state and each evaluation is seeded from (seed, iteration).
 """
