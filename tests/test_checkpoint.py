@@ -140,6 +140,16 @@ def test_a_finished_run_is_extended_only_with_the_named_override(tmp_path, capsy
     resume(tmp_path, [*KEEP_ALL, "train.num_iterations=3"])
 
 
+def test_an_allowed_change_the_checkpoint_cannot_take_is_refused_before_anything_is_written(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match=r"iter_002.pt does not fit the model or optimizer of this config "
+                                              r"\(RuntimeError: Error\(s\) in loading state_dict") as refused:
+        resume(tmp_path, [*KEEP_ALL, "model.d_model=32", "run.resume_allow_changes=[model.d_model]"])
+    assert "\n" not in str(refused.value)
+    assert snapshot(run_dir) == before  # config.yaml still says d_model 16
+
+
 def test_other_data_has_no_override_and_the_override_names_only_config_keys(tmp_path):
     identity, other_data, before = one_iteration_run(tmp_path)
     with pytest.raises(CheckpointError, match=r"data_fingerprint: .*; other data has no override$") as refused:
