@@ -36,10 +36,15 @@ CHECKPOINT_RE = re.compile(r"^iter_(\d+)\.pt$")
 IDENTITY_FILE = "identity.json"
 # Keys that may differ on --resume: where the run lives and how it is displayed or
 # logged; none changes a number.
-RESUME_MAY_DIFFER = ("run.out_dir", "run.name", "run.progress", "run.wandb", "eval.video_episodes")
+RESUME_MAY_DIFFER = ("run.out_dir", "run.name", "run.progress", "run.wandb", "eval.video_episodes",
+                     "run.resume_allow_changes")
 # Identity entries a resumed run must share: other data or another thread count give
 # other numbers. Package and code versions are recorded, not compared.
 RESUME_COMPARED = ("data_fingerprint", "env_id", "threads")
+# What run.resume_allow_changes may not name: the data. A run trained partly on one
+# dataset and partly on another describes neither; no user knows better here (start a
+# new run). Another thread count changes only the last bits, so it may be allowed.
+RESUME_NEVER_ALLOWED = ("data_fingerprint", "env_id")
 
 Say = Callable[[str], None]
 
@@ -174,7 +179,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     state = {**state, "format": FORMAT}
     state["digest"] = _digest(state)
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, nameless=True) as tmp:  # a kill while saving leaves no .tmp file
             torch.save(state, tmp)
     except OSError as err:
         if err.errno == errno.ENOSPC:
@@ -297,30 +302,46 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in flat.items()}
 
 
-def differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """'key: old -> new' for every leaf that differs (absent on one side included)."""
+def differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> dict[str, str]:
+    """{key: 'key: old -> new'} for every leaf that differs (absent on one side included)."""
     old_flat, new_flat = _flatten(old), _flatten(new)
     ignore = set(ignore)
     missing = "(absent)"
-    return [f"{key}: {old_flat.get(key, missing)!r} -> {new_flat.get(key, missing)!r}"
+    return {key: f"{key}: {old_flat.get(key, missing)!r} -> {new_flat.get(key, missing)!r}"
             for key in sorted(set(old_flat) | set(new_flat))
-            if key not in ignore and old_flat.get(key, missing) != new_flat.get(key, missing)]
+            if key not in ignore and old_flat.get(key, missing) != new_flat.get(key, missing)}
 
 
-def check_resume(run_dir: Path, config_yaml: str, identity: dict) -> None:
+def _covers(allowed: str, key: str) -> bool:
+    return key == allowed or key.startswith(allowed + ".")
+
+
+def check_resume(run_dir: Path, config_yaml: str, identity: dict, say: Say = print) -> None:
     """Refuse to resume `run_dir` with another config, other data or another thread count.
 
     Compares the resolved config with the run's config.yaml (every key but RESUME_MAY_DIFFER)
-    and `identity` with its identity.json (RESUME_COMPARED); reads only."""
+    and `identity` with its identity.json (RESUME_COMPARED); reads only. Differences in the
+    keys the new config lists in run.resume_allow_changes (a config key or section, or
+    `threads`) are accepted, saying so; the data's (RESUME_NEVER_ALLOWED) never are."""
     run_dir = Path(run_dir)
-    found: list[str] = []
+    new_config = OmegaConf.to_container(OmegaConf.create(config_yaml))
+    allowed = list(new_config.get("run", {}).get("resume_allow_changes") or [])
+    known = set(_flatten(new_config)) | {f"threads.{name}" for name in thread_counts()}
+    for key in allowed:
+        if any(_covers(key, never) or _covers(never, key) for never in RESUME_NEVER_ALLOWED):
+            raise CheckpointError(f"run.resume_allow_changes cannot allow {key!r}: a run trained partly on other "
+                                  f"data describes neither dataset; start a new run (another run.name)")
+        if not any(_covers(key, k) for k in known):
+            raise CheckpointError(f"run.resume_allow_changes names {key!r}, which is no config key (nor 'threads'); "
+                                  f"list the keys as in config.yaml, e.g. [train.num_iterations]")
+    found: dict[str, str] = {}
     config_file = run_dir / "config.yaml"
     if config_file.exists():
         try:
             old = OmegaConf.to_container(OmegaConf.load(config_file))
         except Exception as err:
             raise CheckpointError(f"cannot read {config_file} ({type(err).__name__}); it is damaged") from None
-        found += differences(old, OmegaConf.to_container(OmegaConf.create(config_yaml)), RESUME_MAY_DIFFER)
+        found |= differences(old, new_config, RESUME_MAY_DIFFER)
     identity_file = run_dir / IDENTITY_FILE
     if identity_file.exists():
         try:
@@ -328,7 +349,19 @@ def check_resume(run_dir: Path, config_yaml: str, identity: dict) -> None:
         except ValueError:
             raise CheckpointError(f"cannot read {identity_file}: it is not JSON; it is damaged") from None
         new = {k: identity.get(k) for k in RESUME_COMPARED}
-        found += differences({k: old_identity.get(k) for k in RESUME_COMPARED}, new)
-    if found:
-        raise CheckpointError(f"--resume of {run_dir} with a different setup ({'; '.join(found)}); run it as it "
-                              f"was started, or start a new run (another run.name)")
+        found |= differences({k: old_identity.get(k) for k in RESUME_COMPARED}, new)
+    accepted = [text for key, text in found.items() if any(_covers(a, key) for a in allowed)]
+    refused = {key: text for key, text in found.items() if not any(_covers(a, key) for a in allowed)}
+    if refused:
+        data = [key for key in refused if any(_covers(never, key) for never in RESUME_NEVER_ALLOWED)]
+        others = sorted({"threads" if key.startswith("threads.") else key for key in refused} - set(data))
+        message = (f"--resume of {run_dir} with a different setup ({'; '.join(refused.values())}); run it as it "
+                   f"was started or start a new run (another run.name)")
+        if others:
+            message += (f"; to resume anyway, if you know the change is safe: "
+                        f"run.resume_allow_changes=[{','.join(others)}]")
+        if data:
+            message += "; other data has no override"
+        raise CheckpointError(message)
+    if accepted:
+        say(f"warning: resuming {run_dir} with changes that run.resume_allow_changes allows: {'; '.join(accepted)}")

@@ -88,6 +88,7 @@ class RunConfig:
     keep_checkpoints: str = "last_and_best"
     progress: bool = True  # tqdm progress bars
     log_every: int = 100  # write loss, LR, grad norm and throughput every N updates (train_steps.jsonl, wandb)
+    resume_allow_changes: list[str] = field(default_factory=list)  # keys --resume may find changed: [train.num_iterations]
 
 
 @dataclass

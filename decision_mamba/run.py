@@ -12,8 +12,8 @@ A run directory holds
     run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
 `--resume` first compares the config and the identity with the run's and refuses any
-difference; then it reloads the newest intact checkpoint, drops metrics written after it
-(and a torn last line), and goes on;
+difference (but those run.resume_allow_changes names; never other data); then it reloads
+the newest intact checkpoint, drops metrics written after it (and a torn last line), and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
 checkpoint carries every random state and each evaluation is seeded from (seed, iteration).
 """
@@ -242,6 +242,25 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
         found = newest_intact(ckpt_dir)
         if found is None and any(ckpt_dir.glob("iter_*.pt.damaged")):
             print(f"warning: no intact checkpoint in {ckpt_dir}; starting {run_dir} over from iteration 1")
+    start_iteration = 1
+    if found is not None:  # loaded before anything is written: a checkpoint that does not fit changes nothing
+        path, state = found
+        try:
+            if resumable(state):
+                trainer.load_state_dict(state["trainer"])
+            elif state["iteration"] >= cfg.train.num_iterations:  # a finished run, compacted: nothing to train
+                trainer.model.load_state_dict(state["trainer"]["model"])
+                trainer.step = int(state["trainer"]["step"])
+            else:
+                raise CheckpointError(f"{path} holds the weights only (compacted at the end of a run), so the run "
+                                      f"cannot continue from it; start a new run (run.keep_checkpoints=all keeps "
+                                      f"a finished run whole, so that it can be extended)")
+        except (RuntimeError, KeyError, ValueError) as err:  # e.g. a width run.resume_allow_changes let through
+            raise CheckpointError(f"{path} does not fit the model or optimizer of this config "
+                                  f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); "
+                                  f"start a new run (another run.name)") from None
+        start_iteration = state["iteration"] + 1
+        print(f"resumed {run_dir} from {path.name} (step {trainer.step})")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=2))
@@ -251,19 +270,6 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     if log.wandb_run is not None:
         log.wandb_run.config.update({"compute": compute}, allow_val_change=True)
 
-    start_iteration = 1
-    if found is not None:
-        path, state = found
-        if resumable(state):
-            trainer.load_state_dict(state["trainer"])
-        elif state["iteration"] >= cfg.train.num_iterations:  # a finished run, compacted: nothing to train
-            trainer.model.load_state_dict(state["trainer"]["model"])
-            trainer.step = int(state["trainer"]["step"])
-        else:
-            raise CheckpointError(f"{path} holds the weights only (compacted at the end of a run), so the run "
-                                  f"cannot continue from it; start a new run")
-        start_iteration = state["iteration"] + 1
-        print(f"resumed {run_dir} from {path.name} (step {trainer.step})")
     log.truncate(start_iteration - 1)
 
     steps = steps_per_iteration if steps_per_iteration is not None else cfg.train.steps_per_iteration

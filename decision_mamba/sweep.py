@@ -111,7 +111,7 @@ TABLE_MANAGED_KEYS = {
 
 # Keys that may differ between a run directory and a re-launch without changing the result.
 IGNORED_WHEN_COMPARING = {
-    "run.out_dir", "run.wandb", "run.wandb_project", "run.progress", "run.keep_checkpoints",
+    "run.out_dir", "run.wandb", "run.wandb_project", "run.progress", "run.keep_checkpoints", "run.resume_allow_changes",
     "train.device", "train.num_threads", "model.scan_backend", "eval.video_episodes",
 }
 

@@ -11,6 +11,8 @@ import torch
 
 from helpers import RecordedEpisode, roll_random_hopper
 
+pytest_plugins = ["tmp_guard"]  # temporary and cache folders under pytest's; /tmp watched
+
 # `make test` runs two pytest workers on two cores: one thread each for torch and numba.
 # Oversubscribed, their spinning thread pools make small steps ten times slower.
 torch.set_num_threads(1)

@@ -21,7 +21,11 @@ from decision_mamba.envs import (
 def reference_observations(rom: str, num_noops: int, actions: list[int]) -> tuple[list[np.ndarray], list[float]]:
     """The protocol by hand: sticky actions off, minimal action set, `num_noops` single
     no-op frames, then each action for 4 frames with the max of the last two grayscale
-    screens, resized to 84x84 (INTER_AREA, as dopamine), stacked 4 deep from zeros."""
+    screens, resized to 84x84 (INTER_AREA, as dopamine), stacked 4 deep from zeros.
+
+    Every act() passes the paddle strength 1.0 that ale-py's gym env passes: the one-argument
+    act() of ale-py 0.10.0 and 0.10.1 moves the paddles of Breakout and Pong differently
+    (from 0.10.2 on, and in 0.9, act(a) and act(a, 1.0) give the same frames)."""
     ale = ALEInterface()
     ale.setLoggerMode(LoggerMode.Error)
     ale.setFloat("repeat_action_probability", 0.0)
@@ -29,7 +33,7 @@ def reference_observations(rom: str, num_noops: int, actions: list[int]) -> tupl
     action_set = ale.getMinimalActionSet()
     ale.reset_game()
     for _ in range(num_noops):
-        ale.act(action_set[0])
+        ale.act(action_set[0], 1.0)
 
     def preprocess(screen: np.ndarray) -> np.ndarray:
         return cv2.resize(screen, (84, 84), interpolation=cv2.INTER_AREA)
@@ -39,7 +43,7 @@ def reference_observations(rom: str, num_noops: int, actions: list[int]) -> tupl
     for action in actions:
         reward, screens = 0.0, []
         for frame in range(4):
-            reward += ale.act(action_set[action])
+            reward += ale.act(action_set[action], 1.0)
             if ale.game_over():
                 break
             if frame >= 2:

@@ -4,6 +4,10 @@ retention, and a resume that refuses another config, other data or another threa
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,13 +86,17 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
     assert snapshot(run_dir) == before  # config.yaml, metrics and checkpoints untouched
 
 
-def test_resume_with_other_data_or_another_thread_count_is_refused(tmp_path):
+def one_iteration_run(tmp_path):
+    """A finished 1-iteration run with a data identity; its identity, other data's, its files."""
     identity = {"data_fingerprint": data_fingerprint(tiny_dataset(seed=0)), "env_id": "Hopper-v4"}
     cfg, trainer, evaluate = tiny_setup(tmp_path, ["train.num_iterations=1"])
     run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="g", identity=identity)
-    before = snapshot(tmp_path / "run")
-
     other_data = {**identity, "data_fingerprint": data_fingerprint(tiny_dataset(seed=1))}
+    return identity, other_data, snapshot(tmp_path / "run")
+
+
+def test_resume_with_other_data_or_another_thread_count_is_refused(tmp_path):
+    identity, other_data, before = one_iteration_run(tmp_path)
     with pytest.raises(CheckpointError, match=r"data_fingerprint: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         resume(tmp_path, ["train.num_iterations=1"], identity=other_data)
 
@@ -107,6 +115,61 @@ def test_resume_with_other_data_or_another_thread_count_is_refused(tmp_path):
     import numba
     assert recorded["numba"] == numba.get_num_threads()
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_001.pt")["identity"]["threads"] == recorded
+
+
+def test_a_finished_run_is_extended_only_with_the_named_override(tmp_path, capsys):
+    """The common case: more iterations for a finished run (kept whole, run.keep_checkpoints=all)."""
+    cfg, trainer, evaluate = tiny_setup(tmp_path, [*KEEP_ALL, "train.num_iterations=2"])
+    run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="g")
+    run_dir, before, first_two = tmp_path / "run", snapshot(tmp_path / "run"), metrics(tmp_path / "run")
+    with pytest.raises(CheckpointError) as refused:
+        resume(tmp_path, [*KEEP_ALL, "train.num_iterations=3", "eval.every=2"])
+    message = str(refused.value)
+    assert "eval.every: 1 -> 2; train.num_iterations: 2 -> 3" in message and "\n" not in message
+    assert "run.resume_allow_changes=[eval.every,train.num_iterations]" in message  # the override, named
+    assert snapshot(run_dir) == before
+
+    capsys.readouterr()
+    resume(tmp_path, [*KEEP_ALL, "train.num_iterations=3", "run.resume_allow_changes=[train.num_iterations]"])
+    assert "run.resume_allow_changes allows: train.num_iterations: 2 -> 3" in capsys.readouterr().out
+    records = metrics(run_dir)
+    assert [r["iteration"] for r in records] == [1, 2, 3] and records[2]["step"] == 15
+    assert records[:2] == first_two  # the first two iterations as they were
+    assert load_config(GymConfig, run_dir / "config.yaml", []).train.num_iterations == 3
+    # the next plain --resume compares with the config as extended
+    resume(tmp_path, [*KEEP_ALL, "train.num_iterations=3"])
+
+
+def test_an_allowed_change_the_checkpoint_cannot_take_is_refused_before_anything_is_written(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match=r"iter_002.pt does not fit the model or optimizer of this config "
+                                              r"\(RuntimeError: Error\(s\) in loading state_dict") as refused:
+        resume(tmp_path, [*KEEP_ALL, "model.d_model=32", "run.resume_allow_changes=[model.d_model]"])
+    assert "\n" not in str(refused.value)
+    assert snapshot(run_dir) == before  # config.yaml still says d_model 16
+
+
+def test_other_data_has_no_override_and_the_override_names_only_config_keys(tmp_path):
+    identity, other_data, before = one_iteration_run(tmp_path)
+    with pytest.raises(CheckpointError, match=r"data_fingerprint: .*; other data has no override$") as refused:
+        resume(tmp_path, ["train.num_iterations=1"], identity=other_data)
+    assert "resume_allow_changes" not in str(refused.value)
+    for allowed in ("data_fingerprint", "env_id"):
+        with pytest.raises(CheckpointError, match=f"run.resume_allow_changes cannot allow '{allowed}'"):
+            resume(tmp_path, ["train.num_iterations=1", f"run.resume_allow_changes=[{allowed}]"], identity=other_data)
+    with pytest.raises(CheckpointError, match="names 'train.num_iteration', which is no config key"):
+        resume(tmp_path, ["train.num_iterations=1", "run.resume_allow_changes=[train.num_iteration]"], identity=identity)
+    assert snapshot(tmp_path / "run") == before
+    # another thread count may be allowed: it changes the last bits only
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.raises(CheckpointError, match=r"run.resume_allow_changes=\[threads\]"):
+            resume(tmp_path, ["train.num_iterations=1"], identity=identity)
+        resume(tmp_path, ["train.num_iterations=1", "run.resume_allow_changes=[threads]"], identity=identity)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- config validation
@@ -174,6 +237,33 @@ def test_resume_removes_our_temporary_leftovers_only(reference_run, tmp_path, ca
     assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
     assert metrics(run_dir) == metrics(reference_run)
     assert remove_leftovers(tmp_path / "nothing-here") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="nameless temporary files are Linux's O_TMPFILE")
+def test_a_kill_while_saving_a_checkpoint_leaves_no_file_behind(tmp_path):
+    """kill -9 in the middle of torch.save (1 MB written): no .tmp is left, with no --resume to clean up."""
+    ckpt_dir = tmp_path / "checkpoints"
+    script = f"""if True:
+        import os, signal, torch
+        from pathlib import Path
+        from decision_mamba.checkpoint import save_checkpoint
+        path = Path({str(ckpt_dir / "iter_001.pt")!r})
+        save_checkpoint(path, {{"iteration": 1, "trainer": {{}}}})  # a finished one: it stays
+        def dying_save(state, f):
+            with open(f, "wb") as out:
+                out.write(b"PK" + bytes(1_000_000))
+                out.flush()
+                os.fsync(out.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dying_save
+        save_checkpoint(path.with_name("iter_002.pt"), {{"iteration": 2, "trainer": {{}}}})
+    """
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in ckpt_dir.iterdir()] == ["iter_001.pt"]
+    assert load_checkpoint(ckpt_dir / "iter_001.pt")["iteration"] == 1
 
 
 def test_resume_drops_a_torn_last_metrics_line(reference_run, tmp_path, capsys):

@@ -91,5 +91,6 @@ def test_resume_with_another_config_exits_2_in_one_line_and_writes_nothing(gym_r
     assert "Traceback" not in out
     assert out.strip().splitlines()[-1] == (
         f"error: --resume of {run_dir} with a different setup (model.d_model: 16 -> 32; "
-        f"train.learning_rate: 0.001 -> 0.002); run it as it was started, or start a new run (another run.name)")
+        f"train.learning_rate: 0.001 -> 0.002); run it as it was started or start a new run (another run.name); "
+        f"to resume anyway, if you know the change is safe: run.resume_allow_changes=[model.d_model,train.learning_rate]")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before

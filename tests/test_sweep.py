@@ -372,3 +372,35 @@ def test_atari_smoke_records_a_dataset_the_runs_can_load(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in (tmp_path / "smoke" / "dqn_replay_recorded").rglob("*")]
     sweep.record_smoke_data(runs)  # recorded once, then reused
     assert [p.stat().st_mtime_ns for p in (tmp_path / "smoke" / "dqn_replay_recorded").rglob("*")] == mtimes
+
+
+def test_a_run_log_shows_progress_while_the_run_goes(tmp_path, monkeypatch):
+    """A sweep run's output reaches its log file as it is printed, not when the run exits
+    (Python block-buffers stdout into a file)."""
+    import concurrent.futures
+    import time
+
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    go, run_dir = tmp_path / "go", tmp_path / "runs" / "r"
+    entry = tmp_path / "entry.py"  # stands in for gym/experiment.py: prints, then waits to be let go
+    entry.write_text(f"""if True:
+        import pathlib, time
+        print("MARK: iteration 1 done")
+        deadline = time.time() + 120
+        while not pathlib.Path({str(go)!r}).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        pathlib.Path({str(run_dir)!r}).mkdir(parents=True)
+        (pathlib.Path({str(run_dir)!r}) / "summary.json").write_text("{{}}")
+    """)
+    run = sweep.Run(table=1, dataset="hopper-medium", model="dmamba", variant="", seed=0, entry_point=str(entry),
+                    config=str(entry), overrides=(), out_dir=str(run_dir.parent), name=run_dir.name)
+    log = tmp_path / "logs" / "r.log"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        finished = pool.submit(sweep.RunJob(run, cwd=str(tmp_path), log_path=str(log)))
+        deadline = time.time() + 30
+        while "MARK:" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+            time.sleep(0.05)
+        shown_while_running = log.read_text()
+        go.touch()
+        assert finished.result(timeout=120) == str(run_dir / "summary.json")
+    assert "MARK: iteration 1 done" in shown_while_running

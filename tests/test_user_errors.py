@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from decision_mamba.config import AtariConfig, GymConfig, to_dict
 from decision_mamba.data.d4rl import load_dataset, write_d4rl_hdf5
 from decision_mamba.data.identity import check_dataset_env
 from decision_mamba.errors import DataError
@@ -163,6 +165,22 @@ def outcomes(data, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_errors_are_one_line_with_status_2(case, outcomes):
     assert_one_line_error(outcomes[case], *CASES[case][1])
+
+
+def test_hints_name_only_config_keys(outcomes):
+    """A `key=value` a hint suggests is a key of the config (the Atari hint once named
+    max_buffer_index, which is none); the Atari one suggests num_buffers when some buffers do."""
+    keys = {key for schema in (GymConfig, AtariConfig) for key in _flat_keys(to_dict(schema()))}
+    for case, done in outcomes.items():
+        if case.startswith(("gym:", "atari:")) and case != "gym: misspelt override":  # that one quotes the typo
+            suggested = re.findall(r"(?<![\w$./-])([a-z_]+(?:\.[a-z_]+)*)=", done.stderr)
+            assert set(suggested) <= keys, (case, done.stderr)
+    assert "max_buffer_index" not in outcomes["atari: missing replay files"].stderr
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    return set().union(*(_flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+                         for k, v in d.items()))
 
 
 def test_debug_switch_shows_the_traceback(tmp_path):
