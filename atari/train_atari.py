@@ -22,14 +22,13 @@ from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.sampler import gather_windows, sample_batch, window_ends
 from decision_mamba.envs import num_actions
 from decision_mamba.errors import DataError, cli_main
-from decision_mamba.evaluate import evaluate_after
+from decision_mamba.evaluate import evaluate_after, evaluation_envs
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import run_group, run_name, run_tags
 from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
-from decision_mamba.video import recorded_indices
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device,
                       final_tokens=final_tokens)
 
-    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                           record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes))
+    envs = evaluation_envs(cfg, data.env)
     run_dir = run_directory(cfg, run_name(cfg, f"k{K}"))
     evaluate = evaluate_after(cfg, model, envs, data.env, run_dir=run_dir)
 

@@ -90,6 +90,16 @@ def evaluate_after(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym
     return evaluate
 
 
+def evaluation_envs(cfg: GymConfig | AtariConfig, env: dict, obs_dim: int | None = None,
+                    act_dim: int | None = None) -> gym.vector.VectorEnv:
+    """The vector environment evaluate_policy steps: one sub-environment per (target, episode),
+    the first cfg.eval.video_episodes of each target filmed. env: the suite's description
+    (suites.SuiteData.env); obs_dim / act_dim: the data's sizes, checked against the env's."""
+    record = recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes)
+    return suite_of(cfg).make_envs(cfg, env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
+                                   obs_dim=obs_dim, act_dim=act_dim, record=record)
+
+
 # -------------------------------------------------------------------- the command
 def resolve_checkpoint(target: Path, which: str) -> Path:
     """A checkpoint file as given, or the run directory's newest / best one."""
@@ -146,11 +156,8 @@ def _set_threads(threads: dict[str, int] | None) -> None:
 
 
 def make_envs(cfg: GymConfig | AtariConfig, identity: dict) -> gym.vector.VectorEnv:
-    """The evaluation's environments, as training made them; cfg.eval.video_episodes of each target filmed."""
-    num_envs = cfg.eval.episodes * len(cfg.eval.targets)
-    record = recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes)
-    return suite_of(cfg).make_envs(cfg, environment(identity), num_envs, obs_dim=identity["obs_shape"][0],
-                                   act_dim=identity["act_dim"], record=record)
+    """The evaluation's environments, as training made them, from a checkpoint's identity."""
+    return evaluation_envs(cfg, environment(identity), obs_dim=identity["obs_shape"][0], act_dim=identity["act_dim"])
 
 
 def environment(identity: dict) -> dict:

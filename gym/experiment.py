@@ -22,7 +22,7 @@ from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.sampler import sample_batch, state_normalization
 from decision_mamba.errors import cli_main
-from decision_mamba.evaluate import evaluate_after
+from decision_mamba.evaluate import evaluate_after, evaluation_envs
 from decision_mamba.evaluation import evaluate_random_policy
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
@@ -30,7 +30,6 @@ from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
 from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
-from decision_mamba.video import recorded_indices
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,9 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     traj, metadata = data.trajectories, data.metadata
     resolve_targets(cfg, suite, traj)
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
-    envs = suite.make_envs(cfg, data.env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
-                           obs_dim=obs_dim, act_dim=act_dim,
-                           record=recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes))
+    envs = evaluation_envs(cfg, data.env, obs_dim=obs_dim, act_dim=act_dim)
     state_mean, state_std = state_normalization(traj)
     score = suite.score(cfg, data.env)
 
