@@ -65,6 +65,7 @@ from omegaconf import OmegaConf
 from decision_mamba import naming
 from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.atomic import write_text_atomic
+from decision_mamba.checkpoint import RESUME_MAY_DIFFER
 from decision_mamba.errors import UserError, cli_main
 from decision_mamba.mixers import MIXERS, models_in_table, spec_of_model
 from decision_mamba.protocols import PROTOCOLS
@@ -109,10 +110,12 @@ TABLE_MANAGED_KEYS = {
     4: {"train.context_len": "--variants (k10, k30, k40, k60)"},
 }
 
-# Keys that may differ between a run directory and a re-launch without changing the result.
+# Keys that may differ between a run directory and a re-launch without changing the result:
+# those --resume accepts (checkpoint.RESUME_MAY_DIFFER), and what the launcher sets per
+# machine (threads are compared on resume through the run's identity instead).
 IGNORED_WHEN_COMPARING = {
-    "run.out_dir", "run.wandb", "run.wandb_project", "run.progress", "run.keep_checkpoints", "run.resume_allow_changes",
-    "train.device", "train.num_threads", "model.scan_backend", "eval.video_episodes",
+    *RESUME_MAY_DIFFER, "run.wandb_project", "run.keep_checkpoints",
+    "train.device", "train.num_threads", "model.scan_backend",
 }
 
 
