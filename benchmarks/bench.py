@@ -39,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from decision_mamba.compute import keep_freed_memory  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import _step_lockstep, evaluate_batched  # noqa: E402
 from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
@@ -340,6 +341,7 @@ def main() -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    keep_freed_memory()  # as every run does (compute.py)
     if args.device == "cuda":
         from bench_gpu import main as cuda_main  # benchmarks/ is on sys.path when run as a script
 

@@ -13,7 +13,13 @@ call runs Eq. (8)-(9) for every layer, new token and sequence:
     x += out_proj(y);  x += fc2(gelu(fc1(LN(x))))           (the MLP unless "RC")
 
 the arithmetic of `Mamba.step_chunk` and `ChannelMLP` (tests/test_fused_step.py holds
-them equal). Inference only: no gradient, no dropout.
+them equal). Inference only: no gradient, no dropout. From BLAS_MIN_BATCH sequences on,
+the matrix products go to torch's BLAS instead and only the conv and the SSM run in
+(per-layer) numba kernels, the same helpers as the single kernel's.
+
+The states are mamba_ssm's (B, ED, d_conv) and (B, ED, N) tensors, stored channel-last
+underneath (transposed views of (B, d_conv, ED) and (B, N, ED) arrays): the kernels' loops
+run over contiguous channels and the next step reads the state with no transposed copy.
 
 Only the conv and SSM states need the tokens in order; the projections and the MLP are
 position-wise and run over all new tokens at once. Matrix products are row updates,
@@ -35,7 +41,9 @@ import weakref
 import numba
 import numpy as np
 import torch
-from numba import prange
+import torch.nn.functional as F
+from numba import prange, types as nb_types
+from numba.extending import overload
 from torch import Tensor, nn
 
 from decision_mamba.mixers import mixer_spec
@@ -54,11 +62,11 @@ def _layer_norm(x, weight, bias, out):
     mean = x.dtype.type(0)
     for i in range(n):
         mean += x[i]
-    mean /= n
+    mean /= x.dtype.type(n)
     var = x.dtype.type(0)
     for i in range(n):
         var += (x[i] - mean) * (x[i] - mean)
-    inv_std = 1 / math.sqrt(var / n + x.dtype.type(1e-5))  # nn.LayerNorm's default eps
+    inv_std = x.dtype.type(1) / math.sqrt(var / x.dtype.type(n) + x.dtype.type(1e-5))  # nn.LayerNorm's default eps
     for i in range(n):
         out[i] = (x[i] - mean) * inv_std * weight[i] + bias[i]
 
@@ -67,11 +75,14 @@ def _layer_norm(x, weight, bias, out):
 def _linear_rows(x, weight_t, bias, out):
     """out = x @ weight_t (+ bias unless it is empty); x (M, in), weight_t (in, out), out (M, out)."""
     rows, n_out = out.shape
-    for r in range(rows):
+    for r in range(rows):  # (explicit loops: numba's slice assignment does not vectorise)
+        o = out[r]
         if bias.shape[0]:
-            out[r] = bias
+            for j in range(n_out):
+                o[j] = bias[j]
         else:
-            out[r] = 0
+            for j in range(n_out):
+                o[j] = 0
     for i in range(x.shape[1]):
         w = weight_t[i]
         for r in range(rows):
@@ -81,19 +92,118 @@ def _linear_rows(x, weight_t, bias, out):
                 o[j] += xi * w[j]
 
 
+def _like(v, c):
+    """The constant c in v's float type. numba types a Python literal as int64 or float64, and
+    float32 with either is float64: `1 + v` would make every float32 kernel below compute
+    in float64 (and not vectorise as well)."""
+    return c
+
+
+@overload(_like)
+def _like_overload(v, c):
+    to = np.float32 if v == nb_types.float32 else np.float64
+    return lambda v, c: to(c)
+
+
 @_helper
 def _silu(v):
-    return v / (1 + kernel_exp(-v))
+    return v / (_like(v, 1.0) + kernel_exp(-v))
 
 
 @_helper
 def _softplus(v):
-    return v if v > 20 else math.log1p(kernel_exp(v))  # F.softplus's threshold
+    return v if v > _like(v, 20.0) else math.log1p(kernel_exp(v))  # F.softplus's threshold
 
 
 @_helper
-def _gelu(v):
-    return v * 0.5 * (1 + math.erf(v * 0.7071067811865476))  # exact GELU, F.gelu's default
+def _gelu(v):  # exact GELU, F.gelu's default
+    return v * _like(v, 0.5) * (_like(v, 1.0) + math.erf(v * _like(v, 0.7071067811865476)))
+
+
+@_helper
+def _conv_silu_tokens(xz, window, new_window, conv_w_t, conv_b, u):
+    """u_t = silu(conv_b + sum_k conv_w_t[k] window_t[k]) for one sequence's new tokens, where
+    window_t holds the last d_conv conv inputs up to token t, oldest first.
+
+    xz: (T, 2 ED), the new conv inputs x_in in its first ED columns; window: (d_conv, ED),
+    the d_conv inputs before them; new_window: (d_conv, ED) <- the last d_conv after them;
+    conv_w_t: (d_conv, ED); conv_b: (ED,) or (0,) for none; u: (T, ED) <- the outputs.
+    """
+    tokens, d_inner = u.shape
+    d_conv = window.shape[0]
+    for t in range(tokens):
+        u_t = u[t]
+        # (explicit loops: numba's slice assignment is a generic, unvectorised copy)
+        if conv_b.shape[0]:
+            for j in range(d_inner):
+                u_t[j] = conv_b[j]
+        else:
+            for j in range(d_inner):
+                u_t[j] = 0
+        for k in range(d_conv):
+            p = t + 1 + k  # input p of the history [window, x_in]
+            w = conv_w_t[k]
+            if p < d_conv:  # (two loops, not one over a chosen row: see _ssm_tokens)
+                old = window[p]
+                for j in range(d_inner):
+                    u_t[j] += w[j] * old[j]
+            else:
+                new = xz[p - d_conv]
+                for j in range(d_inner):
+                    u_t[j] += w[j] * new[j]
+        for j in range(d_inner):
+            u_t[j] = _silu(u_t[j])
+    for k in range(d_conv):
+        p = tokens + k
+        if p < d_conv:
+            old = window[p]
+            for j in range(d_inner):
+                new_window[k, j] = old[j]
+        else:
+            new = xz[p - d_conv]
+            for j in range(d_inner):
+                new_window[k, j] = new[j]
+
+
+@_helper
+def _ssm_tokens(xz, u, delta, dbc, A_t, D, s, new_s, y):
+    """The SSM over one sequence's new tokens in order (Eq. 2-3), with the skip and the gate:
+    s = exp(delta A) s + delta B u;  y = (C . s + D u) silu(z).
+
+    xz: (T, 2 ED), the gate z in its last ED columns; u: (T, ED); delta: (T, ED), already
+    softplus(dt_proj(dt_low)) (numba's log1p does not vectorise: 256 of them cost as much as
+    the whole SSM update, so it runs where it does, below or in torch); dbc: (T, R + 2N),
+    x_proj's output (dt_low, B, C); A_t: (N, ED); D: (ED,); s: (N, ED), the state before;
+    new_s: (N, ED) <- the state after; y: (T, ED) <- the outputs.
+    """
+    tokens, d_inner = u.shape
+    d_state = A_t.shape[0]
+    dt_rank = dbc.shape[1] - 2 * d_state
+    for t in range(tokens):
+        u_t, delta_t, y_t = u[t], delta[t], y[t]
+        for j in range(d_inner):
+            y_t[j] = D[j] * u_t[j]
+        for n in range(d_state):
+            B_n = dbc[t, dt_rank + n]
+            C_n = dbc[t, dt_rank + d_state + n]
+            A_n, after = A_t[n], new_s[n]
+            # The first token reads the old state, the later ones update the new one in
+            # place: one pass over the (large) state per token. Two loops, not one over
+            # `s if t == 0 else new_s`: LLVM's runtime overlap check rejects a loop reading
+            # and writing one array through two names, and it would not vectorise.
+            if t == 0:
+                before = s[n]
+                for j in range(d_inner):
+                    h = kernel_exp(delta_t[j] * A_n[j]) * before[j] + delta_t[j] * u_t[j] * B_n
+                    after[j] = h
+                    y_t[j] += C_n * h
+            else:
+                for j in range(d_inner):
+                    h = kernel_exp(delta_t[j] * A_n[j]) * after[j] + delta_t[j] * u_t[j] * B_n
+                    after[j] = h
+                    y_t[j] += C_n * h
+        for j in range(d_inner):
+            y_t[j] *= _silu(xz[t, d_inner + j])
 
 
 def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_states, n_chunks,
@@ -101,8 +211,8 @@ def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_s
                           out_w_t, out_b, ln2_w, ln2_b, fc_w_t, fc_b, proj_w_t, proj_b):
     """Every DecisionLayer of a DMamba over the T new tokens of each sequence; x is updated in place.
 
-    x: (B, T, d). conv_states[l]: (B, ED, d_conv), oldest first; ssm_states[l]: (B, ED, N);
-    both left untouched, the new states go to new_*[l]. Weights are stacked over the L
+    x: (B, T, d). conv_states[l]: (B, d_conv, ED), oldest first; ssm_states[l]: (B, N, ED)
+    (channel-last: see fused_layers_step); both left untouched, the new states go to new_*[l]. Weights are stacked over the L
     layers, the linear ones transposed to (in, out); conv_w_t: (L, d_conv, ED);
     A_t = -exp(A_log)^T: (L, N, ED). Biases of size 0 mean none; fc weights of size 0 mean
     no channel MLP (the RC ablation).
@@ -125,52 +235,32 @@ def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_s
         xs = x[b0:b1].reshape(rows, d_model)  # row r: token r % T of sequence b0 + r // T
         normed = np.empty((rows, d_model), x.dtype)
         xz = np.empty((rows, 2 * d_inner), x.dtype)  # x_in (ED) then the gate z (ED)
+        u = np.empty((rows, d_inner), x.dtype)
+        dbc = np.empty((rows, dt_rank + 2 * d_state), x.dtype)  # dt_low (R), B (N), C (N)
+        delta = np.empty((rows, d_inner), x.dtype)
         y = np.empty((rows, d_inner), x.dtype)
         mixed = np.empty((rows, d_model), x.dtype)
         hidden = np.empty((rows, d_hidden), x.dtype)
-        u = np.empty((1, d_inner), x.dtype)
-        dbc = np.empty((1, dt_rank + 2 * d_state), x.dtype)  # dt_low (R), B (N), C (N)
-        delta = np.empty((1, d_inner), x.dtype)
         for layer in range(n_layer):
             # 1. Position-wise: the pre-norm and in_proj of every new token.
             for r in range(rows):
                 _layer_norm(xs[r], ln1_w[layer], ln1_b[layer], normed[r])
             _linear_rows(normed, in_w_t[layer], in_b[layer], xz)
-
-            # 2. The recurrences, token after token. The states are held channel-last,
-            # (d_conv, ED) and (N, ED), so that the loops over channels vectorise;
-            # mamba_ssm's (ED, .) layout is restored on the way out.
+            # 2. The conv, token after token; then x_proj and dt_proj, position-wise again;
+            # then the SSM, token after token.
             for b in range(b0, b1):
-                window = conv_states[layer][b].T.copy()  # (d_conv, ED)
-                s = ssm_states[layer][b].T.copy()  # (N, ED)
-                for t in range(tokens):
-                    r = (b - b0) * tokens + t
-                    for k in range(d_conv - 1):
-                        window[k] = window[k + 1]
-                    window[d_conv - 1] = xz[r, :d_inner]
-                    for j in range(d_inner):
-                        u[0, j] = conv_b[layer, j] if conv_b.shape[1] else 0
-                    for k in range(d_conv):
-                        for j in range(d_inner):
-                            u[0, j] += conv_w_t[layer, k, j] * window[k, j]
-                    for j in range(d_inner):
-                        u[0, j] = _silu(u[0, j])
-                    _linear_rows(u, x_proj_w_t[layer], dt_b[layer, :0], dbc)
-                    _linear_rows(dbc[:, :dt_rank], dt_w_t[layer], dt_b[layer], delta)
-                    y_r = y[r]
-                    for j in range(d_inner):
-                        delta[0, j] = _softplus(delta[0, j])
-                        y_r[j] = D[layer, j] * u[0, j]
-                    for n in range(d_state):  # s = exp(delta A) s + delta B u;  y += C s  (Eq. 2-3)
-                        B_n = dbc[0, dt_rank + n]
-                        C_n = dbc[0, dt_rank + d_state + n]
-                        for j in range(d_inner):
-                            s[n, j] = kernel_exp(delta[0, j] * A_t[layer, n, j]) * s[n, j] + delta[0, j] * u[0, j] * B_n
-                            y_r[j] += C_n * s[n, j]
-                    for j in range(d_inner):
-                        y_r[j] *= _silu(xz[r, d_inner + j])
-                new_conv_states[layer][b] = window.T
-                new_ssm_states[layer][b] = s.T
+                r0 = (b - b0) * tokens
+                _conv_silu_tokens(xz[r0:r0 + tokens], conv_states[layer][b], new_conv_states[layer][b],
+                                  conv_w_t[layer], conv_b[layer], u[r0:r0 + tokens])
+            _linear_rows(u, x_proj_w_t[layer], dt_b[layer, :0], dbc)
+            _linear_rows(dbc[:, :dt_rank], dt_w_t[layer], dt_b[layer], delta)
+            for r in range(rows):
+                for j in range(d_inner):
+                    delta[r, j] = _softplus(delta[r, j])
+            for b in range(b0, b1):
+                r0 = (b - b0) * tokens
+                _ssm_tokens(xz[r0:r0 + tokens], u[r0:r0 + tokens], delta[r0:r0 + tokens], dbc[r0:r0 + tokens],
+                            A_t[layer], D[layer], ssm_states[layer][b], new_ssm_states[layer][b], y[r0:r0 + tokens])
 
             # 3. Position-wise: out_proj and the residual, then the channel MLP (Eq. 8-9).
             _linear_rows(y, out_w_t[layer], out_b[layer], mixed)
@@ -184,6 +274,22 @@ def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_s
                         hidden[r, i] = _gelu(hidden[r, i])
                 _linear_rows(hidden, proj_w_t[layer], proj_b[layer], mixed)
                 xs += mixed
+
+
+def _mixer_conv(xz, conv_state, conv_w_t, conv_b, u, new_conv_state):
+    """The conv of one Mamba layer for every sequence: xz (B, T, 2 ED) -> u (B, T, ED).
+
+    conv_state: (B, d_conv, ED), left untouched; the new one goes to new_conv_state."""
+    for b in range(xz.shape[0]):
+        _conv_silu_tokens(xz[b], conv_state[b], new_conv_state[b], conv_w_t, conv_b, u[b])
+
+
+def _mixer_ssm(xz, u, delta, dbc, A_t, D, ssm_state, y, new_ssm_state):
+    """The SSM of one Mamba layer for every sequence (see _ssm_tokens): -> y (B, T, ED).
+
+    ssm_state: (B, N, ED), left untouched; the new one goes to new_ssm_state."""
+    for b in range(xz.shape[0]):
+        _ssm_tokens(xz[b], u[b], delta[b], dbc[b], A_t, D, ssm_state[b], new_ssm_state[b], y[b])
 
 
 def _compile(fn, parallel: bool):
@@ -201,6 +307,11 @@ def _compile(fn, parallel: bool):
 # token's arithmetic is the same in both, so are the results.
 _layers_step_serial = _compile(_decision_layers_step, parallel=False)
 _layers_step_parallel = _compile(_decision_layers_step, parallel=True)
+# Serial: between torch's matrix products, whose OpenMP threads are still spinning, a numba
+# parallel region costs ~50 us to start and fights them for the cores (measured at batch
+# 100, 2 threads: 16.7 ms a step with parallel kernels, 13.0 ms with serial ones).
+_mixer_conv_kernel = jit_kernel(_mixer_conv, parallel=False)
+_mixer_ssm_kernel = jit_kernel(_mixer_ssm, parallel=False)
 
 
 # ------------------------------------------------------------------ weights, once
@@ -299,40 +410,83 @@ def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))
 
 
+# From this many sequences on, the position-wise work (the projections and the MLP, ~95% of
+# the arithmetic) goes to torch's BLAS, ~2.5x faster per core than the kernel's row
+# updates once there are enough rows to fill its tiles; the conv and the SSM stay in numba
+# kernels. Below it the single kernel wins: its one call replaces ~40 torch calls of a few
+# microseconds each. Measured (2 threads, interleaved, torch/kernel time per step): 2.36x at
+# batch 1, 1.02x at 6, 0.88x at 8, 0.77x at 10, 0.50x at 100, 0.59x at 400.
+BLAS_MIN_BATCH = 8
+
+
 def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tensor, Tensor]]
                       ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     """All DecisionLayers of a DMamba over T new tokens: x (B, T, d) -> (B, T, d), new states.
 
     The old states are left untouched (as by `Mamba.step`); the new ones keep their dtypes.
+    Below BLAS_MIN_BATCH sequences one numba kernel runs everything, and a sequence's
+    numbers do not depend on the others in the batch; from it on, the matrix products go
+    to torch (see BLAS_MIN_BATCH). Either way the same inputs give the same bits.
     """
     # The bookkeeping is in numpy: a torch call costs a few microseconds even when it does
     # nothing (a .to() to the same dtype), and at batch 1 the whole kernel takes ~0.5 ms.
     dtype = x.dtype
-    x_np = np.array(x.detach().numpy(), order="C")  # a copy: the kernel updates it in place
-    old_conv = tuple(_array(c, dtype) for c, _ in states)
-    old_ssm = tuple(_array(s, dtype) for _, s in states)
+    old_conv = tuple(_channel_last(c, dtype) for c, _ in states)
+    old_ssm = tuple(_channel_last(s, dtype) for _, s in states)
     new_conv = tuple(np.empty_like(a) for a in old_conv)
     new_ssm = tuple(np.empty_like(a) for a in old_ssm)
-    # A thread per chunk of sequences. One sequence runs without a parallel region, whose
-    # start-up (~0.1 ms here) would cost a third of its step; from two on, threads pay.
-    n_chunks = min(x_np.shape[0], torch.get_num_threads())
-    if n_chunks > 1:
-        use_torch_thread_count()
-        n_chunks = min(n_chunks, numba.get_num_threads())
-    kernel = _layers_step_parallel if n_chunks > 1 else _layers_step_serial
-    kernel(x_np, old_conv, old_ssm, new_conv, new_ssm, n_chunks, *_cached_weights(layers, dtype))
-    return torch.from_numpy(x_np), [(_tensor(c, c0), _tensor(s, s0))
-                                    for c, s, (c0, s0) in zip(new_conv, new_ssm, states)]
+    weights = _cached_weights(layers, dtype)
+    if x.shape[0] >= BLAS_MIN_BATCH:
+        out = _layers_step_with_blas(layers, x.detach(), old_conv, old_ssm, new_conv, new_ssm, weights)
+    else:
+        x_np = np.array(x.detach().numpy(), order="C")  # a copy: the kernel updates it in place
+        # A thread per chunk of sequences. One sequence runs without a parallel region, whose
+        # start-up (~0.1 ms here) would cost a third of its step; from two on, threads pay.
+        n_chunks = min(x_np.shape[0], torch.get_num_threads())
+        if n_chunks > 1:
+            use_torch_thread_count()
+            n_chunks = min(n_chunks, numba.get_num_threads())
+        kernel = _layers_step_parallel if n_chunks > 1 else _layers_step_serial
+        kernel(x_np, old_conv, old_ssm, new_conv, new_ssm, n_chunks, *weights)
+        out = torch.from_numpy(x_np)
+    return out, [(_state_tensor(c, c0), _state_tensor(s, s0)) for c, s, (c0, s0) in zip(new_conv, new_ssm, states)]
 
 
-def _array(t: Tensor, dtype: torch.dtype) -> np.ndarray:
-    """t as a C-contiguous array of dtype, without a copy where it already is one."""
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return np.ascontiguousarray(t.detach().numpy())
+def _layers_step_with_blas(layers: nn.ModuleList, x: Tensor, old_conv, old_ssm, new_conv, new_ssm,
+                           weights: tuple[np.ndarray, ...]) -> Tensor:
+    """The same layers as `_decision_layers_step`, the matrix products in torch (the layers'
+    own modules, in eval mode), the conv and the SSM in the per-layer kernels above."""
+    conv_w_t, conv_b, A_t, D = weights[4], weights[5], weights[9], weights[10]
+    for index, layer in enumerate(layers):
+        mixer = layer.mixer
+        xz = mixer.in_proj(layer.ln_mixer(x)).contiguous()  # (B, T, 2 ED): x_in, z
+        u = x.new_empty(*x.shape[:2], mixer.d_inner)  # (B, T, ED)
+        _mixer_conv_kernel(xz.numpy(), old_conv[index], conv_w_t[index], conv_b[index], u.numpy(),
+                             new_conv[index])
+        dbc = mixer.x_proj(u)  # (B, T, R + 2N): dt_low, B, C
+        delta = F.softplus(F.linear(dbc[..., :mixer.dt_rank], mixer.dt_proj.weight, mixer.dt_proj.bias))  # (B, T, ED)
+        y = torch.empty_like(u)
+        _mixer_ssm_kernel(xz.numpy(), u.numpy(), delta.numpy(), dbc.numpy(), A_t[index], D[index],
+                            old_ssm[index], y.numpy(), new_ssm[index])
+        x = x + mixer.out_proj(y)
+        if layer.mlp is not None:
+            x = x + layer.mlp(layer.ln_mlp(x))
+    return x
 
 
-def _tensor(a: np.ndarray, like: Tensor) -> Tensor:
-    """a as a tensor of like's dtype (the state's own dtype, which the kernel may not compute in)."""
-    t = torch.from_numpy(a)
+def _channel_last(state: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A (B, ED, K) state as the C-contiguous (B, K, ED) array the kernels use: no copy for
+    a state this module made (see _state_tensor), one transposed copy for any other."""
+    if state.dtype != dtype:
+        state = state.to(dtype)
+    return np.ascontiguousarray(state.detach().transpose(1, 2).numpy())
+
+
+def _state_tensor(a: np.ndarray, like: Tensor) -> Tensor:
+    """A kernel state (B, K, ED) as the (B, ED, K) tensor of mamba_ssm's layout, in like's dtype.
+
+    A transposed view: its values are those of the (B, ED, K) state, its memory channel-last,
+    so that the next step hands it to the kernels without a copy (and the PyTorch step,
+    which takes any strides, reads it as it is)."""
+    t = torch.from_numpy(a).transpose(1, 2)
     return t if t.dtype == like.dtype else t.to(like.dtype)

@@ -53,7 +53,7 @@ def torch_layers_step(model, x, state):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("channel_mlp", [True, False])
-@pytest.mark.parametrize("B,T", [(1, 1), (1, 3), (4, 2), (5, 3)])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 3), (4, 2), (5, 3), (fused_step.BLAS_MIN_BATCH, 1), (fused_step.BLAS_MIN_BATCH + 1, 3)])
 def test_fused_layers_equal_the_pytorch_layer_steps(dtype, tol, channel_mlp, B, T):
     model = make_dmamba(channel_mlp=channel_mlp).to(dtype)
     x = inputs(B, T, dtype=dtype)
@@ -84,11 +84,13 @@ def test_optional_biases_enter_like_in_the_pytorch_step():
     torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("discrete", [False, True])
-def test_model_step_with_the_fused_layers_equals_the_full_forward(discrete):
+@pytest.mark.parametrize("discrete,B", [(False, 3), (True, 3), (False, fused_step.BLAS_MIN_BATCH + 1)])
+def test_model_step_with_the_fused_layers_equals_the_full_forward(discrete, B):
+    # B 3: the single kernel; from BLAS_MIN_BATCH: torch's matrix products, numba's conv and
+    # SSM. Either way the state one step returns (channel-last underneath) feeds the next.
     model = make_dmamba(discrete=discrete).double()
     g = torch.Generator().manual_seed(3)
-    B, K = 3, 7
+    K = 7
     states = torch.randn(B, K, 5, generator=g, dtype=torch.float64)
     actions = (torch.randint(0, 3, (B, K), generator=g) if discrete
                else torch.rand(B, K, 3, generator=g, dtype=torch.float64) * 2 - 1)
@@ -103,10 +105,11 @@ def test_model_step_with_the_fused_layers_equals_the_full_forward(discrete):
             torch.testing.assert_close(pred, full[:, t], rtol=1e-10, atol=1e-11)
 
 
-def test_the_old_state_is_untouched_and_the_new_one_keeps_its_dtype():
+@pytest.mark.parametrize("B", [2, fused_step.BLAS_MIN_BATCH])
+def test_the_old_state_is_untouched_and_the_new_one_keeps_its_dtype(B):
     model = make_dmamba()
-    x = inputs(2, 3)
-    state = random_state(model, 2)
+    x = inputs(B, 3)
+    state = random_state(model, B)
     before = [tuple(s.clone() for s in layer_state) for layer_state in state]
     half_state = [(c.double(), s.double()) for c, s in state]
     with torch.no_grad():
