@@ -17,7 +17,8 @@ Measures, on whatever machine runs it (the README's table is from our 2-core CPU
      simulators with no model; the time split into simulator, model and bookkeeping.
      Episodes never end early (terminate_when_unhealthy=False: an untrained model falls
      within tens of steps), so this is the longest evaluation the protocol can take.
-     --quick: 4 x 10 episodes of 100 steps, fewer rounds, no sequential-scan row, memory over one step.
+     --quick: 4 x 10 episodes of 100 steps, fewer rounds, no sequential-scan row, memory over one step;
+     --evaluation full|quick sets the evaluation's size on its own.
 Timings are interleaved round-robin; each ratio is the median of the per-round ratios,
 with their range, so that a noisy machine slows every contender alike. Ratios are what
 to read, absolute times move with the load.
@@ -294,7 +295,8 @@ def bench_evaluation(episodes_per_target: int, max_steps: int, targets=(3600.0, 
 def report(train: dict, memory: dict, actions: list[dict], evaluation: dict, args) -> str:
     lines = [
         f"Machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
-        f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}`.",
+        f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}"
+        f"{' --evaluation ' + args.evaluation if args.evaluation != ('quick' if args.quick else 'full') else ''}`.",
         "",
         f"Training step at the paper's gym setting (batch 64, K 20, 3 layers), {args.reps} interleaved rounds; "
         "vs DT = median [range] of the per-round ratios to our DT; every model with the same fused AdamW:",
@@ -335,6 +337,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds; the evaluation with 4 x 10 episodes of 100 steps")
+    parser.add_argument("--evaluation", choices=["quick", "full"],
+                        help="the evaluation's size on its own: full = 4 x 100 episodes of 1000 steps "
+                             "(the default without --quick; ~15 min on 2 cores), quick = 4 x 10 of 100")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU benchmark, benchmarks/bench_gpu.py (its --out default: results/bench_gpu.md)")
@@ -356,7 +361,9 @@ def main() -> None:
     train = bench_training(args.reps, sequential=not args.quick)
     memory = bench_memory(1 if args.quick else 3, [k for k in CONTENDERS if not (args.quick and k == SLOW)])
     actions = bench_action_selection(args.reps * 4)
-    evaluation = bench_evaluation(10 if args.quick else 100, 100 if args.quick else 1000)
+    args.evaluation = args.evaluation or ("quick" if args.quick else "full")
+    full = args.evaluation == "full"
+    evaluation = bench_evaluation(100 if full else 10, 1000 if full else 100)
     text = report(train, memory, actions, evaluation, args)
     write_text_atomic(Path(args.out), text)
     print(text)
