@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
@@ -80,7 +81,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 # process and the same kernel loaded from numba's on-disk cache gave different low bits
 # (measured here), so the first run on a machine and every later one disagreed. Runs with
 # the same seed must give the same numbers. Where a sum over channels is needed (the
-# backward kernel's dB and dC), its association is written out in the source (`_dot`).
+# backward kernel's dB and dC), its association is written out in explicit vector IR (`_dot`).
 _FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 
@@ -205,29 +206,72 @@ def _scan_forward_kernel(u, delta, A, B, C, D, z, gated, y, h_last, block):
                     h_last[b, n, d0 + j] = h[n, j]
 
 
-@numba.njit(inline="always")
-def _dot(x, y, n):
-    """sum_j x[j] y[j] over j < n in eight interleaved partial sums, added in a fixed order.
+_DOT_LANES = 32
 
-    A single running sum is one chain of dependent adds (each waits for the last: ~4 cycles
-    per channel); eight independent ones keep the FPU busy. The association is written
-    here, not left to fastmath reassoc, so every compile gives the same bits."""
-    zero = x.dtype.type(0)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
-    full = n // 8 * 8
-    for k in range(n // 8):
-        j0 = k * 8
-        s0 += x[j0] * y[j0]
-        s1 += x[j0 + 1] * y[j0 + 1]
-        s2 += x[j0 + 2] * y[j0 + 2]
-        s3 += x[j0 + 3] * y[j0 + 3]
-        s4 += x[j0 + 4] * y[j0 + 4]
-        s5 += x[j0 + 5] * y[j0 + 5]
-        s6 += x[j0 + 6] * y[j0 + 6]
-        s7 += x[j0 + 7] * y[j0 + 7]
-    for j in range(full, n):
-        s0 += x[j] * y[j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+@intrinsic
+def _dot(typingctx, x, y, n):
+    """sum_j x[j] y[j] over 0 <= j < n of two contiguous 1-D arrays, in 32 lanes added in a fixed tree.
+
+    The backward kernel's sums over channels (dB, dC). Lane k sums the products of channels
+    j = k (mod 32) by FMA, 32 channels per step (four 8-wide FMAs on AVX2, independent so
+    the FPU is never waiting on one), then the lanes are added pairwise: 32 -> 16 -> ... -> 1.
+    Written as explicit vector IR because LLVM will not vectorise a sum without fastmath
+    reassoc, and reassoc is banned here (module set-up): these operations have one IEEE
+    result, so every compile (fresh or cached, any vector width) gives the same bits.
+    """
+    if not (isinstance(x, types.Array) and isinstance(y, types.Array) and x.ndim == y.ndim == 1
+            and x.layout == y.layout == "C" and x.dtype == y.dtype and x.dtype in (types.float32, types.float64)
+            and isinstance(n, types.Integer)):
+        return None
+    lanes = _DOT_LANES
+
+    def codegen(context, builder, signature, args):
+        x_value, y_value, count = args
+        scalar = context.get_value_type(x.dtype)
+        vector = ir.VectorType(scalar, lanes)
+        x_data = context.make_array(x)(context, builder, x_value).data
+        y_data = context.make_array(y)(context, builder, y_value).data
+        count = context.cast(builder, count, n, types.intp)
+        zero = ir.Constant(vector, [ir.Constant(scalar, 0.0)] * lanes)
+        acc = cgutils.alloca_once_value(builder, zero)  # promoted to a register by LLVM
+        steps = builder.udiv(count, ir.Constant(count.type, lanes))
+        align = scalar.get_abi_alignment(context.target_data)
+        suffix = "f32" if x.dtype == types.float32 else "f64"
+        fma_vector = cgutils.get_or_insert_function(  # x y + acc with one rounding, as `contract` gives
+            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{lanes}{suffix}")
+        fma_scalar = cgutils.get_or_insert_function(builder.module, ir.FunctionType(scalar, [scalar] * 3),
+                                                    f"llvm.fma.{suffix}")
+
+        def load_vector(data, offset):
+            pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+            return builder.load(pointer, align=align)
+
+        with cgutils.for_range(builder, steps) as loop:  # 32 channels per step
+            offset = builder.mul(loop.index, ir.Constant(count.type, lanes))
+            total = builder.call(fma_vector, [load_vector(x_data, offset), load_vector(y_data, offset),
+                                              builder.load(acc)])
+            builder.store(total, acc)
+        full = builder.mul(steps, ir.Constant(count.type, lanes))
+        one = ir.Constant(count.type, 1)
+        with cgutils.for_range_slice(builder, full, count, one) as (j, _):  # the last n mod 32 channels, one by one
+            lane = builder.sub(j, full)
+            x_j = builder.load(builder.gep(x_data, [j]))
+            y_j = builder.load(builder.gep(y_data, [j]))
+            lanes_now = builder.load(acc)
+            summed = builder.call(fma_scalar, [x_j, y_j, builder.extract_element(lanes_now, lane)])
+            builder.store(builder.insert_element(lanes_now, summed, lane), acc)
+        total = builder.load(acc)
+        width = lanes
+        while width > 1:  # lane k + width/2 onto lane k: a fixed tree
+            width //= 2
+            index = ir.VectorType(ir.IntType(32), width)
+            low = builder.shuffle_vector(total, total, ir.Constant(index, list(range(width))))
+            high = builder.shuffle_vector(total, total, ir.Constant(index, list(range(width, 2 * width))))
+            total = builder.fadd(low, high)  # no fastmath flags: exactly this association
+        return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+
+    return x.dtype(x, y, n), codegen
 
 
 @jit_kernel
