@@ -20,9 +20,12 @@ PY      = $(VENV)/bin/python
 GPU_WHEELS ?= .gpu-wheels
 GPU_WHEELS_ARGS ?=
 GPU_CHECK_ARGS ?=
-# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU, spinning torch
-# and numba thread pools steal each other's cores (a DT step went from 0.27 s to 2.5 s).
-export OMP_WAIT_POLICY ?= PASSIVE
+# For the tests, idle OpenMP threads sleep instead of spinning: pytest-xdist runs two
+# processes on the two cores, and spinning thread pools steal each other's cores (a DT step
+# went from 0.27 s to 2.5 s). A single run keeps OpenMP's default: there each of the many
+# small torch calls of an evaluation step would wait for sleeping threads to wake (measured,
+# 300 quickstart updates and 2 evaluations: evaluating 13-14 s with PASSIVE, 7-8 s without).
+test: export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run run-atari test bench gpu-wheels gpu-check clean
 
