@@ -72,17 +72,23 @@ def _layer_norm(x, weight, bias, out):
 
 
 @_helper
+def _start_from_bias(row, bias):
+    """row = bias, or zeros where bias is empty (no bias). Explicit loops: numba's slice
+    assignment is a generic copy that does not vectorise."""
+    if bias.shape[0]:
+        for j in range(row.shape[0]):
+            row[j] = bias[j]
+    else:
+        for j in range(row.shape[0]):
+            row[j] = 0
+
+
+@_helper
 def _linear_rows(x, weight_t, bias, out):
     """out = x @ weight_t (+ bias unless it is empty); x (M, in), weight_t (in, out), out (M, out)."""
     rows, n_out = out.shape
-    for r in range(rows):  # (explicit loops: numba's slice assignment does not vectorise)
-        o = out[r]
-        if bias.shape[0]:
-            for j in range(n_out):
-                o[j] = bias[j]
-        else:
-            for j in range(n_out):
-                o[j] = 0
+    for r in range(rows):
+        _start_from_bias(out[r], bias)
     for i in range(x.shape[1]):
         w = weight_t[i]
         for r in range(rows):
@@ -133,13 +139,7 @@ def _conv_silu_tokens(xz, window, new_window, conv_w_t, conv_b, u):
     d_conv = window.shape[0]
     for t in range(tokens):
         u_t = u[t]
-        # (explicit loops: numba's slice assignment is a generic, unvectorised copy)
-        if conv_b.shape[0]:
-            for j in range(d_inner):
-                u_t[j] = conv_b[j]
-        else:
-            for j in range(d_inner):
-                u_t[j] = 0
+        _start_from_bias(u_t, conv_b)
         for k in range(d_conv):
             p = t + 1 + k  # input p of the history [window, x_in]
             w = conv_w_t[k]
@@ -212,8 +212,9 @@ def _decision_layers_step(x, conv_states, ssm_states, new_conv_states, new_ssm_s
     """Every DecisionLayer of a DMamba over the T new tokens of each sequence; x is updated in place.
 
     x: (B, T, d). conv_states[l]: (B, d_conv, ED), oldest first; ssm_states[l]: (B, N, ED)
-    (channel-last: see fused_layers_step); both left untouched, the new states go to new_*[l]. Weights are stacked over the L
-    layers, the linear ones transposed to (in, out); conv_w_t: (L, d_conv, ED);
+    (channel-last: see the module docstring); both left untouched, the new states go to
+    new_*[l]. Weights are stacked over the L layers, the linear ones transposed to
+    (in, out); conv_w_t: (L, d_conv, ED);
     A_t = -exp(A_log)^T: (L, N, ED). Biases of size 0 mean none; fc weights of size 0 mean
     no channel MLP (the RC ablation).
 
@@ -343,6 +344,9 @@ _MLP_WEIGHTS = (
     (("mlp", "proj", "weight"), True), (("mlp", "proj", "bias"), False),
 )
 
+# The position of each mixer weight among the kernel's arguments (the BLAS path reads some by name).
+_WEIGHT_INDEX = {path: index for index, (path, _) in enumerate(_MIXER_WEIGHTS)}
+
 
 def _lookup(module: nn.Module, path: tuple[str, ...]) -> Tensor | None:
     for name in path[:-1]:
@@ -456,18 +460,20 @@ def _layers_step_with_blas(layers: nn.ModuleList, x: Tensor, old_conv, old_ssm, 
                            weights: tuple[np.ndarray, ...]) -> Tensor:
     """The same layers as `_decision_layers_step`, the matrix products in torch (the layers'
     own modules, in eval mode), the conv and the SSM in the per-layer kernels above."""
-    conv_w_t, conv_b, A_t, D = weights[4], weights[5], weights[9], weights[10]
+    conv_w_t, conv_b, A_t, D = (weights[_WEIGHT_INDEX[path]] for path in
+                                (("mixer", "conv1d", "weight"), ("mixer", "conv1d", "bias"), ("mixer", "A_log"),
+                                 ("mixer", "D")))
     for index, layer in enumerate(layers):
         mixer = layer.mixer
         xz = mixer.in_proj(layer.ln_mixer(x)).contiguous()  # (B, T, 2 ED): x_in, z
         u = x.new_empty(*x.shape[:2], mixer.d_inner)  # (B, T, ED)
         _mixer_conv_kernel(xz.numpy(), old_conv[index], conv_w_t[index], conv_b[index], u.numpy(),
-                             new_conv[index])
+                           new_conv[index])
         dbc = mixer.x_proj(u)  # (B, T, R + 2N): dt_low, B, C
         delta = F.softplus(F.linear(dbc[..., :mixer.dt_rank], mixer.dt_proj.weight, mixer.dt_proj.bias))  # (B, T, ED)
         y = torch.empty_like(u)
         _mixer_ssm_kernel(xz.numpy(), u.numpy(), delta.numpy(), dbc.numpy(), A_t[index], D[index],
-                            old_ssm[index], y.numpy(), new_ssm[index])
+                          old_ssm[index], y.numpy(), new_ssm[index])
         x = x + mixer.out_proj(y)
         if layer.mlp is not None:
             x = x + layer.mlp(layer.ln_mlp(x))
