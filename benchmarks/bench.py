@@ -296,7 +296,7 @@ def report(train: dict, memory: dict, actions: list[dict], evaluation: dict, arg
     lines = [
         f"Machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
         f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}"
-        f"{' --evaluation ' + args.evaluation if args.evaluation != ('quick' if args.quick else 'full') else ''}`.",
+        f"{' --evaluation ' + args.evaluation_flag if args.evaluation_flag else ''}`.",
         "",
         f"Training step at the paper's gym setting (batch 64, K 20, 3 layers), {args.reps} interleaved rounds; "
         "vs DT = median [range] of the per-round ratios to our DT; every model with the same fused AdamW:",
@@ -361,8 +361,8 @@ def main() -> None:
     train = bench_training(args.reps, sequential=not args.quick)
     memory = bench_memory(1 if args.quick else 3, [k for k in CONTENDERS if not (args.quick and k == SLOW)])
     actions = bench_action_selection(args.reps * 4)
-    args.evaluation = args.evaluation or ("quick" if args.quick else "full")
-    full = args.evaluation == "full"
+    args.evaluation_flag = args.evaluation  # as given, for the report's command line
+    full = (args.evaluation or ("quick" if args.quick else "full")) == "full"
     evaluation = bench_evaluation(100 if full else 10, 1000 if full else 100)
     text = report(train, memory, actions, evaluation, args)
     write_text_atomic(Path(args.out), text)
