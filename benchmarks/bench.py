@@ -339,7 +339,7 @@ def main() -> None:
                         help="fewer rounds; the evaluation with 4 x 10 episodes of 100 steps")
     parser.add_argument("--evaluation", choices=["quick", "full"],
                         help="the evaluation's size on its own: full = 4 x 100 episodes of 1000 steps "
-                             "(the default without --quick; ~15 min on 2 cores), quick = 4 x 10 of 100")
+                             "(the default without --quick; ~9 min on 2 cores), quick = 4 x 10 of 100")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU benchmark, benchmarks/bench_gpu.py (its --out default: results/bench_gpu.md)")
