@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
 from decision_mamba.envs import GYM_ENV_NAMES
+from decision_mamba.evaluation import OVERLAP_CHOICES
 from decision_mamba.errors import UserError
 from decision_mamba.model import RECURRENT_GLOBAL_POSITION, ModelConfig
 from decision_mamba.mixers import MIXERS, describe_mixers
@@ -67,6 +68,10 @@ class EvalConfig:
     # returns-to-go to condition on, each evaluated separately; [] = the suite's default (suites/)
     targets: list[float] = field(default_factory=lambda: [3600.0])
     mode: str = "window"  # window (recompute the K-step window) | recurrent (O(1) step)
+    # on: step half of the episodes' simulators while the model acts for the other half (the
+    # model gets a worker thread and, on the CPU, one thread fewer) | off | auto: on for
+    # mode=recurrent on the CPU, where it was measured to pay (README, "Benchmarks")
+    overlap: str = "auto"
     sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output
     every: int = 1  # evaluate after every `every` iterations (and always after the last)
     max_ep_len: int = 1000  # evaluation episodes are cut after this many steps
@@ -205,6 +210,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(e.mode in ("window", "recurrent"), f"eval.mode must be window or recurrent, got {e.mode!r}")
     _check(e.mode == "window" or MIXERS[m.mixer].recurrent,
            f"eval.mode=recurrent needs a mixer with a recurrent step; {m.mixer} has none: use eval.mode=window")
+    _check(e.overlap in OVERLAP_CHOICES, f"eval.overlap must be one of {', '.join(OVERLAP_CHOICES)}, "
+                                         f"got {e.overlap!r}")
     _check(e.episodes > 0, f"eval.episodes (per target) must be positive, got {e.episodes}")
     _check(all(math.isfinite(x) for x in e.targets),
            f"eval.targets must be all finite ([] = the suite's default), got {e.targets}")

@@ -72,7 +72,8 @@ def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gy
                                  rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.eval.max_ep_len, seed=seed,
                                  mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std,
                                  sample_actions=cfg.eval.sample_actions,  # ignored when continuous
-                                 short_prefix=cfg.eval.atari_short_prefix, progress=progress)
+                                 short_prefix=cfg.eval.atari_short_prefix, overlap=cfg.eval.overlap,
+                                 progress=progress)
     if videos is not None:
         videos.extend(written)
     return summarize(stats, suite_of(cfg).score(cfg, env or {}))

@@ -14,16 +14,26 @@ Two ways to choose an action (`mode`):
              only the new tokens (O(1) per step for Mamba). The model then conditions on
              the whole episode rather than on K steps; see the README.
 
+With `overlap` (eval.overlap) the simulators and the model take turns in two halves of
+the batch: while the model chooses one half's actions in a worker thread, this thread
+steps the other half's simulators (MuJoCo and the ALE release the GIL), so the model's
+time hides behind the simulator's.
+
 The return-to-go starts at the target and is decremented by each reward (paper §3,
 "Training & inference"); gym scales it by 1/rtg_scale like the training data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +56,9 @@ class EpisodeStats:
     returns: np.ndarray  # (E,) undiscounted episode returns
     lengths: np.ndarray  # (E,) episode lengths in environment steps
     targets: np.ndarray  # (E,) the target return each episode was conditioned on
+    # wall seconds: "simulator" (resets and steps), "model" (choosing actions), "total"; with
+    # overlap the first two run at the same time and add up to more than the total
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def for_target(self, target: float) -> EpisodeStats:
         keep = self.targets == target
@@ -79,6 +92,133 @@ class _History:
         self.actions[:, -1] = action
 
 
+OVERLAP_CHOICES = ("auto", "on", "off")
+
+
+def overlaps_simulator(overlap: str, mode: str, device: torch.device) -> bool:
+    """Whether an evaluation steps one half of its episodes' simulators while the model acts
+    for the other half (eval.overlap). auto: only where it was measured to pay, the recurrent
+    step on the CPU (README, "Benchmarks"); the K-window there needs every core for the model."""
+    if overlap not in OVERLAP_CHOICES:
+        raise ValueError(f"overlap must be one of {', '.join(OVERLAP_CHOICES)}, got {overlap!r}")
+    if overlap == "auto":
+        return mode == "recurrent" and device.type == "cpu"
+    return overlap == "on"
+
+
+class _Episodes:
+    """A group of an evaluation's episodes in lock-step: their simulators (a vector
+    environment), returns-to-go, returns and lengths, and the model's memory of them (the
+    K-step history or the recurrent state). `act` runs the model, `step` the simulators: the
+    two touch nothing in common, so one group can act while another steps."""
+
+    def __init__(self, model: DecisionModel, envs: gym.vector.VectorEnv, targets: np.ndarray, seed: int, *,
+                 mode: str, context_len: int, rtg_scale: float, state_mean: np.ndarray | None,
+                 state_std: np.ndarray | None, sample_actions: bool, short_prefix: str,
+                 generator: torch.Generator):
+        self.model, self.envs, self.mode, self.context_len = model, envs, mode, context_len
+        self.rtg_scale, self.sample_actions, self.short_prefix = rtg_scale, sample_actions, short_prefix
+        self.generator = generator
+        self.device = next(model.parameters()).device
+        E = envs.num_envs
+        self.obs, _ = envs.reset(seed=seed)  # sub-environment i gets seed + i
+        self.state_dtype = torch.uint8 if self.obs.dtype == np.uint8 else torch.float32
+        self.normalisation = None if state_mean is None else (
+            torch.as_tensor(state_mean, dtype=torch.float32, device=self.device),
+            torch.as_tensor(state_std, dtype=torch.float32, device=self.device))
+        act_shape: tuple[int, ...] = () if model.discrete else (model.act_dim,)
+        act_dtype = torch.int64 if model.discrete else torch.float32
+        self.rtg = ReturnToGo(targets)
+        self.returns = np.zeros(E)
+        self.lengths = np.zeros(E, dtype=np.int64)
+        self.active = np.ones(E, dtype=bool)
+        self.history = _History(E, context_len, tuple(self.obs.shape[1:]), self.state_dtype, act_shape, act_dtype,
+                                self.device)
+        self.recurrent_state = model.init_state(E, device=self.device) if mode == "recurrent" else None
+        # timestep_embedding=global_position: the release's evaluation gives the whole window the
+        # global embedding of the current step (training: of the window's first step).
+        self.global_position = getattr(model, "embed_position", None) is not None
+        self.prev_action: torch.Tensor | None = None
+
+    @torch.no_grad()  # no_grad is per thread: act may run in a worker thread
+    def act(self, t: int) -> np.ndarray:
+        """The model's actions at step t, from the observations of the last `step`."""
+        model, E = self.model, self.envs.num_envs
+        state = torch.as_tensor(self.obs, device=self.device).to(self.state_dtype)
+        if self.normalisation is not None:
+            state = (state - self.normalisation[0]) / self.normalisation[1]
+        rtg_t = torch.as_tensor(self.rtg.values / self.rtg_scale, dtype=torch.float32,
+                                device=self.device).unsqueeze(-1)
+        timestep = torch.full((E,), min(t, model.cfg.max_ep_len - 1), dtype=torch.int64, device=self.device)
+        if self.mode == "window":
+            self.history.push(state, rtg_t, timestep)
+            # every episode is at step t (lock-step), so an unpadded prefix has one length for all
+            n = min(t + 1, self.context_len) if self.short_prefix == "unpadded" else self.context_len
+            h = self.history
+            extra = {"global_timestep": timestep} if self.global_position else {}
+            out = model(h.states[:, -n:], h.actions[:, -n:], h.returns_to_go[:, -n:], h.timesteps[:, -n:],
+                        h.mask[:, -n:], **extra)[:, -1]
+        else:
+            out, self.recurrent_state = model.step(state, rtg_t, timestep, self.prev_action, self.recurrent_state)
+        if model.discrete:
+            if self.sample_actions:
+                action = torch.multinomial(torch.softmax(out.float(), dim=-1), 1, generator=self.generator)[:, 0]
+            else:
+                action = out.argmax(dim=-1)
+        else:
+            action = out.float()
+        if self.mode == "window":
+            self.history.set_last_action(action)
+        self.prev_action = action
+        return action.cpu().numpy()
+
+    def step(self, actions: np.ndarray) -> None:
+        self.obs, reward = _step_lockstep(self.envs, actions, self.active, self.returns, self.lengths)
+        self.rtg.update(reward)
+
+
+class _RunNow:
+    """An executor that runs each call at once, in this thread: the loop without overlap."""
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> _RunNow:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+@contextmanager
+def _model_worker(device: torch.device) -> Iterator[ThreadPoolExecutor]:
+    """One thread for the model while this one steps the simulators (which so stay in the
+    thread that made them: OpenGL contexts for videos are per thread). On the CPU the
+    model gets one thread fewer, the simulator's core, for the evaluation's duration."""
+    torch_threads = torch.get_num_threads()
+    model_threads = max(1, torch_threads - 1) if device.type == "cpu" else torch_threads
+    numba_threads = min(model_threads, numba.config.NUMBA_NUM_THREADS)
+    # numba's thread count is per calling thread: set it in the worker
+    with ThreadPoolExecutor(1, thread_name_prefix="eval-model", initializer=numba.set_num_threads,
+                            initargs=(numba_threads,)) as worker:
+        torch.set_num_threads(model_threads)
+        try:
+            yield worker
+        finally:
+            torch.set_num_threads(torch_threads)
+
+
+def _halves(envs: gym.vector.VectorEnv) -> list[gym.vector.VectorEnv]:
+    """Two vector environments over the first and second half of `envs`' sub-environments
+    (the same objects: stepping a half steps them)."""
+    half = envs.num_envs // 2
+    return [gym.vector.SyncVectorEnv([lambda env=env: env for env in envs.envs[part]],
+                                     autoreset_mode=envs.autoreset_mode)
+            for part in (slice(0, half), slice(half, envs.num_envs))]
+
+
 @torch.no_grad()
 def evaluate_batched(
     model: DecisionModel,
@@ -94,6 +234,7 @@ def evaluate_batched(
     state_std: np.ndarray | None = None,
     sample_actions: bool = False,
     short_prefix: str = "padded",
+    overlap: str = "off",
     progress: bool = False,
 ) -> EpisodeStats:
     """Run one episode in each sub-environment of `envs`, conditioned on targets[i].
@@ -101,6 +242,11 @@ def evaluate_batched(
     envs must not auto-reset (gymnasium AutoresetMode.DISABLED): a finished episode's
     sub-environment is reset and stepped on with its results ignored, so that all
     episodes advance in lock-step with one model call per step.
+
+    overlap (overlaps_simulator; a SyncVectorEnv of two or more): the episodes run in two
+    halves, the model choosing one half's actions in a worker thread while this thread
+    steps the other half's simulators. The same policy; the numbers equal those of the two
+    halves evaluated one after the other (batch size and thread count change low bits).
     """
     if mode not in ("window", "recurrent"):
         raise ValueError(f"mode must be 'window' or 'recurrent', got {mode!r}")
@@ -111,71 +257,68 @@ def evaluate_batched(
     if targets.shape != (E,):
         raise ValueError(f"targets must have one entry per sub-environment ({E}), got shape {targets.shape}")
     device = next(model.parameters()).device
+    split = overlaps_simulator(overlap, mode, device) and isinstance(envs, gym.vector.SyncVectorEnv) and E >= 2
+    parts = _halves(envs) if split else [envs]
     was_training = model.training
     model.eval()
+    clock = {"simulator": 0.0, "model": 0.0}
+    start = time.perf_counter()
     generator = torch.Generator(device=device).manual_seed(seed)
+    groups, first = [], 0
+    for part in parts:
+        groups.append(_Episodes(model, part, targets[first:first + part.num_envs], seed + first, mode=mode,
+                                context_len=context_len, rtg_scale=rtg_scale, state_mean=state_mean,
+                                state_std=state_std, sample_actions=sample_actions, short_prefix=short_prefix,
+                                generator=generator))
+        first += part.num_envs
+    clock["simulator"] = time.perf_counter() - start  # the resets
 
-    obs, _ = envs.reset(seed=seed)
-    state_dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
-    if state_mean is not None:
-        state_mean_t = torch.as_tensor(state_mean, dtype=torch.float32, device=device)
-        state_std_t = torch.as_tensor(state_std, dtype=torch.float32, device=device)
+    def timed(key: str, fn: Callable, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            clock[key] += time.perf_counter() - t0
 
-    def prepare(observation: np.ndarray) -> torch.Tensor:
-        s = torch.as_tensor(observation, device=device)
-        s = s.to(state_dtype)
-        if state_mean is not None:
-            s = (s - state_mean_t) / state_std_t
-        return s
+    def act(t: int, g: int) -> Future:
+        return executor.submit(timed, "model", groups[g].act, t)
 
-    act_shape: tuple[int, ...] = () if model.discrete else (model.act_dim,)
-    act_dtype = torch.int64 if model.discrete else torch.float32
-    rtg = ReturnToGo(targets)
-    returns = np.zeros(E)
-    lengths = np.zeros(E, dtype=np.int64)
-    active = np.ones(E, dtype=bool)
-    history = _History(E, context_len, tuple(obs.shape[1:]), state_dtype, act_shape, act_dtype, device)
-    recurrent_state = model.init_state(E, device=device) if mode == "recurrent" else None
-    # timestep_embedding=global_position: the release's evaluation gives the whole window the
-    # global embedding of the current step (training: of the window's first step).
-    global_position = getattr(model, "embed_position", None) is not None
-    prev_action: torch.Tensor | None = None
+    def next_other(t: int, g: int) -> tuple[int, int] | None:
+        """The next (step, group) of the pipeline's order that is another, still active group."""
+        for k in range(1, len(groups)):
+            if groups[(g + k) % len(groups)].active.any():
+                return t + (g + k) // len(groups), (g + k) % len(groups)
+        return None
 
+    # The pipeline: group g + 1 acts (in the worker) while group g steps; once the other
+    # groups are done, or without overlap (one group, no worker), acting and stepping alternate.
     bar = tqdm(total=max_ep_len, desc=f"eval {E} episodes", disable=not progress, leave=False,
                dynamic_ncols=True, mininterval=2.0)
-    for t in range(max_ep_len):
-        state = prepare(obs)
-        rtg_t = torch.as_tensor(rtg.values / rtg_scale, dtype=torch.float32, device=device).unsqueeze(-1)
-        timestep = torch.full((E,), min(t, model.cfg.max_ep_len - 1), dtype=torch.int64, device=device)
-        if mode == "window":
-            history.push(state, rtg_t, timestep)
-            # every episode is at step t (lock-step), so an unpadded prefix has one length for all
-            n = min(t + 1, context_len) if short_prefix == "unpadded" else context_len
-            extra = {"global_timestep": timestep} if global_position else {}
-            out = model(history.states[:, -n:], history.actions[:, -n:], history.returns_to_go[:, -n:],
-                        history.timesteps[:, -n:], history.mask[:, -n:], **extra)[:, -1]
-        else:
-            out, recurrent_state = model.step(state, rtg_t, timestep, prev_action, recurrent_state)
-
-        if model.discrete:
-            if sample_actions:
-                action = torch.multinomial(torch.softmax(out.float(), dim=-1), 1, generator=generator)[:, 0]
-            else:
-                action = out.argmax(dim=-1)
-        else:
-            action = out.float()
-        if mode == "window":
-            history.set_last_action(action)
-        prev_action = action
-
-        obs, reward = _step_lockstep(envs, action.cpu().numpy(), active, returns, lengths)
-        rtg.update(reward)
-        bar.update(1)
-        if not active.any():
-            break
-    bar.close()
-    model.train(was_training)
-    return EpisodeStats(returns=returns, lengths=lengths, targets=targets)
+    try:
+        with _model_worker(device) if split else _RunNow() as executor:
+            t, g = 0, 0
+            pending = act(t, g)
+            while True:
+                actions = pending.result()
+                following = next_other(t, g)
+                if following is not None and following[0] < max_ep_len:
+                    pending = act(*following)
+                timed("simulator", groups[g].step, actions)
+                bar.update(t + 1 - bar.n)
+                if following is None:
+                    following = (t + 1, g)
+                    if following[0] >= max_ep_len or not groups[g].active.any():
+                        break
+                    pending = act(*following)
+                elif following[0] >= max_ep_len:
+                    break
+                t, g = following
+    finally:
+        bar.close()
+        model.train(was_training)
+    return EpisodeStats(returns=np.concatenate([g.returns for g in groups]),
+                        lengths=np.concatenate([g.lengths for g in groups]), targets=targets,
+                        seconds={**clock, "total": time.perf_counter() - start})
 
 
 def _step_lockstep(envs: gym.vector.VectorEnv, actions: np.ndarray, active: np.ndarray, returns: np.ndarray,

@@ -24,7 +24,9 @@ def test_every_contender_and_both_evaluation_modes_run_and_are_reported(monkeypa
         {r["model"] for r in training}
     assert not [r for r in training if "error" in r]
     evaluation = bench_gpu.bench_evaluation(cpu, episodes=2, steps=3, tiny=True)
-    assert [r["mode"] for r in evaluation] == ["window", "recurrent"] and all("s" in r for r in evaluation)
+    assert [(r["mode"], r["overlap"]) for r in evaluation] == [("window", "off"), ("window", "on"),
+                                                               ("recurrent", "off"), ("recurrent", "on")]
+    assert all("s" in r for r in evaluation)
     result = {"device": "cpu", "device_name": "CPU", "torch": torch.__version__, "cuda": None, "auto_scan": "fused",
               "auto_scan_reason": "r", "tiny": True, "command": "c", "training": training, "evaluation": evaluation}
     text = bench_gpu.to_markdown(result)

@@ -1,12 +1,14 @@
 """Batched evaluation in the real MuJoCo simulator, checked against one-at-a-time replays."""
 
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from decision_mamba.envs import gym_env_id, make_gym_vector_env
-from decision_mamba.evaluation import ReturnToGo, evaluate_batched, summarize
+from decision_mamba.evaluation import ReturnToGo, evaluate_batched, overlaps_simulator, summarize
 from decision_mamba.model import DecisionModel, ModelConfig
 from decision_mamba.scores import d4rl_normalized_score
 
@@ -21,11 +23,12 @@ def hopper_model(mixer="mamba", seed=0):
     return DecisionModel(cfg, (11,), 3, discrete=False)
 
 
-def run(model, targets, mode="window", K=5, seed=7):
-    envs = make_gym_vector_env("Hopper-v4", num_envs=len(targets), max_episode_steps=MAX_STEPS)
+def run(model, targets, mode="window", K=5, seed=7, overlap="off", max_steps=MAX_STEPS):
+    envs = make_gym_vector_env("Hopper-v4", num_envs=len(targets), max_episode_steps=max_steps)
     try:
         return evaluate_batched(model, envs, np.asarray(targets, dtype=float), context_len=K, rtg_scale=100.0,
-                                max_ep_len=MAX_STEPS, seed=seed, mode=mode, state_mean=MEAN, state_std=STD)
+                                max_ep_len=max_steps, seed=seed, mode=mode, state_mean=MEAN, state_std=STD,
+                                overlap=overlap)
     finally:
         envs.close()
 
@@ -53,6 +56,47 @@ def test_window_and_recurrent_agree_when_the_window_covers_the_episode():
     # and a short window really is a different policy
     short = run(model, targets, mode="window", K=2)
     assert not np.allclose(short.returns, window.returns)
+
+
+@pytest.mark.parametrize("mode", ["window", "recurrent"])
+def test_overlapped_evaluation_equals_its_two_halves_run_in_turn(mode):
+    # 5 episodes: halves of 2 and 3. 200 steps: Hopper falls at different steps, so one half
+    # runs on alone after the other is done.
+    model = hopper_model()
+    targets = [3600.0, 1800.0, 900.0, 3600.0, 500.0]
+    overlapped = run(model, targets, mode=mode, overlap="on", max_steps=200)
+    first = run(model, targets[:2], mode=mode, max_steps=200)
+    second = run(model, targets[2:], mode=mode, seed=7 + 2, max_steps=200)
+    np.testing.assert_array_equal(overlapped.returns, np.concatenate([first.returns, second.returns]))
+    np.testing.assert_array_equal(overlapped.lengths, np.concatenate([first.lengths, second.lengths]))
+    assert len(set(overlapped.lengths)) > 1 and overlapped.lengths.max() < 200  # episodes end at different steps
+    assert overlapped.seconds["model"] > 0 and overlapped.seconds["simulator"] > 0
+
+
+def test_overlap_runs_the_model_in_a_worker_and_the_simulators_here():
+    model, envs = hopper_model(), make_gym_vector_env("Hopper-v4", num_envs=4, max_episode_steps=MAX_STEPS)
+    model_threads, simulator_threads = set(), set()
+    step, env_step = model.step, envs.envs[0].step
+    model.step = lambda *args: model_threads.add(threading.get_ident()) or step(*args)
+    envs.envs[0].step = lambda action: simulator_threads.add(threading.get_ident()) or env_step(action)
+    threads = torch.get_num_threads()
+    try:
+        evaluate_batched(model, envs, np.full(4, 3600.0), context_len=5, rtg_scale=100.0, max_ep_len=MAX_STEPS,
+                         seed=0, mode="recurrent", overlap="auto")
+    finally:
+        envs.close()
+    assert simulator_threads == {threading.get_ident()}
+    assert len(model_threads) == 1 and threading.get_ident() not in model_threads
+    assert torch.get_num_threads() == threads  # the model's one thread fewer is given back
+
+
+def test_overlap_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert overlaps_simulator("auto", "recurrent", cpu) and not overlaps_simulator("auto", "window", cpu)
+    assert not overlaps_simulator("auto", "recurrent", cuda)
+    assert overlaps_simulator("on", "window", cuda) and not overlaps_simulator("off", "recurrent", cpu)
+    with pytest.raises(ValueError, match="auto, on, off"):
+        overlaps_simulator("yes", "window", cpu)
 
 
 class RecordingModel(torch.nn.Module):
