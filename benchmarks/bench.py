@@ -13,8 +13,9 @@ Measures, on whatever machine runs it (the README's table is from our 2-core CPU
      recurrent step, DT's KV-cache step (a cache of the last K timesteps, 3K tokens) and
      DMamba recomputing the K-step window (the paper's protocol);
   4. a whole paper evaluation: 4 targets x 100 Hopper episodes of 1000 steps, all 400 at
-     once, with the recurrent step and with the K-window, against stepping the same 400
-     simulators with no model; the time split into simulator, model and bookkeeping.
+     once, with the recurrent step (the simulators stepped in turn with the model, and
+     overlapped with it: eval.overlap) and with the K-window, against stepping the same 400
+     simulators with no model; the time split into simulator, model and the rest.
      Episodes never end early (terminate_when_unhealthy=False: an untrained model falls
      within tens of steps), so this is the longest evaluation the protocol can take.
      --quick: 4 x 10 episodes of 100 steps, fewer rounds, no sequential-scan row, memory over one step;
@@ -237,23 +238,19 @@ def bench_action_selection(reps: int, batch_sizes=(1, 10, 100, 400), K=20) -> li
 
 
 # ------------------------------------------------------------------ 4. evaluation
-class _Clock:
-    """Wraps a callable and adds the seconds spent in it to `total`."""
-
-    def __init__(self, fn):
-        self.fn, self.total = fn, 0.0
-
-    def __call__(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.total += time.perf_counter() - t0
+EVALUATIONS = {  # label -> (eval.mode, eval.overlap)
+    "recurrent step": ("recurrent", "off"),
+    "recurrent step, simulator overlapped": ("recurrent", "on"),
+    "K-window (paper)": ("window", "off"),
+    "K-window, simulator overlapped": ("window", "on"),  # only with --compare-overlap: ~1.7x slower on 2 cores
+}
+DEFAULT_EVALUATIONS = ("recurrent step", "recurrent step, simulator overlapped", "K-window (paper)")
 
 
-def bench_evaluation(episodes_per_target: int, max_steps: int, targets=(3600.0, 2400.0, 1200.0, 600.0)) -> dict:
-    """A paper evaluation (len(targets) x episodes_per_target Hopper episodes, all at once) with
-    the recurrent step and with the K-window, and the same simulators stepped with no model."""
+def bench_evaluation(episodes_per_target: int, max_steps: int, targets=(3600.0, 2400.0, 1200.0, 600.0),
+                     evaluations=DEFAULT_EVALUATIONS) -> dict:
+    """A paper evaluation (len(targets) x episodes_per_target Hopper episodes, all at once) in
+    each way of `evaluations`, and the same simulators stepped with no model."""
     torch.manual_seed(0)
     model = DecisionModel(ModelConfig(mixer="mamba", d_model=128, n_layer=3), (11,), 3, discrete=False)
     E = len(targets) * episodes_per_target
@@ -270,23 +267,11 @@ def bench_evaluation(episodes_per_target: int, max_steps: int, targets=(3600.0, 
         _step_lockstep(envs, actions, active, returns, lengths)
     out["simulator alone"] = {"total": time.perf_counter() - t0}
     print("evaluation, simulator alone (s):", round(out["simulator alone"]["total"], 1), flush=True)
-    for mode in ("recurrent", "window"):
-        sim_step, sim_reset = _Clock(envs.step), _Clock(envs.reset)
-        model_step, model_forward = _Clock(model.step), _Clock(model.forward)
-        envs.step, envs.reset, model.step, model.forward = sim_step, sim_reset, model_step, model_forward
-        t0 = time.perf_counter()
-        try:
-            evaluate_batched(model, envs, target_per_env, seed=0, mode=mode, context_len=20, rtg_scale=1000.0,
-                             max_ep_len=max_steps)
-        finally:
-            total = time.perf_counter() - t0
-            for obj, name in ((envs, "step"), (envs, "reset"), (model, "step"), (model, "forward")):
-                delattr(obj, name)  # back to the class's method
-        simulator = sim_step.total + sim_reset.total
-        model_s = model_step.total + model_forward.total
-        label = "recurrent step" if mode == "recurrent" else "K-window (paper)"
-        out[label] = {"total": total, "simulator": simulator, "model": model_s,
-                      "bookkeeping": total - simulator - model_s}
+    for label in evaluations:
+        mode, overlap = EVALUATIONS[label]
+        stats = evaluate_batched(model, envs, target_per_env, seed=0, mode=mode, overlap=overlap, context_len=20,
+                                 rtg_scale=1000.0, max_ep_len=max_steps)
+        out[label] = dict(stats.seconds)  # evaluate_batched's own clock: simulator, model, total
         print(f"evaluation, {label} (s):", {k: round(v, 1) for k, v in out[label].items()}, flush=True)
     envs.close()
     return out
@@ -320,17 +305,22 @@ def report(train: dict, memory: dict, actions: list[dict], evaluation: dict, arg
     for r in actions:
         lines.append(f"| {r['envs']} | {r['recurrent_ms']:.2f} | {r['kv_ms']:.2f} | {r['window_ms']:.2f} | "
                      f"{r['kv_ratio']:.2f}x | {r['window_ratio']:.1f}x |")
+    return "\n".join(lines + ["", *evaluation_table(evaluation)]) + "\n"
+
+
+def evaluation_table(evaluation: dict) -> list[str]:
     E, steps = evaluation["episodes"], evaluation["steps"]
     floor = evaluation["simulator alone"]["total"]
-    lines += ["", f"A paper evaluation: 4 targets x {E // 4} Hopper episodes of {steps} steps (no early "
-              f"termination), {E} at once, with the same untrained DMamba, seconds:", "",
-              "| evaluation | total | vs simulator alone | simulator | model | bookkeeping |",
-              "|---|---|---|---|---|---|", f"| simulator alone (zero actions) | {floor:.1f} | 1.00x | {floor:.1f} | | |"]
-    for name in ("recurrent step", "K-window (paper)"):
+    lines = [f"A paper evaluation: 4 targets x {E // 4} Hopper episodes of {steps} steps (no early "
+             f"termination), {E} at once, with the same untrained DMamba, seconds:", "",
+             "| evaluation | total | vs simulator alone | simulator | model | rest |",
+             "|---|---|---|---|---|---|", f"| simulator alone (zero actions) | {floor:.1f} | 1.00x | {floor:.1f} | | |"]
+    for name in (label for label in EVALUATIONS if label in evaluation):
         r = evaluation[name]
+        # overlapped, the simulator and the model run at the same time: the rest is negative
         lines.append(f"| {name} | {r['total']:.1f} | {r['total'] / floor:.2f}x | {r['simulator']:.1f} | "
-                     f"{r['model']:.1f} | {r['bookkeeping']:.1f} |")
-    return "\n".join(lines) + "\n"
+                     f"{r['model']:.1f} | {r['total'] - r['simulator'] - r['model']:.1f} |")
+    return lines
 
 
 def main() -> None:
@@ -340,6 +330,9 @@ def main() -> None:
     parser.add_argument("--evaluation", choices=["quick", "full"],
                         help="the evaluation's size on its own: full = 4 x 100 episodes of 1000 steps "
                              "(the default without --quick; ~9 min on 2 cores), quick = 4 x 10 of 100")
+    parser.add_argument("--compare-overlap", type=int, metavar="STEPS",
+                        help="only the evaluation, 4 x 100 episodes of STEPS steps, each mode with and without "
+                             "eval.overlap (the measurement behind eval.overlap=auto); printed, not written")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: the GPU benchmark, benchmarks/bench_gpu.py (its --out default: results/bench_gpu.md)")
@@ -355,6 +348,10 @@ def main() -> None:
         return
     if args.memory_child:
         peak_memory_child(args.memory_child, args.steps)
+        return
+    if args.compare_overlap:
+        evaluation = bench_evaluation(100, args.compare_overlap, evaluations=tuple(EVALUATIONS))
+        print("\n".join(evaluation_table(evaluation)))
         return
     args.reps = 5 if args.quick else 15
     # --quick leaves out the sequential PyTorch scan (~10x a fused step) and measures memory over one step.
