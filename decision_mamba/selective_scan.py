@@ -85,9 +85,14 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 
+# error_model="numpy": a float division is IEEE's (x / 0 = inf), not numba's default Python
+# semantics, which test every divisor for zero to raise ZeroDivisionError. That branch kept
+# every loop with a division (silu, sigmoid, layer norm) from vectorising: measured, a silu
+# over (100, 3, 256) float32 took 221 us with it and 32 us without, the same bits. The
+# kernels never divide by zero (their divisors are 1 + exp(.) and sqrt(var + eps)).
 def jit_kernel(fn, *, parallel: bool = True):
     """njit a kernel: parallel (unless told), no GIL, cached on disk when a cache directory is writable."""
-    options = dict(parallel=parallel, nogil=True, fastmath=_FASTMATH)
+    options = dict(parallel=parallel, nogil=True, fastmath=_FASTMATH, error_model="numpy")
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # numba found no writable cache location: compile at each start

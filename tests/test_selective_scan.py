@@ -225,6 +225,20 @@ def test_float32_kernel_exp_is_accurate_and_handles_extremes():
     assert got[0] == 0 and got[1] == 0 and got[2] == 0 and got[3] == 1 and np.isnan(got[4])
 
 
+def test_kernels_divide_as_ieee_floats():
+    # jit_kernel's error_model="numpy": no zero test per division (it kept silu loops from
+    # vectorising), so x / 0 is inf, as in numpy, instead of numba's ZeroDivisionError.
+    from decision_mamba.selective_scan import jit_kernel
+
+    def divide(x, y, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i] / y[i]
+
+    out = np.empty(2, dtype=np.float32)
+    jit_kernel(divide, parallel=False)(np.array([1, 3], np.float32), np.array([0, 2], np.float32), out)
+    assert out[0] == np.inf and out[1] == 1.5
+
+
 def test_nan_in_the_step_size_propagates():
     u, delta, A, B, C, *_ = make_inputs(1, 4, 5, 3, dtype=torch.float32, seed=8, softplus=False)
     delta[0, 2, 3] = float("nan")
