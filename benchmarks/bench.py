@@ -36,10 +36,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import decision_mamba  # noqa: E402,F401  (before torch: it sets torch's OpenMP spin, decision_mamba/__init__.py)
+import torch  # noqa: E402
 
 from decision_mamba.compute import keep_freed_memory  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402

@@ -1,11 +1,16 @@
-"""compute.keep_freed_memory: glibc's malloc keeps few-MB blocks in its heap instead of mmap."""
+"""Process-wide settings for speed: compute.keep_freed_memory (glibc's malloc keeps few-MB
+blocks in its heap instead of mmap) and the package's OpenMP spin count (decision_mamba/__init__.py)."""
 
+import ast
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROGRAM = """
 import numpy as np
@@ -36,3 +41,35 @@ def test_a_large_block_comes_from_the_heap_only_when_asked():
     assert run()[0], "keep_freed_memory should have moved a 4 MiB block from mmap to the heap"
     assert run(DM_KEEP_FREED_MEMORY="0")[1] == ["False", "False"]  # the opt-out: malloc as it was
     assert run(MALLOC_MMAP_THRESHOLD_="131072")[1] == ["False", "False"]  # the user's own setting wins
+
+
+# ------------------------------------------------------------------ OpenMP spin count
+def spin_count_after(program: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    return subprocess.run([sys.executable, "-c", program + "; import os; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                          env={**environ, **env}, capture_output=True, text=True, check=True, timeout=120,
+                          cwd=REPO).stdout.strip()
+
+
+def test_the_package_shortens_the_openmp_spin_before_torch_loads():
+    from decision_mamba import TORCH_GOMP_SPINCOUNT
+
+    assert spin_count_after("import decision_mamba.model") == TORCH_GOMP_SPINCOUNT
+    assert spin_count_after("import decision_mamba", GOMP_SPINCOUNT="77") == "77"  # the user's own wins
+    assert spin_count_after("import decision_mamba", OMP_WAIT_POLICY="ACTIVE") == "None"
+    # once torch (and its libgomp) is loaded, the variable would no longer be read: left alone
+    assert spin_count_after("import torch, decision_mamba") == "None"
+
+
+@pytest.mark.parametrize("script", ["gym/experiment.py", "atari/train_atari.py", "benchmarks/bench.py"])
+def test_entry_points_import_the_package_before_torch(script):
+    """Else the spin count above never reaches torch's OpenMP runtime."""
+    first = None
+    for node in ast.parse((REPO / script).read_text()).body:
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        for name in names:
+            root = name.split(".")[0]
+            if root in ("torch", "decision_mamba") and first is None:
+                first = root
+    assert first == "decision_mamba", f"{script} imports torch before decision_mamba"
