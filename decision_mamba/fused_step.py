@@ -52,6 +52,7 @@ from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thre
 __all__ = ["fused_step_applies", "fused_layers_step"]
 
 
+# (This file's kernels recompile after a change of jit_kernel's options: see its comment.)
 def _helper(fn):
     return jit_kernel(fn, parallel=False)  # called from the kernels below, which are parallel or not
 

@@ -40,6 +40,7 @@ __all__ = ["Mamba", "causal_conv1d_silu"]
 # whole selective scan) and wants (B, ED, L) while the block lives in (B, L, ED); these two
 # kernels do silu(causal depthwise conv) in (B, L, ED), the role causal_conv1d plays for
 # mamba_ssm on GPU.
+# (This file's kernels recompile after a change of jit_kernel's options: see its comment.)
 
 
 @jit_kernel

@@ -90,6 +90,9 @@ _FASTMATH = {"nsz", "arcp", "contract", "afn"}
 # every loop with a division (silu, sigmoid, layer norm) from vectorising: measured, a silu
 # over (100, 3, 256) float32 took 221 us with it and 32 us without, the same bits. The
 # kernels never divide by zero (their divisors are 1 + exp(.) and sqrt(var + eps)).
+# numba's disk cache keys a kernel by its source file's time stamp and bytecode, not by
+# these options: a change of options must come with an edit of every file that defines
+# kernels (a comment will do), or an unchanged file loads its old machine code.
 def jit_kernel(fn, *, parallel: bool = True):
     """njit a kernel: parallel (unless told), no GIL, cached on disk when a cache directory is writable."""
     options = dict(parallel=parallel, nogil=True, fastmath=_FASTMATH, error_model="numpy")
