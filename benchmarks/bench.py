@@ -40,14 +40,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import decision_mamba  # noqa: E402,F401  (before torch: it sets torch's OpenMP spin, decision_mamba/__init__.py)
-import torch  # noqa: E402
-
 from decision_mamba.compute import keep_freed_memory  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import _step_lockstep, evaluate_batched  # noqa: E402
 from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
 from decision_mamba.run import write_text_atomic  # noqa: E402
+
+import torch  # noqa: E402  (after the package, which sets torch's OpenMP spin: decision_mamba/__init__.py)
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
 HF_DT = "HF transformers DT"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decision_mamba.selective_scan import kernel_exp, selective_scan, selective_scan_reference
+from decision_mamba.selective_scan import jit_kernel, kernel_exp, selective_scan, selective_scan_reference
 
 INPUT_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
@@ -228,8 +228,6 @@ def test_float32_kernel_exp_is_accurate_and_handles_extremes():
 def test_kernels_divide_as_ieee_floats():
     # jit_kernel's error_model="numpy": no zero test per division (it kept silu loops from
     # vectorising), so x / 0 is inf, as in numpy, instead of numba's ZeroDivisionError.
-    from decision_mamba.selective_scan import jit_kernel
-
     def divide(x, y, out):
         for i in range(x.shape[0]):
             out[i] = x[i] / y[i]
