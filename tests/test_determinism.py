@@ -1,8 +1,11 @@
-"""The same seed gives the same numbers, whether numba's kernels were just compiled or loaded from its cache."""
+"""The same seed gives the same numbers, whether numba's kernels were just compiled or loaded
+from its cache, and whatever vector width they were compiled for."""
 
 import os
 import subprocess
 import sys
+
+import llvmlite.binding
 
 PROGRAM = """
 import hashlib, torch
@@ -28,15 +31,33 @@ with torch.no_grad():
                                     torch.randn(batch, 3) if t else None, state)
             digest.update(out.numpy().tobytes())
 print(digest.hexdigest())
+from numba.core.registry import cpu_target
+print("-prefer-256-bit" in cpu_target.target_context.codegen()._tm_features.split(","))
 """
+
+
+def run_program(env):
+    result = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True,
+                            check=True, timeout=600)
+    digest, wide_vectors = result.stdout.split()
+    return digest, wide_vectors == "True"
 
 
 def test_fresh_compile_and_cached_kernels_agree_bitwise(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "NUMBA_NUM_THREADS": "2"}
-    digests = [subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True,
-                              check=True, timeout=600).stdout.strip() for _ in range(2)]
+    env.pop("NUMBA_CPU_FEATURES", None)
+    env.pop("NUMBA_CPU_NAME", None)
+    (first, wide), (second, _) = run_program(env), run_program(env)
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the first run should have filled the cache"
-    assert digests[0] == digests[1]
+    assert first == second
+    # The package compiles for 512-bit vectors where the CPU has them (selective_scan.py);
+    # numba's own tuning on the same CPU (what a NUMBA_CPU_FEATURES of the user's gets) must
+    # give the same bits, from kernels of its own in the same cache.
+    host_features = llvmlite.binding.get_host_cpu_features()
+    assert wide == bool(host_features.get("avx512f")), "512-bit vectors iff the CPU has AVX-512"
+    numba_default, wide = run_program({**env, "NUMBA_CPU_FEATURES": host_features.flatten()})
+    assert not wide, "a NUMBA_CPU_FEATURES of the user's must be left as it is"
+    assert numba_default == first
     # numba files cached kernels by function name and ignores the compile options: the
     # serial and parallel variants of the fused step must have entries of their own, or
     # one would run the other's machine code.
