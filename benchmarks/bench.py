@@ -7,7 +7,9 @@ Measures, on whatever machine runs it (the README's table is from our 2-core CPU
      and 256: our DMamba (fused CPU scan), our DT, HF transformers' DecisionTransformerModel
      (the `bench` extra; left out with a note when not installed) and, at width 128, DC,
      DS4 and DMamba with the plain sequential PyTorch scan (what a pure-PyTorch
-     implementation costs). Every model uses the same fused AdamW step and gradient clipping;
+     implementation costs). Every model uses the same fused AdamW step and gradient clipping.
+     A bound beside them: the same DMamba step with its scan and conv kernels replaced by
+     ones that only zero their outputs, the cost of everything else in the step;
   2. the peak memory of our training steps at width 128 (each in a fresh process);
   3. choosing one action at K 20, width 128, at batch 1, 10, 100 and 400: DMamba's
      recurrent step, DT's KV-cache step (a cache of the last K timesteps, 3K tokens) and
@@ -28,6 +30,7 @@ to read, absolute times move with the load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -40,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import decision_mamba.mamba as mamba_module  # noqa: E402
+import decision_mamba.selective_scan as scan_module  # noqa: E402
 from decision_mamba.compute import keep_freed_memory  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import _step_lockstep, evaluate_batched  # noqa: E402
@@ -59,6 +64,44 @@ CONTENDERS = {  # label -> ModelConfig overrides
 }
 WIDE_CONTENDERS = ("DMamba (fused CPU scan)", "DT")  # also measured at width 256
 SLOW = "DMamba (sequential PyTorch scan)"
+BOUND = "bound: DMamba with free scan and conv"  # FREE_KERNELS, timed beside the others
+
+
+def _zero_outputs(*outputs):
+    for array in outputs:
+        array.fill(0)
+
+
+# The fused scan's and conv's kernels (forward, backward), each replaced by one that zeroes
+# the arrays it writes: the step's other work is unchanged, so its time bounds DMamba's
+# step from below for any speed of these kernels (the numbers it computes are meaningless).
+FREE_KERNELS = {
+    (scan_module, "_scan_forward_kernel"): lambda u, delta, A, B, C, D, z, gated, y, h_last, block:
+        _zero_outputs(y, h_last),
+    (scan_module, "_scan_backward_kernel"): lambda u, delta, A, B, C, D, z, gated, dy, dh_last, *grads_block:
+        _zero_outputs(*grads_block[:-1]),
+    (mamba_module, "_conv_silu_forward_kernel"): lambda x, weight, bias, out: _zero_outputs(out),
+    (mamba_module, "_conv_silu_backward_kernel"): lambda x, weight, bias, dout, *grads: _zero_outputs(*grads),
+}
+
+
+@contextlib.contextmanager
+def free_scan_and_conv():
+    saved = {(module, name): getattr(module, name) for module, name in FREE_KERNELS}
+    try:
+        for (module, name), stand_in in FREE_KERNELS.items():
+            setattr(module, name, stand_in)
+        yield
+    finally:
+        for (module, name), kernel in saved.items():
+            setattr(module, name, kernel)
+
+
+def with_free_scan_and_conv(step):
+    def bound_step():
+        with free_scan_and_conv():
+            step()
+    return bound_step
 
 
 def build(overrides: dict, d_model=128, n_layer=3, obs_dim=OBS_DIM, act_dim=ACT_DIM) -> DecisionModel:
@@ -151,6 +194,8 @@ def bench_training(reps: int, widths=(128, 256), B=64, K=20, sequential=True) ->
         for label, overrides in CONTENDERS.items():
             if label != SLOW and (width == 128 or label in WIDE_CONTENDERS):
                 fns[label] = train_step_fn(build(overrides, d_model=width), batch)
+        fns[BOUND] = with_free_scan_and_conv(train_step_fn(build(CONTENDERS["DMamba (fused CPU scan)"], d_model=width),
+                                                           batch))
         hf = build_hf_dt(width)
         if hf is not None:
             fns[HF_DT] = train_step_fn(hf, batch, hf_loss_fn(hf))
