@@ -2,19 +2,22 @@
 
 A YAML file in configs/ is merged over the dataclass defaults and then the command
 line's `key=value` overrides are merged over that (OmegaConf). The dataclasses are the
-schema: a misspelt or unknown key, or a value of the wrong type, is an error that
-names the key. `validate()` checks what types alone cannot.
+schema: a misspelt or unknown key, or a value of the wrong type, is a one-line error that
+names the key, where it came from (the file, the protocol or the command line) and the
+nearest known key or the expected kind of value. `validate()` checks what types alone cannot.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from decision_mamba import protocols
 from decision_mamba.checkpoint import parse_keep
@@ -144,44 +147,69 @@ Config = TypeVar("Config", GymConfig, AtariConfig)
 def load_config(schema: type[Config], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- protocol (protocols.py) <- `key=value` overrides, checked against the dataclass."""
-    where = str(path) if path else "defaults"
+    defaults = OmegaConf.structured(schema)
+    from_file, from_command_line = [], []  # (where the values came from, the values)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        from_file.append((str(path), _parsed(lambda: OmegaConf.load(path), str(path), defaults)))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
+        where = "the command line"
+        from_command_line.append((where, _parsed(lambda: OmegaConf.from_dotlist(list(overrides)), where, defaults)))
+    merged = _merged(defaults, from_file + from_command_line)  # to read the env and the protocol
+    # The protocol's switch values go over the file and under the command line, which wins.
+    kind = "atari" if schema is AtariConfig else "gym"
+    env = str(merged.game).lower() if kind == "atari" else str(merged.env)
+    protocol = str(merged.protocol)
     try:
-        merged = OmegaConf.structured(schema)
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        merged = _with_protocol(merged, schema, path, overrides)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        # OmegaConf names the offending key (full_key: ...); keep its words in one line, add the file.
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(f"invalid config ({where}): " + "; ".join(lines)) from None
+        protocol_values = protocols.overlay(protocol, kind, env)
+    except ValueError as err:
+        raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
+    merged = _merged(defaults, [*from_file, (f"protocol={protocol}", protocol_values), *from_command_line])
+    cfg = _parsed(lambda: OmegaConf.to_object(merged), str(path or "defaults"), defaults)
     validate(cfg)
     return cfg
 
 
-def _with_protocol(merged: Any, schema: type, path: Path | None, overrides: list[str] | None) -> Any:
-    """Put the protocol's switch values under the command line's overrides (which win)."""
-    kind = "atari" if schema is AtariConfig else "gym"
-    env = str(merged.game).lower() if kind == "atari" else str(merged.env)
+def _merged(defaults: DictConfig, layers: list[tuple[str, Any]]) -> DictConfig:
+    merged = defaults
+    for where, values in layers:
+        merged = _parsed(lambda: OmegaConf.merge(merged, values), where, defaults)
+    return merged
+
+
+def _parsed(step, where: str, defaults: DictConfig):
+    """step(), with OmegaConf's error as one line that names the key, where it came from and the fix."""
     try:
-        values = protocols.overlay(str(merged.protocol), kind, env)
-    except ValueError as err:
-        raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
-    rebuilt = OmegaConf.structured(schema)
-    if path is not None:
-        rebuilt = OmegaConf.merge(rebuilt, OmegaConf.load(path))
-    rebuilt = OmegaConf.merge(rebuilt, values)
-    if overrides:
-        rebuilt = OmegaConf.merge(rebuilt, OmegaConf.from_dotlist(list(overrides)))
-    return rebuilt
+        return step()
+    except OmegaConfBaseException as err:
+        raise _config_error(err, where, defaults) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # a file that is not YAML
+        raise ConfigError(f"invalid config ({where}): {type(err).__name__}: {' '.join(str(err).split())}") from None
+
+
+def _config_error(err: OmegaConfBaseException, where: str, defaults: DictConfig) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    # OmegaConf's message is its first line; the rest repeats the key and its own type names.
+    message = str(getattr(err, "msg", None) or err).splitlines()[0].strip().rstrip(".")
+    if not key:
+        return ConfigError(f"invalid config ({where}): {message}")
+    if isinstance(err, ConfigKeyError):
+        parent, _, name = str(key).rpartition(".")
+        section = OmegaConf.select(defaults, parent) if parent else defaults
+        known = list(section.keys()) if isinstance(section, DictConfig) else []
+        prefix = f"{parent}." if parent else ""
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = (f"did you mean {prefix}{close[0]}?" if close else
+                f"the keys of {parent or 'the config'} are: {', '.join(known)}" if known else "")
+        return ConfigError(f"invalid config ({where}): unknown key {key}" + (f"; {hint}" if hint else ""))
+    default = OmegaConf.select(defaults, str(key), default=None)
+    like = f"; expected a value like its default, {default}" if default is not None else ""
+    return ConfigError(f"invalid config ({where}): {key}: {message}{like}")
 
 
 def _check(condition: bool, message: str) -> None:
