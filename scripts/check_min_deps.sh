@@ -11,11 +11,11 @@
 # TORCH says (default torch==<its floor>): PyPI's Linux torch wheels are multi-GB CUDA
 # builds, so a machine may rather point TORCH at a local CPU wheel of the same version.
 #
-# Last run (2026-12-02, Python 3.11.7, Linux x86_64, 2 cores):
+# Last run (2026-12-03, Python 3.11.7, Linux x86_64, 2 cores):
 #   TORCH=/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl scripts/check_min_deps.sh
 #   -> pip check: no broken requirements; torch 2.13.0+cpu, numpy 1.24.1, gymnasium 1.1.0,
-#      ale-py 0.10.0, minari 0.5.2, stable-baselines3 2.6.0 (mujoco 4.0.0 as pip picked it);
-#      the default TESTS: 142 passed in 95 s.
+#      ale-py 0.10.0, minari 0.5.2, stable-baselines3 2.6.0 (mujoco 4.0.1 as pip picked it),
+#      PyYAML 6.0.1; the default TESTS: 153 passed in 47 s.
 # Floors this check raised (pyproject says why): numpy 1.24 -> 1.24.1, minari 0.5 -> 0.5.2,
 # setuptools (dev) 64 -> 77.0.3, torch 2.1 -> 2.13 (the only torch installable here).
 # Environment: PYTHON (default python3), KEEP=1 keeps the venv (its path is printed),
