@@ -3,7 +3,7 @@
 A YAML file in configs/ is merged over the dataclass defaults and then the command
 line's `key=value` overrides are merged over that (OmegaConf). The dataclasses are the
 schema: a misspelt or unknown key, or a value of the wrong type, is a one-line error that
-names the key, where it came from (the file, the protocol or the command line) and the
+names the key, where it came from (the file, the protocol or the key=value overrides) and the
 nearest known key or the expected kind of value. `validate()` checks what types alone cannot.
 """
 
@@ -158,10 +158,10 @@ def load_config(schema: type[Config], path: str | Path | None = None,
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
-        where = "the command line"
+        where = "key=value overrides"
         from_command_line.append((where, _parsed(lambda: OmegaConf.from_dotlist(list(overrides)), where, defaults)))
     merged = _merged(defaults, from_file + from_command_line)  # to read the env and the protocol
-    # The protocol's switch values go over the file and under the command line, which wins.
+    # The protocol's switch values go over the file and under the key=value overrides, which win.
     kind = "atari" if schema is AtariConfig else "gym"
     env = str(merged.game).lower() if kind == "atari" else str(merged.env)
     protocol = str(merged.protocol)

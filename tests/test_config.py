@@ -67,16 +67,16 @@ def test_unknown_keys_are_errors_that_name_them(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(GymConfig, bad)
     assert str(err.value) == f"invalid config ({bad}): unknown key train.learnin_rate; did you mean train.learning_rate?"
-    # from the command line, over a good file: the command line is named, not the file
+    # from the overrides, over a good file: the overrides are named, not the file
     with pytest.raises(ConfigError) as err:
         load_config(GymConfig, CONFIGS / "gym" / "hopper-medium.yaml", ["train.batchsize=3"])
-    assert str(err.value) == "invalid config (the command line): unknown key train.batchsize; did you mean train.batch_size?"
+    assert str(err.value) == "invalid config (key=value overrides): unknown key train.batchsize; did you mean train.batch_size?"
     with pytest.raises(ConfigError) as err:
         load_config(GymConfig, None, ["modle.d_model=3"])
-    assert str(err.value) == "invalid config (the command line): unknown key modle; did you mean model?"
+    assert str(err.value) == "invalid config (key=value overrides): unknown key modle; did you mean model?"
     with pytest.raises(ConfigError) as err:  # nothing close: the section's keys
         load_config(GymConfig, None, ["model.zzz=1"])
-    assert str(err.value).startswith("invalid config (the command line): unknown key model.zzz; the keys of model are: "
+    assert str(err.value).startswith("invalid config (key=value overrides): unknown key model.zzz; the keys of model are: "
                                      "mixer, d_model, n_layer, ")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(GymConfig, None, ["train.batch_size"])
@@ -93,7 +93,7 @@ def test_a_file_that_is_not_yaml_is_named_in_one_line(tmp_path):
 def test_wrong_types_and_values_are_errors():
     with pytest.raises(ConfigError) as err:
         load_config(GymConfig, None, ["train.batch_size=many"])
-    assert str(err.value) == ("invalid config (the command line): train.batch_size: Value 'many' of type 'str' "
+    assert str(err.value) == ("invalid config (key=value overrides): train.batch_size: Value 'many' of type 'str' "
                               f"could not be converted to Integer; expected a value like its default, {GymConfig().train.batch_size}")
     with pytest.raises(ConfigError, match="model.mixer must be one of"):
         load_config(GymConfig, None, ["model.mixer=lstm"])
