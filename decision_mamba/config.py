@@ -148,7 +148,7 @@ def load_config(schema: type[Config], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- protocol (protocols.py) <- `key=value` overrides, checked against the dataclass."""
     defaults = OmegaConf.structured(schema)
-    from_file, from_command_line = [], []  # (where the values came from, the values)
+    from_file, from_overrides = [], []  # (where the values came from, the values)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -159,8 +159,8 @@ def load_config(schema: type[Config], path: str | Path | None = None,
         if bad:
             raise ConfigError(f"overrides must look like key=value (e.g. train.batch_size=32), got {bad}")
         where = "key=value overrides"
-        from_command_line.append((where, _parsed(lambda: OmegaConf.from_dotlist(list(overrides)), where, defaults)))
-    merged = _merged(defaults, from_file + from_command_line)  # to read the env and the protocol
+        from_overrides.append((where, _parsed(lambda: OmegaConf.from_dotlist(list(overrides)), where, defaults)))
+    merged = _merged(defaults, from_file + from_overrides)  # to read the env and the protocol
     # The protocol's switch values go over the file and under the key=value overrides, which win.
     kind = "atari" if schema is AtariConfig else "gym"
     env = str(merged.game).lower() if kind == "atari" else str(merged.env)
@@ -169,7 +169,7 @@ def load_config(schema: type[Config], path: str | Path | None = None,
         protocol_values = protocols.overlay(protocol, kind, env)
     except ValueError as err:
         raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
-    merged = _merged(defaults, [*from_file, (f"protocol={protocol}", protocol_values), *from_command_line])
+    merged = _merged(defaults, [*from_file, (f"protocol={protocol}", protocol_values), *from_overrides])
     cfg = _parsed(lambda: OmegaConf.to_object(merged), str(path or "defaults"), defaults)
     validate(cfg)
     return cfg
