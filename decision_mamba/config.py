@@ -72,7 +72,7 @@ class EvalConfig:
     targets: list[float] = field(default_factory=lambda: [3600.0])
     mode: str = "window"  # window (recompute the K-step window) | recurrent (O(1) step)
     # on: step half of the episodes' simulators while the model acts for the other half (the
-    # model gets a worker thread and, on the CPU, one thread fewer) | off | auto: on for
+    # model gets a worker thread, at the same thread counts) | off | auto: on for
     # mode=recurrent on the CPU, where it was measured to pay (README, "Benchmarks")
     overlap: str = "auto"
     sample_actions: bool = False  # Atari samples from the softmax, gym takes the tanh output

@@ -193,21 +193,21 @@ class _RunNow:
 
 
 @contextmanager
-def _model_worker(device: torch.device) -> Iterator[ThreadPoolExecutor]:
+def _model_worker() -> Iterator[ThreadPoolExecutor]:
     """One thread for the model while this one steps the simulators (which so stay in the
-    thread that made them: OpenGL contexts for videos are per thread). On the CPU the
-    model gets one thread fewer, the simulator's core, for the evaluation's duration."""
-    torch_threads = torch.get_num_threads()
-    model_threads = max(1, torch_threads - 1) if device.type == "cpu" else torch_threads
-    numba_threads = min(model_threads, numba.config.NUMBA_NUM_THREADS)
-    # numba's thread count is per calling thread: set it in the worker
-    with ThreadPoolExecutor(1, thread_name_prefix="eval-model", initializer=numba.set_num_threads,
-                            initargs=(numba_threads,)) as worker:
-        torch.set_num_threads(model_threads)
-        try:
-            yield worker
-        finally:
-            torch.set_num_threads(torch_threads)
+    thread that made them: OpenGL contexts for videos are per thread). The model keeps the
+    caller's torch and numba thread counts: on some CPUs (seen on AMD EPYC) torch's kernels
+    round differently at another thread count, and the overlap must not change a number."""
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+
+    def same_threads() -> None:
+        # Both counts are per calling thread underneath (OpenMP's, which torch's BLAS reads,
+        # and numba's): a new thread would start at the machine's defaults.
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="eval-model", initializer=same_threads) as worker:
+        yield worker
 
 
 def _halves(envs: gym.vector.VectorEnv) -> list[gym.vector.VectorEnv]:
@@ -245,8 +245,8 @@ def evaluate_batched(
 
     overlap (overlaps_simulator; a SyncVectorEnv of two or more): the episodes run in two
     halves, the model choosing one half's actions in a worker thread while this thread
-    steps the other half's simulators. The same policy; the numbers equal those of the two
-    halves evaluated one after the other (batch size and thread count change low bits).
+    steps the other half's simulators. The same policy and thread counts; the numbers equal
+    those of the two halves evaluated one after the other (the batch size changes low bits).
     """
     if mode not in ("window", "recurrent"):
         raise ValueError(f"mode must be 'window' or 'recurrent', got {mode!r}")
@@ -295,7 +295,7 @@ def evaluate_batched(
     bar = tqdm(total=max_ep_len, desc=f"eval {E} episodes", disable=not progress, leave=False,
                dynamic_ncols=True, mininterval=2.0)
     try:
-        with _model_worker(device) if split else _RunNow() as executor:
+        with _model_worker() if split else _RunNow() as executor:
             t, g = 0, 0
             pending = act(t, g)
             while True:
