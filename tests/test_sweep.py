@@ -21,8 +21,8 @@ from helpers import write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The tables as the paper (and REFERENCE §1, §3) define them, written out independently
-# of decision_mamba.sweep.
+# The tables as the paper defines them (its Tables 1-4, and the seeds of the authors'
+# release: docs/protocol.md), written out independently of decision_mamba.sweep.
 GYM_9 = [f"{env}-{kind}" for kind in ("medium", "medium-replay", "medium-expert")
          for env in ("halfcheetah", "hopper", "walker2d")]
 MIXERS = {"dmamba": "mamba", "dt": "attention", "dc": "conv", "ds4": "s4"}
@@ -107,14 +107,18 @@ def test_table4_script_lists_the_context_lengths(tmp_path):
     for c in commands:
         o = overrides_of(c)
         assert o["model.mixer"] == "mamba"
-        k = OmegaConf.load(REPO / config_of(c)).train.context_len  # the K the run will use
-        found.append((o["run.wandb_group"].split("/")[1], k, int(o["seed"]), o["run.wandb_group"]))
+        game = o["run.wandb_group"].split("/")[1]
+        # every K runs Table 2's config of its game, with K from one override (as Table 3's variants)
+        assert config_of(c) == f"configs/atari/{game}.yaml"
+        k = int(o["train.context_len"])
+        found.append((game, k, int(o["seed"]), o["run.wandb_group"]))
     expected = [(g, k, s, f"table4/{g}/dmamba-k{k}/release")
                 for g, k, s in itertools.product(["breakout", "qbert"], [10, 30, 40, 60], PAPER_ATARI_SEEDS)]
     assert len(commands) == 24 and sorted(found) == sorted(expected)
-    # K = 30 is Table 2's config
-    assert {config_of(c) for c in commands if "-k30-" in overrides_of(c)["run.name"]} == {
-        "configs/atari/breakout.yaml", "configs/atari/qbert.yaml"}
+    # the run trains with the K of its row, whatever the YAML says
+    [run] = sweep.table_runs(4, datasets=["qbert"], variants=["k60"], seeds=[123])
+    assert run.resolved_config().train.context_len == 60
+    assert OmegaConf.load(REPO / run.config).train.context_len == 30  # Table 2's K
 
 
 def test_filters_and_pass_through_overrides(tmp_path, capsys):
