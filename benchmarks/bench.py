@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--out benchmarks/results.md]
 
-Measures, on whatever machine runs it (the README's table is from our 2-core CPU):
+Measures, on whatever machine runs it (docs/benchmarks.md has dated runs on our 2-core CPU):
   1. one training step at the paper's gym setting (batch 64, K 20, 3 layers) at width 128
      and 256: our DMamba (fused CPU scan), our DT, HF transformers' DecisionTransformerModel
      (the `bench` extra; left out with a note when not installed) and, at width 128, DC,

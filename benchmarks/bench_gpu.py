@@ -5,8 +5,8 @@
 
 1. one training step (forward, backward, AdamW) of each model, and of DMamba with each scan
    path that runs on the device (cuda where mamba-ssm's kernel works, parallel, reference;
-   on a CPU fused, parallel, reference), in fp32 and bf16, at the paper's gym size (REFERENCE
-   §3: batch 64, K 20, 3 layers, width 128, HalfCheetah's 17/6 sizes) and Atari size (6
+   on a CPU fused, parallel, reference), in fp32 and bf16, at the paper's gym size (its
+   Table 5: batch 64, K 20, 3 layers, width 128, HalfCheetah's 17/6 sizes) and Atari size (6
    layers, width 128, batch 256, K 30, 4x84x84 frames through the frame encoder, 4
    actions, DT with 8 heads); with the peak GPU memory of the step;
 2. 10 Hopper episodes evaluated at once (batched, K-window and recurrent step).
@@ -37,7 +37,7 @@ from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
 from decision_mamba.run import write_text_atomic  # noqa: E402
 from decision_mamba.selective_scan import resolve_scan_backend  # noqa: E402
 
-# The paper's settings (REFERENCE §3); "tiny" runs the same code in seconds on a CPU.
+# The paper's settings (its Tables 5 and 6; docs/protocol.md); "tiny" runs the same code in seconds on a CPU.
 SIZES = {
     "gym": dict(B=64, K=20, n_layer=3, d_model=128, state=(17,), act=6, discrete=False, n_head=1),
     "atari": dict(B=256, K=30, n_layer=6, d_model=128, state=(4, 84, 84), act=4, discrete=True, n_head=8),

@@ -1,6 +1,6 @@
 """Speed and memory of the selective scan backends at the paper's gym size.
 
-One DMamba layer at the gym setting (REFERENCE §3: batch 64, K 20 -> L = 60 tokens,
+One DMamba layer at the gym setting (the paper's Table 5: batch 64, K 20 -> L = 60 tokens,
 d_model 128 -> d_inner 256, N 16) scans B*L*D*N = 15.7M states. Compared here, forward
 and forward+backward, inputs laid out as the Mamba block produces them:
 

@@ -1,7 +1,7 @@
 """Environment factories for evaluation: MuJoCo (gym) and Atari.
 
 Atari follows the evaluation protocol of the Decision Transformer Atari code
-(REFERENCE §5): ALE with sticky actions off and the minimal action set; each action
+(docs/protocol.md): ALE with sticky actions off and the minimal action set; each action
 repeated for 4 frames, the observation being the max of the last two; grayscale, 84x84;
 a stack of the last 4 observations that starts from zeros; 0 to 29 random no-ops after
 each reset; the episode ends at game over (a lost life is not terminal) or after
@@ -42,7 +42,7 @@ class UnknownGameError(UserError, ValueError):
 # ======================================================================================
 # D4RL was recorded on the mujoco-py era environments; Gymnasium's -v4 environments have
 # the same models on the maintained `mujoco` bindings, -v5 fixes some bugs (and is what
-# Minari's mujoco datasets were recorded on). REFERENCE §4.
+# Minari's mujoco datasets were recorded on); docs/data.md.
 GYM_ENV_NAMES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
 # -v4 is chosen on purpose for D4RL data; gymnasium's advice to upgrade is noise here.
 warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading", category=DeprecationWarning)

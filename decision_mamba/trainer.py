@@ -1,6 +1,6 @@
 """The shared trainer: optimiser, learning-rate schedule, the update step, and its state.
 
-Both experiments train the same way (REFERENCE §3): AdamW, a warm-up schedule, gradient
+Both experiments train the same way (the paper's Tables 5 and 6; docs/protocol.md): AdamW, a warm-up schedule, gradient
 clipping and the loss of Eq. (12). Gym uses DT's gym schedule (linear warm-up over
 steps, then constant) and decays every weight; Atari uses DT's minGPT schedule (linear
 warm-up and cosine decay counted in tokens) and decays only matmul weights.

@@ -1,4 +1,4 @@
-"""The Atari evaluation environment (DT protocol, REFERENCE §5), checked against a
+"""The Atari evaluation environment (DT protocol, docs/protocol.md), checked against a
 step-by-step reference written directly on the raw emulator (ale_py.ALEInterface)."""
 
 from __future__ import annotations

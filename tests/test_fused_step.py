@@ -227,7 +227,7 @@ def test_reference_backend_steps_equal_the_fused_ones_through_the_model():
 
 
 def test_importing_the_model_installs_no_process_wide_torch_hooks():
-    # (issue 14) the weight cache notices replaced parameters by reading them off the
+    # the weight cache notices replaced parameters by reading them off the
     # modules at each step, not through torch's global registration hooks.
     program = ("import torch.nn.modules.module as m, decision_mamba.model; "
                "print(len(m._global_parameter_registration_hooks) + len(m._global_module_registration_hooks))")
@@ -238,7 +238,7 @@ def test_importing_the_model_installs_no_process_wide_torch_hooks():
 
 
 def test_the_model_imports_the_fused_step_only_for_a_mixer_that_has_one():
-    # (issue 14) DMamba's MIXERS entry names fused_step; the model imports it on its first step.
+    # DMamba's MIXERS entry names fused_step; the model imports it on its first step.
     program = ("import sys, torch; from decision_mamba.model import DecisionModel, ModelConfig\n"
                "def steps(mixer):\n"
                "    model = DecisionModel(ModelConfig(mixer=mixer, d_model=8, n_layer=1), (3,), 2, discrete=False).eval()\n"

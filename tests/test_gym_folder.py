@@ -1,4 +1,4 @@
-"""The top-level gym/ folder (the gym/experiment.py entry point) must not pass for OpenAI Gym (issue 14)."""
+"""The top-level gym/ folder (the gym/experiment.py entry point) must not pass for OpenAI Gym."""
 
 import subprocess
 import sys

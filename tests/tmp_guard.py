@@ -1,4 +1,4 @@
-"""Tests write only under pytest's temporary folders (issue 12, item 11).
+"""Tests write only under pytest's temporary folders.
 
 A pytest plugin, loaded by conftest.py. Before any test module is imported it points every
 temporary and cache folder the libraries know of into this session's pytest folder:
