@@ -12,8 +12,8 @@ line, so `protocol=release train.lr_clamp=true` is the release with one switch c
 `protocol_label` then calls that run "release+lr_clamp=true", so that run names, wandb
 groups and the aggregator's cells never pass such a run off as either protocol.
 
-README, "Differences from the paper's release", has one row per switch (a test keeps the
-two lists equal).
+docs/protocol.md, "The switches", has one row per switch (a test keeps the two lists
+equal), and each table YAML lists the keys a protocol sets over it (tested too).
 """
 
 from __future__ import annotations

@@ -390,10 +390,10 @@ def test_release_atari_lr_at_every_epoch_boundary_through_the_training_wiring():
     assert used == pytest.approx(expected, rel=1e-12)
 
 
-def readme_switch_rows() -> dict[str, list[str]]:
-    """README "Differences from the paper's release": {config key: its row's cells}."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Differences from the paper's release"):]
+def documented_switch_rows() -> dict[str, list[str]]:
+    """docs/protocol.md, "The switches": {config key: its row's cells}."""
+    text = (REPO / "docs" / "protocol.md").read_text()
+    section = text[text.index("## The switches"):]
     section = section[:section.index("\n## ", 1)]
     rows = {}
     for line in section.splitlines():
@@ -403,8 +403,8 @@ def readme_switch_rows() -> dict[str, list[str]]:
     return rows
 
 
-def test_the_readme_table_has_one_row_per_switch_with_the_release_value():
-    rows = readme_switch_rows()
+def test_the_protocol_page_has_one_row_per_switch_with_the_release_value():
+    rows = documented_switch_rows()
     switches = {**protocols.GYM_SWITCHES, **protocols.ATARI_SWITCHES}
     assert set(rows) == {"protocol", *switches}  # no switch missing, none the code does not have
     for key, (clean, release, _) in switches.items():
@@ -415,6 +415,38 @@ def test_the_readme_table_has_one_row_per_switch_with_the_release_value():
         else:
             assert release_cell.startswith(f"`{release}`" if isinstance(release, str) else str(release).lower()), key
             assert ours_cell.startswith(f"`{clean}`" if isinstance(clean, str) else str(clean).lower()), key
+
+
+def keys_the_yaml_says_the_protocol_sets(path: Path) -> dict[str, list[str]]:
+    """The table YAML's header comment: {protocol: the keys it lists}."""
+    listed: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.startswith("#   protocol="):
+            current = line.removeprefix("#   protocol=").split(" ", 1)[0]
+            listed[current] = []
+        elif line.startswith("#     ") and current:
+            listed[current] += line.removeprefix("#").split()
+    return listed
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for folder in ("gym", "atari")
+                                        for p in (REPO / "configs" / folder).glob("*.yaml")))
+def test_every_table_yaml_names_the_keys_each_protocol_sets_over_it(path):
+    schema = AtariConfig if path.startswith("configs/atari/") else GymConfig
+    kind = "atari" if schema is AtariConfig else "gym"
+    listed = keys_the_yaml_says_the_protocol_sets(REPO / path)
+    assert set(listed) == set(protocols.PROTOCOLS), f"{path}: its header must list the keys of each protocol"
+    for protocol in protocols.PROTOCOLS:
+        cfg = load_config(schema, REPO / path, [f"protocol={protocol}"])
+        env = cfg.game.lower() if kind == "atari" else cfg.env
+        expected = protocols.values(protocol, kind, env)
+        assert listed[protocol] == list(expected), f"{path}: protocol={protocol}"
+        for key, value in expected.items():  # and the loaded config holds the protocol's value, not the file's
+            loaded = protocols._lookup(cfg, key)
+            assert (list(loaded) if isinstance(value, list) else loaded) == value, (path, key)
 
 
 # -------------------------------------------------------------------- naming
