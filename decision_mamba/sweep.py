@@ -86,7 +86,7 @@ ATARI_GAMES = ("breakout", "qbert", "pong", "seaquest")
 # The table scripts re-run the experiment behind the paper's numbers unless told otherwise.
 DEFAULT_PROTOCOL = "release"
 
-# The seeds of the paper's release (REFERENCE §3).
+# The seeds of the authors' release (docs/protocol.md, "Hyperparameters").
 GYM_SEEDS = (12, 23, 34, 45, 51)
 ATARI_SEEDS = (123, 231, 312)
 

@@ -5,7 +5,7 @@
 # table (last and best, mean ± std over seeds, one cell per protocol) and its curves.
 #
 #   BUDGET=smoke scripts/protocol_effect.sh     # ~2 min on 2 CPU cores: proves the pipeline, measures nothing
-#   BUDGET=hour  scripts/protocol_effect.sh     # ~1 h on 2 CPU cores (estimated from `make run`'s speed)
+#   BUDGET=hour  scripts/protocol_effect.sh     # 15 runs; the committed one took 86 min on 2 shared CPU cores (docs/protocol.md)
 #   scripts/protocol_effect.sh --dry-run        # list the runs
 #
 # Environment: BUDGET (smoke | hour, default smoke), SEEDS (default "12 23 34"), RUNS
