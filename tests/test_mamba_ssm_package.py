@@ -1,8 +1,8 @@
 """The real mamba-ssm package on the CPU: our `cuda` dispatch and state_dict against its Mamba.
 
 mamba-ssm's source release is downloaded once into the user's cache
-(~/.cache/decision-mamba/, or $XDG_CACHE_HOME) and installed there, the way the README's
-GPU install does it but with the CUDA build skipped:
+(~/.cache/decision-mamba/, or $XDG_CACHE_HOME) and installed there from source, as a GPU
+install without a prebuilt wheel would (docs/gpu.md), but with the CUDA build skipped:
 
     pip download mamba-ssm==V --no-deps --no-binary :all: --no-build-isolation
     MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from decision_mamba import selective_scan as scan_module
 from decision_mamba.mamba import Mamba
 
-# The release the README's GPU install names (pyproject's `gpu` extra allows >=2.2.2,<2.4).
+# The release `make install GPU=1` installs (docs/gpu.md; pyproject's `gpu` extra allows >=2.2.2,<2.4).
 MAMBA_SSM_VERSION = os.environ.get("DM_TEST_MAMBA_SSM_VERSION", "2.3.2.post1")
 _UNREACHABLE = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
                 "Network is unreachable", "ConnectTimeoutError", "Could not fetch URL", "ProxyError")
