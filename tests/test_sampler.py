@@ -195,8 +195,8 @@ def test_bad_arguments_are_refused():
 
 
 def test_sampling_is_much_cheaper_than_a_training_step():
-    # B=64, K=20, obs 17 on 200k transitions; the target is < 2 ms (measured ~0.2 ms),
-    # the bound is loose so that a busy machine does not fail it.
+    # B=64, K=20, obs 17 on 200k transitions; the target is < 2 ms, the bound (10 ms) is
+    # loose so that a busy machine does not fail it.
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 1000, size=400)
     traj = Trajectories(rng.standard_normal((lengths.sum(), 17), dtype=np.float32),
