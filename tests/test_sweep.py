@@ -358,9 +358,9 @@ def test_atari_smoke_records_a_dataset_the_runs_can_load(tmp_path):
     from decision_mamba.data.atari_replay import load_dqn_replay
 
     runs = sweep.table_runs(4, out_dir=str(tmp_path / "smoke" / "table4"), smoke=True)
-    # every K of Table 4 on Breakout, the first two seeds, all on the recorded data
+    # every K of Table 4 on Breakout, the first three seeds, all on the recorded data
     assert sorted({(r.variant, r.seed) for r in runs}) == [(k, s) for k in ("k10", "k30", "k40", "k60")
-                                                           for s in (123, 231)]
+                                                           for s in (123, 231, 312)]
     cfg = runs[0].resolved_config()
     assert naming.run_tags(cfg) == ["data:dqn-replay", "protocol:release", "smoke"]  # never mistaken for DQN's data
     assert cfg.data_dir == str(tmp_path / "smoke" / "dqn_replay_recorded") and cfg.train.num_iterations == 2
