@@ -61,7 +61,7 @@ from decision_mamba.protocols import protocol_label  # noqa: E402
 from decision_mamba.checkpoint import IDENTITY_FILE  # noqa: E402
 from decision_mamba.runlog import RUN_INFO_FILE  # noqa: E402
 from decision_mamba.scores import run_score  # noqa: E402
-from decision_mamba.sweep import TABLES  # noqa: E402
+from decision_mamba.sweep import MINARI_DATASETS, SUITES, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
 # The paper's numbers (REFERENCE §1), keyed by table, then (dataset, column):
@@ -111,6 +111,15 @@ PAPER_NUMBERS: dict[int, dict[tuple[str, str], tuple[float, float | None]]] = {
     },
 }
 
+# Table 1 on Minari (--suite minari): labelled as such wherever its numbers appear.
+MINARI_TITLE = "Table 1 on Minari's MuJoCo datasets: normalized score (not comparable with D4RL's Table 1)"
+MINARI_LABEL = "Table 1 on Minari (not comparable with D4RL's)"
+MINARI_NOTE = ("**Not comparable with D4RL's Table 1, nor with the paper's numbers.** Minari's "
+               "`mujoco/<env>/<level>-v0` datasets are recorded on the gymnasium -v5 environments by other "
+               "policies (Minari's 'medium' is near D4RL's expert level), and they carry no reference scores: "
+               "scores here are 100 * (return - random) / (expert - random) with this project's pinned -v5 "
+               "references (decision_mamba/scores.py, MINARI_REFERENCE_RETURNS: a random policy measured "
+               "here, the expert dataset's mean return). No DT or DMamba numbers on these datasets are published.")
 TABLE_TITLES = {
     1: "Table 1: D4RL normalized score",
     2: "Table 2: Atari gamer-normalized score",
@@ -290,10 +299,11 @@ def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
 
 
 # --------------------------------------------------------------------- table
-def _expected_cells(table: int, protocols: Sequence[str] = ("release",)) -> list[tuple[str, str, str]]:
+def _expected_cells(table: int, protocols: Sequence[str] = ("release",), suite: str = "d4rl") -> list[tuple[str, str, str]]:
     spec = TABLES[table]
     columns = spec.models if table in (1, 2) else spec.variants
-    return [(dataset, column, protocol) for dataset in spec.datasets for column in columns for protocol in protocols]
+    datasets = [f"mujoco-{d}-v0" for d in MINARI_DATASETS] if suite == "minari" else spec.datasets
+    return [(dataset, column, protocol) for dataset in datasets for column in columns for protocol in protocols]
 
 
 def _protocols(runs: list[RunRecord]) -> list[str]:
@@ -301,7 +311,7 @@ def _protocols(runs: list[RunRecord]) -> list[str]:
     return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
 
 
-def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
+def table_frame(runs: list[RunRecord], table: int, suite: str = "d4rl") -> pd.DataFrame:
     """One row per cell: seeds, last and best mean ± std, the paper's number."""
     finished = pd.DataFrame(
         [{"dataset": r.dataset, "column": r.column, "protocol": r.protocol, "seed": r.seed, "data": r.data,
@@ -316,7 +326,7 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
         best_mean=("best", "mean"), best_std=("best", lambda x: float(np.std(x, ddof=STD_DDOF))),
     )
     # Every cell of the paper's table, in its order, then any cell the paper does not have.
-    cells = _expected_cells(table, _protocols(runs) or ["release"])
+    cells = _expected_cells(table, _protocols(runs) or ["release"], suite)
     cells += [cell for cell in stats.index if cell not in cells]
     paper = PAPER_NUMBERS[table]
     rows = []
@@ -433,7 +443,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         f"{', '.join(f'`{root}`' for root in roots)}.",
         f"- Settings of the runs: {_settings(runs)}.",
     ]
-    if table == 1:
+    if table == 1 and any((r.dataset, r.column) in PAPER_NUMBERS[1] for r in runs):
         lines.append("- Paper: DMamba is the paper's own (5 seeds); DT, DS4 and DC are quoted by the paper "
                      "from the Decision ConvFormer paper.")
     if produced_by:
@@ -512,7 +522,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
+def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path, table_label: str | None = None) -> dict[str, str]:
     """One PNG and one SVG per dataset: the score against updates (left) and against the run's
     wall-clock time (right); returns {dataset: PNG file name} for the Markdown."""
     files = {}
@@ -548,7 +558,7 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
         ax.set_xlabel("training step")
         ax_time.set_xlabel("wall-clock minutes of the run (training, evaluation, checkpoints)")
         ax.set_ylabel("normalized score" if table in (1, 3) else "gamer-normalized score")
-        fig.suptitle(f"{TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
+        fig.suptitle(f"{table_label or TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
                      f"protocol {protocols}; mean ± std over seeds; dotted: the paper, band ± its std", fontsize=9)
         for axis in (ax, ax_time):
             axis.grid(alpha=0.3)
@@ -664,11 +674,13 @@ def _label(column: str, protocol: str) -> str:
     return f"{display_name(column)}, {protocol}"
 
 
-def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
+def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_prefix: Path,
+                    label: str | None = None) -> dict[str, str]:
     """<out>-intervals, <out>-profiles and (with two columns or more) <out>-improvement, PNG and SVG."""
     if frame.empty:
         return {}
     files = {}
+    label = label or TABLE_TITLES[table].split(":")[0]
     unit = "normalized score" if table in (1, 3) else "gamer-normalized score"
     aggregates = frame[frame.versus == ""]
     groups = list(dict.fromkeys(zip(aggregates.protocol, aggregates.model)))
@@ -688,7 +700,7 @@ def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_
             ax.set_title(f"{which}: {'IQM' if name == 'iqm' else 'mean'}", fontsize=9)
             ax.set_xlabel(unit, fontsize=8)
             ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"{TABLE_TITLES[table].split(':')[0]}: 95% stratified-bootstrap intervals (x: too few seeds)",
+    fig.suptitle(f"{label}: 95% stratified-bootstrap intervals (x: too few seeds)",
                  fontsize=9)
     fig.tight_layout()
     save_figure(fig, out_prefix.parent / f"{out_prefix.name}-intervals.png")
@@ -709,7 +721,7 @@ def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of runs scoring above tau")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{TABLE_TITLES[table].split(':')[0]}: performance profiles over datasets and seeds "
+    fig.suptitle(f"{label}: performance profiles over datasets and seeds "
                  f"(band: 95% stratified bootstrap, where {stats.MIN_SEEDS}+ seeds)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, out_prefix.parent / f"{out_prefix.name}-profiles.png")
@@ -738,7 +750,7 @@ def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_
             ax.set_title(f"{which} score", fontsize=9)
             ax.set_xlabel("probability of improvement", fontsize=8)
             ax.grid(alpha=0.3, axis="x")
-        fig.suptitle(f"{TABLE_TITLES[table].split(':')[0]}: P({reference} beats the other on a dataset), "
+        fig.suptitle(f"{label}: P({reference} beats the other on a dataset), "
                      f"95% intervals (x: too few seeds)", fontsize=9)
         fig.tight_layout()
         save_figure(fig, out_prefix.parent / f"{out_prefix.name}-improvement.png")
@@ -840,24 +852,29 @@ def _duration(seconds: float) -> str:
 # ----------------------------------------------------------------------- CLI
 def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str | None = None,
               note: str | None = None, produced_by: str | None = None,
-              aggregate_command: str = "") -> pd.DataFrame:
+              aggregate_command: str = "", suite: str = "d4rl") -> pd.DataFrame:
     """Write <out>.md, <out>.csv, <out>-<dataset>.png / .svg, the statistics (<out>-stats.csv,
     <out>-intervals / -profiles / -improvement .png / .svg) and the run index (<out>-runs.csv);
     return the table (one row per cell)."""
     if table not in TABLES:
         raise AggregateError(f"--table must be one of {sorted(TABLES)}, got {table}")
+    if suite not in SUITES or (suite == "minari" and table != 1):
+        raise AggregateError(f"--suite {suite}: the suites are {', '.join(SUITES)}, and minari is Table 1's")
+    label = None
+    if suite == "minari":  # labelled everywhere: the title, a note under it, every plot
+        title, note, label = title or MINARI_TITLE, MINARI_NOTE + (f"\n\n{note}" if note else ""), MINARI_LABEL
     everything = find_runs(roots, table)
     runs = [r for r in everything if r.table in (None, table)]
     other = [r for r in everything if r.table not in (None, table)]
     if not runs:
         raise AggregateError(f"the run directories under {', '.join(map(str, roots))} belong to "
                              f"table(s) {sorted({r.table for r in other})}, not table {table}")
-    frame = table_frame(runs, table)
+    frame = table_frame(runs, table, suite)
     column_name = {"column": "model" if table in (1, 2) else "variant"}
-    curve_files = plot_curves(runs, table, out_prefix)
+    curve_files = plot_curves(runs, table, out_prefix, label)
     done = [r for r in runs if r.complete]
     statistics = statistics_frame(done, table)
-    statistics_files = plot_statistics(statistics, done, table, out_prefix)
+    statistics_files = plot_statistics(statistics, done, table, out_prefix, label)
     index_name = f"{out_prefix.name}-runs.csv"
     sections = [*protocol_lines(runs, table), *cost_lines(runs, table),
                 *statistics_markdown(statistics, table, statistics_files),
@@ -889,12 +906,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="folders of run directories, e.g. runs/table1")
     parser.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
     parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png and .svg")
+    parser.add_argument("--suite", default="d4rl", choices=list(SUITES),
+                        help="minari: Table 1 on Minari's mujoco/*-v0 datasets (its cells, its labels)")
     parser.add_argument("--title", help="the Markdown title (default: the table's name)")
     parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
     parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")
     args = parser.parse_args(argv)
     frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
-                      produced_by=args.produced_by, aggregate_command=_command_line(argv))
+                      produced_by=args.produced_by, aggregate_command=_command_line(argv), suite=args.suite)
     print(f"wrote {args.out}.md and {args.out}.csv "
           f"({int((frame.seeds_done > 0).sum())} of {len(frame)} cells have runs)")
     return 0

@@ -183,13 +183,14 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
     assert aggregate.PAPER_NUMBERS[4][("qbert", "k60")] == (15.7, 5.5)
 
 
-def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], dataset: str = "hopper-medium") -> None:
+def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], dataset: str = "hopper-medium",
+                   config: str = "configs/gym/{dataset}.yaml", protocol: str = "release") -> None:
     """A finished Table 1 run on a D4RL dataset whose evaluations scored `curve` (steps 10, 20, ...)."""
     from decision_mamba import naming
     from decision_mamba.config import GymConfig, load_config, to_yaml
 
-    cfg = load_config(GymConfig, REPO / f"configs/gym/{dataset}.yaml",
-                      ["protocol=release", f"seed={seed}", f"model.mixer={mixer}"])
+    cfg = load_config(GymConfig, REPO / config.format(dataset=dataset),
+                      [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}"])
     cfg.run.wandb_group = naming.run_group(cfg, table=1)
     run_dir = root / naming.run_name(cfg)
     run_dir.mkdir(parents=True)
@@ -311,3 +312,23 @@ def test_run_index_protocol_and_cost_of_real_runs(table1_runs, tmp_path):
     cost = markdown.split("## Cost")[1].split("##")[0]
     assert f"**{aggregate._duration(sum(walls))}** for 6 run(s)" in cost
     assert "| release | DT | 3 |" in cost and "ms |" in cost
+
+
+def test_table1_on_minari_has_its_own_cells_and_says_it_is_not_d4rls(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, score in zip((12, 23, 34), (101.0, 99.0, 104.0)):
+        _hand_made_run(runs, "mamba", seed, [score - 3, score], "hopper-medium",
+                       config="configs/minari/mujoco-{dataset}.yaml", protocol="clean")
+    prefix = tmp_path / "out" / "t1-minari"
+    assert aggregate.main([str(runs), "--table", "1", "--suite", "minari", "--out", str(prefix)]) == 0
+    rows = [r for r in csv.DictReader(open(f"{prefix}.csv")) if r["seed"] == ""]
+    # the nine Minari datasets x four models, no D4RL cell, no paper number
+    assert {r["dataset"] for r in rows} == {f"mujoco-{d}-v0" for d in sweep.MINARI_DATASETS} and len(rows) == 36
+    assert all(r["paper_mean"] == "" for r in rows) and {r["protocol"] for r in rows} == {"clean"}
+    markdown = Path(f"{prefix}.md").read_text()
+    assert markdown.startswith("# Table 1 on Minari's MuJoCo datasets") and "not comparable with D4RL's Table 1" in markdown
+    assert "**Not comparable with D4RL's Table 1, nor with the paper's numbers.**" in markdown
+    assert "| mujoco-hopper-medium-v0 | DMamba | clean | minari:mujoco/hopper/medium-v0 | 3/5 (12 23 34) |" in markdown
+    assert "Paper: DMamba is the paper's own" not in markdown
+    assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-intervals.svg").read_text()
+    assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-mujoco-hopper-medium-v0.svg").read_text()
