@@ -343,6 +343,10 @@ def test_table_script_smoke_runs_the_protocol_into_its_own_folders(tmp_path):
     assert [(r["model"], r["seed"], r["seeds_done"]) for r in rows] == [("dmamba", "", "1"), ("dmamba", "12", "1")]
     assert float(rows[1]["last_mean"]) == summary["last"]["score"]
     assert (results / "table1-hopper-medium-v4-gen.svg").is_file()
+    # beside the table: its protocol and cost, the statistics, the profiles and the run index
+    assert "## Protocol" in markdown and "## Cost" in markdown and "## Aggregate statistics" in markdown
+    assert (results / "table1-stats.csv").is_file() and (results / "table1-profiles.svg").is_file()
+    assert [r["run"] for r in csv.DictReader(open(results / "table1-runs.csv"))] == [run_dir.name]
 
 
 def test_smoke_never_writes_into_the_real_table_folder(tmp_path, monkeypatch, capsys):
