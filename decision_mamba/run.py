@@ -2,7 +2,8 @@
 
 A run directory holds
     config.yaml          the resolved config
-    metrics.jsonl        one line per iteration: training statistics and the evaluation
+    metrics.jsonl        one line per iteration: training statistics, the evaluation, and the wall
+                         time per update, batch draw and evaluation step (runlog.iteration_times)
     identity.json        what the numbers depend on besides the config: data fingerprint,
                          environment, thread counts, code version (decision_mamba/checkpoint.py)
     checkpoints/iter_NNN.pt  self-contained: the trainer's full state after iteration NNN, the
