@@ -833,7 +833,9 @@ def cost_lines(runs: list[RunRecord], table: int) -> list[str]:
     total = sum(r.wall_s for r in timed)
     devices = _values(timed, lambda r: r.info.get("device")) or "a device not recorded"
     return ["## Cost", "",
-            f"The runs' wall time (training, evaluation and checkpoints; metrics.jsonl's `time`), summed: "
+            f"The runs' wall time in their training loops (training, evaluation and checkpoints; metrics.jsonl's "
+            f"`time`; not the start-up, data loading and closing reference measurements of each process, which "
+            f"weigh only in tiny runs), summed: "
             f"**{_duration(total)}** for {len(timed)} run(s) on {devices}"
             + (f" ({len(runs) - len(timed)} run(s) without timings not counted)" if len(timed) < len(runs) else "")
             + ". Runs that ran side by side (`--slots`) shared the machine, so a run alone may be faster. "
