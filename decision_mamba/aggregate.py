@@ -64,7 +64,7 @@ from decision_mamba.scores import run_score  # noqa: E402
 from decision_mamba.sweep import MINARI_DATASETS, SUITES, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
-# The paper's numbers (REFERENCE §1), keyed by table, then (dataset, column):
+# The paper's numbers (its Tables 1-4; docs/protocol.md), keyed by table, then (dataset, column):
 # column = model for Tables 1 and 2, variant for Table 3, "k<K>" for Table 4.
 # (mean, std); std None where the paper quotes a bare mean. Table 1's DT, DS4 and DC
 # numbers are quoted by the paper from the Decision ConvFormer paper.

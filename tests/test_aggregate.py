@@ -177,7 +177,7 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
     for table, spec in sweep.TABLES.items():
         cells = {(dataset, column) for dataset, column, _ in aggregate._expected_cells(table)}
         assert cells == set(aggregate.PAPER_NUMBERS[table]), f"table {table}"
-    # spot checks against REFERENCE §1
+    # spot checks against the paper's Tables 2-4
     assert aggregate.PAPER_NUMBERS[2][("pong", "dmamba")] == (63.2, 102.1)
     assert aggregate.PAPER_NUMBERS[3][("hopper-medium", "rc-2l")] == (85.2, 14.9)
     assert aggregate.PAPER_NUMBERS[4][("qbert", "k60")] == (15.7, 5.5)
