@@ -873,9 +873,9 @@ def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str
                              f"table(s) {sorted({r.table for r in other})}, not table {table}")
     frame = table_frame(runs, table, suite)
     column_name = {"column": "model" if table in (1, 2) else "variant"}
-    curve_files = plot_curves(runs, table, out_prefix, label)
     done = [r for r in runs if r.complete]
-    statistics = statistics_frame(done, table)
+    statistics = statistics_frame(done, table)  # first: without rliable it stops before anything is written
+    curve_files = plot_curves(runs, table, out_prefix, label)
     statistics_files = plot_statistics(statistics, done, table, out_prefix, label)
     index_name = f"{out_prefix.name}-runs.csv"
     sections = [*protocol_lines(runs, table), *cost_lines(runs, table),

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
-from rliable import metrics
+
+from decision_mamba.errors import UserError
 
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_REPS = 10_000  # rliable's own examples use 2,000 to 50,000
@@ -44,6 +45,16 @@ MIN_SEEDS = 3  # fewer seeds per dataset give intervals that mean nothing
 # One group's scores: one array of per-seed scores per dataset (the datasets may have different
 # numbers of seeds; rliable's StratifiedIndependentBootstrap takes such a list too).
 Scores = Sequence[np.ndarray]
+
+
+def _rliable_metrics():
+    """rliable.metrics, imported when first used: rliable is the optional `reports` extra."""
+    try:
+        from rliable import metrics
+    except ImportError:
+        raise UserError("the table statistics need rliable, the `reports` extra: pip install -e \".[reports]\" "
+                        "(or `make install EXTRAS=dev,robotics,reports`)") from None
+    return metrics
 
 
 def iqm(scores: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -82,6 +93,7 @@ def aggregate_estimates(scores: Scores, *, seed: int = BOOTSTRAP_SEED, reps: int
                         min_seeds: int = MIN_SEEDS) -> dict[str, Estimate]:
     """{"iqm": ..., "mean": ...} of the pooled scores, with stratified-bootstrap intervals
     when every dataset has at least `min_seeds` seeds."""
+    metrics = _rliable_metrics()
     matrix = pooled(scores)[:, None]  # rliable's functions take (runs, tasks); pooled, it is one column
     point = {"iqm": float(metrics.aggregate_iqm(matrix)), "mean": float(metrics.aggregate_mean(matrix))}
     if min(len(s) for s in scores) < min_seeds:
@@ -104,6 +116,7 @@ def probability_of_improvement(x: Scores, y: Scores, *, seed: int = BOOTSTRAP_SE
     redraws both models' seeds of every dataset, when each has at least `min_seeds`."""
     if len(x) != len(y) or not len(x):
         raise ValueError("probability_of_improvement needs the same datasets, at least one, for both models")
+    metrics = _rliable_metrics()
     per_task = [metrics.probability_of_improvement(np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[:, None])
                 for a, b in zip(x, y)]
     value = float(np.mean(per_task))
