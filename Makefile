@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,robotics
+EXTRAS ?= dev,robotics,reports
 # GPU=1: after torch (PyPI's Linux wheel is a CUDA build), mamba-ssm's kernel. Its setup.py
 # imports torch, so no build isolation; --no-deps so that pip never swaps torch. A release
 # without a prebuilt wheel for this torch compiles with nvcc (README: troubleshooting).

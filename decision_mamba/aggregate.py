@@ -7,9 +7,19 @@ and writes
     results/table1.md            the table (Markdown), how it was made, incomplete runs
     results/table1.csv           the same numbers at full precision: one row per cell (empty
                                  `seed`), each followed by one row per seed of the cell
-    results/table1-<dataset>.png learning curves: normalized score vs training step,
-    results/table1-<dataset>.svg one line per model (mean over seeds, shaded ± std), the
-                                 paper's number dotted with its ± std band, in the legend
+    results/table1-<dataset>.png learning curves: normalized score vs training step and vs
+    results/table1-<dataset>.svg the run's wall-clock, one line per model (mean over seeds,
+                                 shaded ± std), the paper's number dotted with its ± std band
+    results/table1-stats.csv     IQM and mean over datasets and seeds per model and protocol,
+                                 and P(DMamba > each baseline), with 95% stratified-bootstrap
+                                 intervals (decision_mamba/stats.py), for last and best
+    results/table1-{intervals,profiles,improvement}.{png,svg}   their plots, and the
+                                 performance profiles
+    results/table1-runs.csv      the run index: one row per run directory (seed, protocol,
+                                 data fingerprint, config digest, commit, wall time, scores, wandb URL)
+
+The Markdown also states the protocol (episodes per target, the targets, how the reported
+number is picked, the data and the hardware) and the cost: the runs' wall time, summed.
 
 A cell is a dataset (or game), a model (Table 3: a variant; Table 4: a context length
 K) and a protocol (decision_mamba/protocols.py: release, clean, or one of them with named
@@ -23,13 +33,15 @@ finished are listed, never silently dropped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -39,18 +51,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from decision_mamba import naming  # noqa: E402
+from decision_mamba import naming, stats  # noqa: E402
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
 from decision_mamba.data.d4rl import is_file_dataset  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
 from decision_mamba.mixers import model_name, spec_of_model  # noqa: E402
 from decision_mamba.protocols import protocol_label  # noqa: E402
+from decision_mamba.checkpoint import IDENTITY_FILE  # noqa: E402
+from decision_mamba.runlog import RUN_INFO_FILE  # noqa: E402
 from decision_mamba.scores import run_score  # noqa: E402
-from decision_mamba.sweep import TABLES  # noqa: E402
+from decision_mamba.sweep import MINARI_DATASETS, SUITES, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
-# The paper's numbers (REFERENCE §1), keyed by table, then (dataset, column):
+# The paper's numbers (its Tables 1-4; docs/protocol.md), keyed by table, then (dataset, column):
 # column = model for Tables 1 and 2, variant for Table 3, "k<K>" for Table 4.
 # (mean, std); std None where the paper quotes a bare mean. Table 1's DT, DS4 and DC
 # numbers are quoted by the paper from the Decision ConvFormer paper.
@@ -97,6 +111,15 @@ PAPER_NUMBERS: dict[int, dict[tuple[str, str], tuple[float, float | None]]] = {
     },
 }
 
+# Table 1 on Minari (--suite minari): labelled as such wherever its numbers appear.
+MINARI_TITLE = "Table 1 on Minari's MuJoCo datasets: normalized score (not comparable with D4RL's Table 1)"
+MINARI_LABEL = "Table 1 on Minari (not comparable with D4RL's)"
+MINARI_NOTE = ("**Not comparable with D4RL's Table 1, nor with the paper's numbers.** Minari's "
+               "`mujoco/<env>/<level>-v0` datasets are recorded on the gymnasium -v5 environments by other "
+               "policies (Minari's 'medium' is near D4RL's expert level), and they carry no reference scores: "
+               "scores here are 100 * (return - random) / (expert - random) with this project's pinned -v5 "
+               "references (decision_mamba/scores.py, MINARI_REFERENCE_RETURNS: a random policy measured "
+               "here, the expert dataset's mean return). No DT or DMamba numbers on these datasets are published.")
 TABLE_TITLES = {
     1: "Table 1: D4RL normalized score",
     2: "Table 2: Atari gamer-normalized score",
@@ -145,6 +168,10 @@ class RunRecord:
     protocol: str = "clean"  # protocols.protocol_label of the run's config
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, score) per evaluation
     iterations_done: int = 0
+    time_curve: list[tuple[float, float]] = field(default_factory=list)  # (wall-clock s, score) per evaluation
+    times: dict = field(default_factory=dict)  # metrics.jsonl's "time": mean update_s, sample_s, eval_step_s; elapsed_s
+    info: dict = field(default_factory=dict)  # run_info.json (commit, device, ...); {} for runs without one
+    identity: dict = field(default_factory=dict)  # identity.json (data fingerprint, ...)
 
     @property
     def data(self) -> str:
@@ -161,6 +188,11 @@ class RunRecord:
     @property
     def complete(self) -> bool:
         return self.summary is not None and self.summary.get("last") is not None
+
+    @property
+    def wall_s(self) -> float | None:
+        """The run's wall-clock so far: its last metrics record's; None for runs that predate it."""
+        return self.times.get("elapsed_s")
 
 
 def _column_from_config(table: int, cfg: dict) -> str:
@@ -189,11 +221,21 @@ def _protocol_from_config(cfg: dict) -> str:
     return protocol_label(_structured(cfg))
 
 
-def _read_metrics(path: Path) -> tuple[list[tuple[int, float]], int]:
-    """(step, score) of every evaluation in metrics.jsonl, and how many iterations it records."""
+@dataclass
+class MetricsFile:
+    curve: list[tuple[int, float]]  # (step, score) per evaluation
+    time_curve: list[tuple[float, float]]  # (wall-clock seconds since the start, score) per evaluation
+    iterations: int  # the last iteration it records
+    times: dict  # mean seconds per update / batch draw / evaluation step, and the last elapsed_s
+
+
+def _read_metrics(path: Path) -> MetricsFile:
+    """The evaluations of metrics.jsonl against steps and against wall-clock time, and its timings.
+    Records older than the "time" entry count their training and evaluation time as the wall-clock."""
+    found = MetricsFile([], [], 0, {})
     if not path.is_file():
-        return [], 0
-    curve, iterations = [], 0
+        return found
+    elapsed, per = 0.0, {"update_s": [], "sample_s": [], "eval_step_s": []}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -203,10 +245,27 @@ def _read_metrics(path: Path) -> tuple[list[tuple[int, float]], int]:
             # A run killed mid-write can leave half a line; --resume rewrites the file.
             print(f"warning: {path}:{number} is not JSON, skipped", file=sys.stderr)
             continue
-        iterations = max(iterations, int(record["iteration"]))
+        found.iterations = max(found.iterations, int(record["iteration"]))
+        time = record.get("time")
+        if time is not None:
+            elapsed = time["elapsed_s"]
+            for key, values in per.items():
+                if time.get(key) is not None:
+                    values.append(time[key])
+        else:
+            elapsed += record.get("train", {}).get("time_s", 0.0) + record.get("eval_time_s", 0.0)
         if record.get("eval"):
-            curve.append((int(record["step"]), run_score(record["eval"])))  # summary.json's score
-    return curve, iterations
+            score = run_score(record["eval"])  # summary.json's score
+            found.curve.append((int(record["step"]), score))
+            found.time_curve.append((elapsed, score))
+    found.times = {key: float(np.mean(values)) for key, values in per.items() if values}
+    if elapsed:
+        found.times["elapsed_s"] = elapsed
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_run(run_dir: Path, table: int) -> RunRecord:
@@ -220,10 +279,11 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
         run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    curve, iterations = _read_metrics(run_dir / "metrics.jsonl")
+    metrics = _read_metrics(run_dir / "metrics.jsonl")
     return RunRecord(run_dir=run_dir, table=run_table, dataset=dataset, column=column, seed=int(cfg["seed"]),
-                     config=cfg, summary=summary, curve=curve, iterations_done=iterations,
-                     protocol=_protocol_from_config(cfg))
+                     config=cfg, summary=summary, curve=metrics.curve, iterations_done=metrics.iterations,
+                     protocol=_protocol_from_config(cfg), time_curve=metrics.time_curve, times=metrics.times,
+                     info=_read_json(run_dir / RUN_INFO_FILE), identity=_read_json(run_dir / IDENTITY_FILE))
 
 
 def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
@@ -239,10 +299,11 @@ def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:
 
 
 # --------------------------------------------------------------------- table
-def _expected_cells(table: int, protocols: Sequence[str] = ("release",)) -> list[tuple[str, str, str]]:
+def _expected_cells(table: int, protocols: Sequence[str] = ("release",), suite: str = "d4rl") -> list[tuple[str, str, str]]:
     spec = TABLES[table]
     columns = spec.models if table in (1, 2) else spec.variants
-    return [(dataset, column, protocol) for dataset in spec.datasets for column in columns for protocol in protocols]
+    datasets = [f"mujoco-{d}-v0" for d in MINARI_DATASETS] if suite == "minari" else spec.datasets
+    return [(dataset, column, protocol) for dataset in datasets for column in columns for protocol in protocols]
 
 
 def _protocols(runs: list[RunRecord]) -> list[str]:
@@ -250,7 +311,7 @@ def _protocols(runs: list[RunRecord]) -> list[str]:
     return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
 
 
-def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
+def table_frame(runs: list[RunRecord], table: int, suite: str = "d4rl") -> pd.DataFrame:
     """One row per cell: seeds, last and best mean ± std, the paper's number."""
     finished = pd.DataFrame(
         [{"dataset": r.dataset, "column": r.column, "protocol": r.protocol, "seed": r.seed, "data": r.data,
@@ -265,7 +326,7 @@ def table_frame(runs: list[RunRecord], table: int) -> pd.DataFrame:
         best_mean=("best", "mean"), best_std=("best", lambda x: float(np.std(x, ddof=STD_DDOF))),
     )
     # Every cell of the paper's table, in its order, then any cell the paper does not have.
-    cells = _expected_cells(table, _protocols(runs) or ["release"])
+    cells = _expected_cells(table, _protocols(runs) or ["release"], suite)
     cells += [cell for cell in stats.index if cell not in cells]
     paper = PAPER_NUMBERS[table]
     rows = []
@@ -363,7 +424,8 @@ def _sweep_commands(roots: Sequence[Path]) -> list[str]:
 
 def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunRecord], table: int,
                     roots: Sequence[Path], curve_files: dict[str, str], *, title: str | None,
-                    note: str | None, produced_by: str | None, aggregate_command: str) -> str:
+                    note: str | None, produced_by: str | None, aggregate_command: str,
+                    sections: Sequence[str] = ()) -> str:
     done = [r for r in runs if r.complete]
     incomplete = [r for r in runs if not r.complete]
     lines = [f"# {title or table_title(table) + ', reproduction'}", ""]
@@ -381,7 +443,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         f"{', '.join(f'`{root}`' for root in roots)}.",
         f"- Settings of the runs: {_settings(runs)}.",
     ]
-    if table == 1:
+    if table == 1 and any((r.dataset, r.column) in PAPER_NUMBERS[1] for r in runs):
         lines.append("- Paper: DMamba is the paper's own (5 seeds); DT, DS4 and DC are quoted by the paper "
                      "from the Decision ConvFormer paper.")
     if produced_by:
@@ -406,6 +468,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
         names = {dataset: ", ".join(dict.fromkeys(group["name"]))
                  for dataset, group in not_run.groupby("dataset", sort=False)}
         lines += [f"Not run (no run directory): {'; '.join(f'{d} ({n})' for d, n in names.items())}.", ""]
+    lines += sections  # protocol, cost, statistics, run index
 
     references = _reference_rows(done)
     if references:
@@ -441,24 +504,47 @@ def _paper_label(column: str, mean: float, std: float | None) -> str:
     return f"paper {name}: {mean:.1f}" + (f" ± {std:g}" if std is not None else " (no std published)")
 
 
-def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str, str]:
-    """One PNG and one SVG per dataset; returns {dataset: PNG file name} for the Markdown."""
+def _mean_time_curve(runs: list[RunRecord]) -> pd.DataFrame:
+    """Per evaluation step: the seeds' mean wall-clock (minutes) and mean ± std score."""
+    points = pd.DataFrame([(step, elapsed / 60, score) for r in runs
+                           for (step, score), (elapsed, _) in zip(r.curve, r.time_curve)],
+                          columns=["step", "minutes", "score"])
+    return points.groupby("step").agg(minutes=("minutes", "mean"), mean=("score", "mean"),
+                                      std=("score", lambda x: float(np.std(x, ddof=STD_DDOF)))).reset_index()
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """<path>.png and <path>.svg, each written atomically; closes the figure."""
+    for fmt in ("png", "svg"):
+        # svg.fonttype none: the SVG keeps its text as text (searchable, editable), not outlines
+        with atomic_path(path.with_suffix(f".{fmt}")) as tmp, plt.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(tmp, dpi=120, format=fmt)  # the temporary name does not end in .png
+    plt.close(fig)
+
+
+def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path, table_label: str | None = None) -> dict[str, str]:
+    """One PNG and one SVG per dataset: the score against updates (left) and against the run's
+    wall-clock time (right); returns {dataset: PNG file name} for the Markdown."""
     files = {}
     order = {cell: i for i, cell in enumerate(_expected_cells(table, _protocols(runs)))}
     for dataset in dict.fromkeys(r.dataset for r in runs if r.curve):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         cells = sorted({(r.column, r.protocol) for r in runs if r.dataset == dataset and r.curve},
                        key=lambda c: (order.get((dataset, *c), len(order)), c))
         papers_drawn: set[str] = set()  # one paper line per column, whatever the protocols
         for column, protocol in cells:
-            curves = [r.curve for r in runs
-                      if r.dataset == dataset and r.column == column and r.protocol == protocol and r.curve]
-            mean = _mean_curve(curves)
+            cell_runs = [r for r in runs
+                         if r.dataset == dataset and r.column == column and r.protocol == protocol and r.curve]
+            mean = _mean_curve([r.curve for r in cell_runs])
             label = (f"{display_name(column)}, {protocol} "
-                     f"({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+                     f"({len(cell_runs)} seed{'s' if len(cell_runs) > 1 else ''})")
             line, = ax.plot(mean["step"], mean["mean"], marker="o", markersize=3, label=label)
             ax.fill_between(mean["step"], mean["mean"] - mean["std"], mean["mean"] + mean["std"],
                             color=line.get_color(), alpha=0.2)
+            timed = _mean_time_curve(cell_runs)
+            ax_time.plot(timed["minutes"], timed["mean"], marker="o", markersize=3, color=line.get_color())
+            ax_time.fill_between(timed["minutes"], timed["mean"] - timed["std"], timed["mean"] + timed["std"],
+                                 color=line.get_color(), alpha=0.2)
             paper = PAPER_NUMBERS[table].get((dataset, column))  # only where the data is the paper's
             if paper is not None and column not in papers_drawn:
                 papers_drawn.add(column)
@@ -470,42 +556,342 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path) -> dict[str
         data = ", ".join(sorted({r.data for r in runs if r.dataset == dataset and r.curve}))
         protocols = ", ".join(dict.fromkeys(protocol for _, protocol in cells))
         ax.set_xlabel("training step")
+        ax_time.set_xlabel("wall-clock minutes of the run (training, evaluation, checkpoints)")
         ax.set_ylabel("normalized score" if table in (1, 3) else "gamer-normalized score")
-        ax.set_title(f"{TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
+        fig.suptitle(f"{table_label or TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
                      f"protocol {protocols}; mean ± std over seeds; dotted: the paper, band ± its std", fontsize=9)
-        ax.grid(alpha=0.3)
+        for axis in (ax, ax_time):
+            axis.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_prefix.parent / f"{out_prefix.name}-{dataset}.png"
-        for fmt in ("png", "svg"):
-            # svg.fonttype none: the SVG keeps its text as text (searchable, editable), not outlines
-            with atomic_path(path.with_suffix(f".{fmt}")) as tmp, plt.rc_context({"svg.fonttype": "none"}):
-                fig.savefig(tmp, dpi=120, format=fmt)  # the temporary name does not end in .png
-        plt.close(fig)
+        save_figure(fig, path)
         files[dataset] = path.name
     return files
+
+
+# ---------------------------------------------------------------- statistics
+# What the probability of improvement compares every other column of a table with.
+REFERENCE_COLUMN = {1: "dmamba", 2: "dmamba", 3: "default", 4: "k30"}
+SCORES = ("last", "best")
+
+
+def _scores_by_dataset(done: list[RunRecord], column: str, protocol: str, which: str) -> dict[str, np.ndarray]:
+    found: dict[str, list[float]] = {}
+    for r in sorted(done, key=lambda r: r.seed):
+        if r.column == column and r.protocol == protocol:
+            found.setdefault(r.dataset, []).append(float(r.summary[which]["score"]))
+    return {dataset: np.array(scores) for dataset, scores in found.items()}
+
+
+def _columns(done: list[RunRecord], table: int, protocol: str) -> list[str]:
+    order = list(dict.fromkeys(column for _, column, _ in _expected_cells(table)))
+    found = {r.column for r in done if r.protocol == protocol}
+    return [c for c in order if c in found] + sorted(found - set(order))
+
+
+def statistics_frame(done: list[RunRecord], table: int) -> pd.DataFrame:
+    """One row per (protocol, last/best, statistic, column): IQM and mean over the datasets and
+    seeds, and P(reference column > column) over the datasets both ran; intervals where every
+    dataset has stats.MIN_SEEDS seeds (else empty, and the note says why)."""
+    rows = []
+    for protocol in _protocols(done):
+        columns = _columns(done, table, protocol)
+        reference = REFERENCE_COLUMN[table]
+        for which in SCORES:
+            by_column = {c: _scores_by_dataset(done, c, protocol, which) for c in columns}
+            for column in columns:
+                scores = list(by_column[column].values())
+                estimates = stats.aggregate_estimates(scores)
+                for name, estimate in estimates.items():
+                    rows.append(_statistic_row(protocol, which, name, column, "", scores, estimate))
+            for column in columns:
+                if column == reference or reference not in by_column:
+                    continue
+                common = [d for d in by_column[reference] if d in by_column[column]]
+                if common:
+                    x, y = [by_column[reference][d] for d in common], [by_column[column][d] for d in common]
+                    rows.append(_statistic_row(protocol, which, "P(improvement)", reference, column, [*x, *y],
+                                               stats.probability_of_improvement(x, y)))
+    return pd.DataFrame(rows, columns=["protocol", "score", "statistic", "model", "versus", "datasets", "seeds_min",
+                                       "seeds_max", "value", "low", "high", "note"])
+
+
+def _statistic_row(protocol: str, which: str, name: str, column: str, versus: str, scores: list[np.ndarray],
+                   estimate: stats.Estimate) -> dict:
+    seeds = [len(s) for s in scores]
+    note = "" if estimate.low is not None else f"no interval: fewer than {stats.MIN_SEEDS} seeds on a dataset"
+    return {"protocol": protocol, "score": which, "statistic": name, "model": column, "versus": versus,
+            "datasets": len(scores) // (2 if versus else 1), "seeds_min": min(seeds), "seeds_max": max(seeds),
+            "value": estimate.value, "low": estimate.low, "high": estimate.high, "note": note}
+
+
+def _with_interval(row: Any, digits: int = 1) -> str:
+    if row.low is None or pd.isna(row.low):
+        return f"{row.value:.{digits}f} (no interval: {row.seeds_min} seed{'s' if row.seeds_min > 1 else ''})"
+    return f"{row.value:.{digits}f} [{row.low:.{digits}f}, {row.high:.{digits}f}]"
+
+
+def statistics_markdown(frame: pd.DataFrame, table: int, files: dict[str, str]) -> list[str]:
+    if frame.empty:
+        return []
+    lines = ["## Aggregate statistics over datasets and seeds", "",
+             f"Per {COLUMN_HEADERS[table].lower()} and protocol, over every finished run on every dataset it ran "
+             f"(Agarwal et al. 2021, *Deep RL at the edge of the statistical precipice*): the interquartile mean "
+             f"(IQM, the mean of the middle 50% of the runs' scores) and the mean, with 95% stratified-bootstrap "
+             f"intervals ({stats.BOOTSTRAP_REPS:,} replicates, each redrawing every dataset's seeds; bootstrap "
+             f"seed {stats.BOOTSTRAP_SEED}, so the numbers are the same on every aggregation; "
+             f"decision_mamba/stats.py with rliable's metrics). A group with fewer than {stats.MIN_SEEDS} seeds on "
+             f"a dataset shows its point estimate and says so: so few seeds give no interval worth printing.", ""]
+    header = ["Protocol", COLUMN_HEADERS[table], "Datasets", "Seeds per dataset", "Last: IQM", "Last: mean",
+              "Best: IQM", "Best: mean"]
+    rows = []
+    aggregates = frame[frame.versus == ""]
+    for (protocol, column), group in aggregates.groupby(["protocol", "model"], sort=False):
+        cell = {(r.score, r.statistic): r for r in group.itertuples()}
+        first = group.iloc[0]
+        seeds = str(first.seeds_min) if first.seeds_min == first.seeds_max else f"{first.seeds_min}-{first.seeds_max}"
+        rows.append([protocol, display_name(column), str(first.datasets), seeds,
+                     *[_with_interval(cell[(which, name)]) for which in SCORES for name in ("iqm", "mean")]])
+    lines += [_markdown_table(header, rows), ""]
+    improvement = frame[frame.versus != ""]
+    if len(improvement):
+        reference = display_name(REFERENCE_COLUMN[table])
+        lines += [f"Probability of improvement: the chance that a run of {reference} scores higher than a run of "
+                  f"the other on the same dataset (ties count one half), averaged over the datasets both ran, "
+                  f"with its 95% stratified-bootstrap interval; 0.5 is a tie.", ""]
+        rows = []
+        for (protocol, versus), group in improvement.groupby(["protocol", "versus"], sort=False):
+            cell = {r.score: r for r in group.itertuples()}
+            rows.append([protocol, f"P({reference} > {display_name(versus)})", str(group.iloc[0].datasets),
+                         *[_with_interval(cell[which], 2) if which in cell else "—" for which in SCORES]])
+        lines += [_markdown_table(["Protocol", "Comparison", "Datasets", "Last", "Best"], rows), ""]
+    lines += [f"![{name}]({path}) ([SVG]({Path(path).with_suffix('.svg')}))" for name, path in files.items()]
+    return [*lines, ""]
+
+
+def _label(column: str, protocol: str) -> str:
+    return f"{display_name(column)}, {protocol}"
+
+
+def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_prefix: Path,
+                    label: str | None = None) -> dict[str, str]:
+    """<out>-intervals, <out>-profiles and (with two columns or more) <out>-improvement, PNG and SVG."""
+    if frame.empty:
+        return {}
+    files = {}
+    label = label or TABLE_TITLES[table].split(":")[0]
+    unit = "normalized score" if table in (1, 3) else "gamer-normalized score"
+    aggregates = frame[frame.versus == ""]
+    groups = list(dict.fromkeys(zip(aggregates.protocol, aggregates.model)))
+    fig, axes = plt.subplots(2, 2, figsize=(9, 1.6 + 0.45 * len(groups)), squeeze=False)
+    for i, which in enumerate(SCORES):
+        for j, name in enumerate(("iqm", "mean")):
+            ax = axes[i, j]
+            for y, (protocol, column) in enumerate(groups):
+                row = aggregates[(aggregates.protocol == protocol) & (aggregates.model == column)
+                                 & (aggregates.score == which) & (aggregates.statistic == name)].iloc[0]
+                if pd.isna(row.low):
+                    ax.plot([row.value], [y], marker="x", color=f"C{y}")
+                else:
+                    ax.errorbar([row.value], [y], xerr=[[row.value - row.low], [row.high - row.value]],
+                                fmt="o", capsize=3, color=f"C{y}")
+            ax.set_yticks(range(len(groups)), [_label(c, p) for p, c in groups] if j == 0 else [""] * len(groups))
+            ax.set_title(f"{which}: {'IQM' if name == 'iqm' else 'mean'}", fontsize=9)
+            ax.set_xlabel(unit, fontsize=8)
+            ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"{label}: 95% stratified-bootstrap intervals (x: too few seeds)",
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_prefix.parent / f"{out_prefix.name}-intervals.png")
+    files["intervals"] = f"{out_prefix.name}-intervals.png"
+
+    every = np.concatenate([[float(r.summary[w]["score"]) for w in SCORES] for r in done])
+    taus = np.linspace(every.min() - 1, every.max() + 1, 101)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, which in zip(axes, SCORES):
+        for k, (protocol, column) in enumerate(groups):
+            scores = list(_scores_by_dataset(done, column, protocol, which).values())
+            profile, band = stats.performance_profile(scores, taus)
+            ax.plot(taus, profile, color=f"C{k}", label=_label(column, protocol))
+            if band is not None:
+                ax.fill_between(taus, band[0], band[1], color=f"C{k}", alpha=0.2)
+        ax.set_title(f"{which} score", fontsize=9)
+        ax.set_xlabel(f"{unit} tau", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of runs scoring above tau")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{label}: performance profiles over datasets and seeds "
+                 f"(band: 95% stratified bootstrap, where {stats.MIN_SEEDS}+ seeds)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_prefix.parent / f"{out_prefix.name}-profiles.png")
+    files["profiles"] = f"{out_prefix.name}-profiles.png"
+
+    improvement = frame[frame.versus != ""]
+    if len(improvement):
+        pairs = list(dict.fromkeys(zip(improvement.protocol, improvement.versus)))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 1.6 + 0.45 * len(pairs)), sharey=True)
+        reference = display_name(REFERENCE_COLUMN[table])
+        for ax, which in zip(axes, SCORES):
+            for y, (protocol, versus) in enumerate(pairs):
+                found = improvement[(improvement.protocol == protocol) & (improvement.versus == versus)
+                                    & (improvement.score == which)]
+                if found.empty:
+                    continue
+                row = found.iloc[0]
+                if pd.isna(row.low):
+                    ax.plot([row.value], [y], marker="x", color=f"C{y}")
+                else:
+                    ax.errorbar([row.value], [y], xerr=[[row.value - row.low], [row.high - row.value]],
+                                fmt="o", capsize=3, color=f"C{y}")
+            ax.axvline(0.5, color="grey", linestyle=":")
+            ax.set_xlim(0, 1)
+            ax.set_yticks(range(len(pairs)), [f"{reference} > {display_name(v)}, {p}" for p, v in pairs])
+            ax.set_title(f"{which} score", fontsize=9)
+            ax.set_xlabel("probability of improvement", fontsize=8)
+            ax.grid(alpha=0.3, axis="x")
+        fig.suptitle(f"{label}: P({reference} beats the other on a dataset), "
+                     f"95% intervals (x: too few seeds)", fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, out_prefix.parent / f"{out_prefix.name}-improvement.png")
+        files["improvement"] = f"{out_prefix.name}-improvement.png"
+    return files
+
+
+# ------------------------------------------------------------------ run index
+def _config_digest(run_dir: Path) -> str:
+    """The first 16 hex digits of config.yaml's SHA-256: equal digests, equal resolved configs."""
+    return hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()[:16]
+
+
+def run_index(runs: list[RunRecord]) -> pd.DataFrame:
+    """One row per run directory, finished or not: what it ran, on what, with which code, how
+    long it took and what it scored (<out>-runs.csv)."""
+    rows = []
+    for r in runs:
+        git = r.info.get("git") or {}
+        summary = r.summary or {}
+        rows.append({
+            "run": r.run_dir.name, "dataset": r.dataset, "column": r.column, "protocol": r.protocol, "seed": r.seed,
+            "status": "finished" if r.complete else f"unfinished ({r.iterations_done} iterations logged)",
+            "data": r.data, "data_fingerprint": r.identity.get("data_fingerprint", ""),
+            "config_digest": _config_digest(r.run_dir), "code_commit": git.get("commit") or "",
+            "code_dirty": git.get("dirty", ""), "device": r.info.get("device", ""),
+            "updates": summary.get("steps", ""), "wall_s": r.wall_s,
+            "update_s": r.times.get("update_s"), "sample_s": r.times.get("sample_s"),
+            "eval_step_s": r.times.get("eval_step_s"),
+            "last": summary["last"]["score"] if r.complete else None,
+            "best": summary["best"]["score"] if r.complete else None,
+            "best_step": summary["best"]["step"] if r.complete else None,
+            "wandb_url": summary.get("wandb_url") or "", "run_dir": str(r.run_dir),
+        })
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------ protocol, cost
+def _values(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in map(get, runs) if v not in (None, "", [])))
+
+
+def protocol_lines(runs: list[RunRecord], table: int) -> list[str]:
+    """What the numbers of this table are: episodes, targets, the picking rule, the data and the hardware."""
+    targets = "; ".join(f"{dataset}: {_values([r for r in runs if r.dataset == dataset], lambda r: r.config['eval']['targets'])}"
+                        for dataset in dict.fromkeys(r.dataset for r in runs))
+    evaluations = _values(runs, lambda r: r.config["train"]["num_iterations"] // r.config["eval"]["every"]
+                          + (r.config["train"]["num_iterations"] % r.config["eval"]["every"] != 0))
+    unit = "normalized score" if table in (1, 3) else "gamer-normalized score"
+    fingerprints = _values(runs, lambda r: r.identity.get("data_fingerprint", "")[:12])
+    return ["## Protocol", "",
+            f"- Episodes per return-to-go target: {_values(runs, lambda r: r.config['eval']['episodes'])} "
+            f"(`eval.episodes`), each of at most {_values(runs, lambda r: r.config['eval']['max_ep_len'])} steps.",
+            f"- Targets (`eval.targets`, raw returns): {targets}.",
+            f"- The reported number: an evaluation scores each target by the mean {unit} of its episodes and "
+            f"keeps the best target; **last** is the run's final evaluation, **best** the highest of its "
+            f"{evaluations} evaluation(s) (one every `eval.every` = {_values(runs, lambda r: r.config['eval']['every'])} "
+            f"iteration(s)); a cell is the mean ± std of its seeds' numbers.",
+            f"- Data: {_values(runs, lambda r: r.data)} (fingerprints {fingerprints or 'not recorded'}).",
+            f"- Hardware: {_values(runs, lambda r: r.info.get('device')) or 'not recorded'}; code "
+            f"{_values(runs, lambda r: ((r.info.get('git') or {}).get('commit') or '')[:12]) or 'not recorded'}, "
+            f"torch {_values(runs, lambda r: (r.info.get('packages') or {}).get('torch')) or 'not recorded'}.", ""]
+
+
+def cost_lines(runs: list[RunRecord], table: int) -> list[str]:
+    """The wall time the table's runs took, in all and per run, per column and protocol."""
+    timed = [r for r in runs if r.wall_s is not None]
+    if not timed:
+        return ["## Cost", "", "The runs record no wall time (metrics.jsonl without `time` or training times).", ""]
+    header = ["Protocol", COLUMN_HEADERS[table], "Runs", "Wall time (all runs)", "Per run", "Per update",
+              "Per batch draw", "Per evaluation step"]
+    rows = []
+    for (protocol, column) in dict.fromkeys((r.protocol, r.column) for r in timed):
+        group = [r for r in timed if (r.protocol, r.column) == (protocol, column)]
+        mean = lambda key: np.mean([r.times[key] for r in group if key in r.times]) if any(key in r.times for r in group) else None
+        rows.append([protocol, display_name(column), str(len(group)), _duration(sum(r.wall_s for r in group)),
+                     _duration(np.mean([r.wall_s for r in group])),
+                     *[f"{mean(key) * 1e3:.1f} ms" if mean(key) is not None else "—"
+                       for key in ("update_s", "sample_s", "eval_step_s")]])
+    total = sum(r.wall_s for r in timed)
+    devices = _values(timed, lambda r: r.info.get("device")) or "a device not recorded"
+    return ["## Cost", "",
+            f"The runs' wall time in their training loops (training, evaluation and checkpoints; metrics.jsonl's "
+            f"`time`; not the start-up, data loading and closing reference measurements of each process, which "
+            f"weigh only in tiny runs), summed: "
+            f"**{_duration(total)}** for {len(timed)} run(s) on {devices}"
+            + (f" ({len(runs) - len(timed)} run(s) without timings not counted)" if len(timed) < len(runs) else "")
+            + ". Runs that ran side by side (`--slots`) shared the machine, so a run alone may be faster. "
+              "The per-step times are the runs' means.", "",
+            _markdown_table(header, rows), ""]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # ----------------------------------------------------------------------- CLI
 def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str | None = None,
               note: str | None = None, produced_by: str | None = None,
-              aggregate_command: str = "") -> pd.DataFrame:
-    """Write <out>.md, <out>.csv and <out>-<dataset>.png / .svg; return the table (one row per cell)."""
+              aggregate_command: str = "", suite: str = "d4rl") -> pd.DataFrame:
+    """Write <out>.md, <out>.csv, <out>-<dataset>.png / .svg, the statistics (<out>-stats.csv,
+    <out>-intervals / -profiles / -improvement .png / .svg) and the run index (<out>-runs.csv);
+    return the table (one row per cell)."""
     if table not in TABLES:
         raise AggregateError(f"--table must be one of {sorted(TABLES)}, got {table}")
+    if suite not in SUITES or (suite == "minari" and table != 1):
+        raise AggregateError(f"--suite {suite}: the suites are {', '.join(SUITES)}, and minari is Table 1's")
+    label = None
+    if suite == "minari":  # labelled everywhere: the title, a note under it, every plot
+        title, note, label = title or MINARI_TITLE, MINARI_NOTE + (f"\n\n{note}" if note else ""), MINARI_LABEL
     everything = find_runs(roots, table)
     runs = [r for r in everything if r.table in (None, table)]
     other = [r for r in everything if r.table not in (None, table)]
     if not runs:
         raise AggregateError(f"the run directories under {', '.join(map(str, roots))} belong to "
                              f"table(s) {sorted({r.table for r in other})}, not table {table}")
-    frame = table_frame(runs, table)
-    curve_files = plot_curves(runs, table, out_prefix)
+    frame = table_frame(runs, table, suite)
+    column_name = {"column": "model" if table in (1, 2) else "variant"}
+    done = [r for r in runs if r.complete]
+    statistics = statistics_frame(done, table)  # first: without rliable it stops before anything is written
+    curve_files = plot_curves(runs, table, out_prefix, label)
+    statistics_files = plot_statistics(statistics, done, table, out_prefix, label)
+    index_name = f"{out_prefix.name}-runs.csv"
+    sections = [*protocol_lines(runs, table), *cost_lines(runs, table),
+                *statistics_markdown(statistics, table, statistics_files),
+                "## Run index", "",
+                f"[{index_name}]({index_name}): one row per run directory (finished or not) with its seed, protocol, "
+                f"data and its fingerprint, config digest, code commit, device, wall time, last and best score "
+                f"and wandb URL (when it ran online).", ""]
     markdown = render_markdown(frame, runs, other, table, roots, curve_files, title=title, note=note,
-                               produced_by=produced_by, aggregate_command=aggregate_command)
+                               produced_by=produced_by, aggregate_command=aggregate_command, sections=sections)
     write_text_atomic(out_prefix.parent / f"{out_prefix.name}.md", markdown)
-    csv = seed_rows(frame, runs).rename(columns={"column": "model" if table in (1, 2) else "variant"})
+    csv = seed_rows(frame, runs).rename(columns=column_name)
     write_text_atomic(out_prefix.parent / f"{out_prefix.name}.csv", csv.to_csv(index=False))
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}-stats.csv",
+                      statistics.rename(columns={"model": column_name["column"]}).to_csv(index=False))
+    write_text_atomic(out_prefix.parent / index_name, run_index(runs).rename(columns=column_name).to_csv(index=False))
     return frame
 
 
@@ -522,12 +908,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="folders of run directories, e.g. runs/table1")
     parser.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
     parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png and .svg")
+    parser.add_argument("--suite", default="d4rl", choices=list(SUITES),
+                        help="minari: Table 1 on Minari's mujoco/*-v0 datasets (its cells, its labels)")
     parser.add_argument("--title", help="the Markdown title (default: the table's name)")
     parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
     parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")
     args = parser.parse_args(argv)
     frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
-                      produced_by=args.produced_by, aggregate_command=_command_line(argv))
+                      produced_by=args.produced_by, aggregate_command=_command_line(argv), suite=args.suite)
     print(f"wrote {args.out}.md and {args.out}.csv "
           f"({int((frame.seeds_done > 0).sum())} of {len(frame)} cells have runs)")
     return 0

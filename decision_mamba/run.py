@@ -2,7 +2,8 @@
 
 A run directory holds
     config.yaml          the resolved config
-    metrics.jsonl        one line per iteration: training statistics and the evaluation
+    metrics.jsonl        one line per iteration: training statistics, the evaluation, and the wall
+                         time per update, batch draw and evaluation step (runlog.iteration_times)
     identity.json        what the numbers depend on besides the config: data fingerprint,
                          environment, thread counts, code version (decision_mamba/checkpoint.py)
     checkpoints/iter_NNN.pt  self-contained: the trainer's full state after iteration NNN, the
@@ -43,7 +44,7 @@ from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, 
 from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
 from decision_mamba.protocols import protocol_label
-from decision_mamba.runlog import StepLog, banner, format_eval, run_info, write_run_info
+from decision_mamba.runlog import StepLog, banner, format_eval, iteration_times, run_info, write_run_info
 from decision_mamba.scores import run_score
 from decision_mamba.trainer import Trainer
 from decision_mamba.video import iteration_video_dir
@@ -123,6 +124,11 @@ class MetricsLog:
                 config=to_dict(cfg), dir=str(run_dir), mode=cfg.run.wandb,
                 id=_wandb_id(run_dir), resume="allow",
             )
+
+    @property
+    def url(self) -> str | None:
+        """The run's page on wandb's server; None when wandb is off or offline (nothing is uploaded)."""
+        return getattr(self.wandb_run, "url", None) if self.wandb_run is not None and not self.wandb_run.offline else None
 
     def records(self) -> list[dict]:
         return read_records(self.path)
@@ -283,8 +289,11 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     # One bar over the whole run, so its ETA is the run's.
     bar = tqdm(total=n_iter * steps, initial=(start_iteration - 1) * steps, desc="train", unit="step",
                disable=not cfg.run.progress, dynamic_ncols=True, mininterval=2.0)
+    # The run's wall-clock so far (a resumed run goes on from its last record's), for the curves against time.
+    previous = log.records()
+    elapsed, mark = (previous[-1].get("time", {}).get("elapsed_s", 0.0) if previous else 0.0), time.perf_counter()
     for iteration in range(start_iteration, n_iter + 1):
-        losses, grad_norms, train_time = [], [], 0.0
+        losses, grad_norms, train_time, sample_time = [], [], 0.0, 0.0
         tokens_before = trainer.tokens
         for _ in range(steps):
             t0 = time.perf_counter()
@@ -292,6 +301,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             stats = trainer.train_step()
             dt = time.perf_counter() - t0
             train_time += dt
+            sample_time += stats.sample_s
             losses.append(stats.loss)
             grad_norms.append(stats.grad_norm)
             step_log.add(step=trainer.step, loss=stats.loss, lr=stats.lr, grad_norm=stats.grad_norm,
@@ -319,6 +329,10 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
             record["eval_time_s"] = time.perf_counter() - t1
             log.log_videos(iteration_video_dir(run_dir, iteration), trainer.step)
             bar.write(format_eval(iteration, n_iter, record))
+        now = time.perf_counter()
+        elapsed, mark = elapsed + now - mark, now
+        record["time"] = iteration_times(record, updates=len(losses), sample_s=sample_time,
+                                         episodes=cfg.eval.episodes, elapsed_s=elapsed)
         log.log(record)
         save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),
                                                                "config": config_yaml, "identity": identity})
@@ -332,7 +346,8 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
     summary = {"run_dir": str(run_dir), "group": group, "protocol": protocol_label(cfg),
                "tags": tags or [], "steps": trainer.step, **best_and_last(records),
-               "time_s": seconds, "compute": compute,
+               "time_s": {**seconds, "wall": records[-1].get("time", {}).get("elapsed_s") if records else None},
+               "wandb_url": log.url, "compute": compute,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",
                **(extra_summary or {})}

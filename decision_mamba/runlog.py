@@ -170,6 +170,20 @@ class StepLog:
         return record
 
 
+# ---------------------------------------------------------------- wall-clock
+def iteration_times(record: dict, *, updates: int, sample_s: float, episodes: int, elapsed_s: float) -> dict:
+    """metrics.jsonl's "time" of one iteration (d3rlpy-benchmarks' time_algorithm_update,
+    time_sample_batch and time_step): seconds per update (the batch's draw included), per batch
+    draw, per evaluation step (the evaluation's wall-clock over its episodes' steps: the
+    episodes run in lock-step, so this is the amortised cost of one simulator step and its
+    share of the model call; null without an evaluation), and the run's wall-clock so far."""
+    steps = sum(target["length_mean"] for target in record.get("eval", {}).values()) * episodes
+    return {"update_s": record["train"]["time_s"] / max(1, updates),
+            "sample_s": sample_s / max(1, updates),
+            "eval_step_s": record["eval_time_s"] / steps if record.get("eval") and steps else None,
+            "elapsed_s": elapsed_s}
+
+
 # ------------------------------------------------------------------ the terminal
 def banner(run_dir: Path, info: dict[str, Any], *, total_steps: int, start_step: int = 0) -> str:
     """The lines a run prints before its first update."""

@@ -7,7 +7,7 @@
         --time 2880 --array-parallelism 12
     python -m decision_mamba.sweep table2 --smoke                     # the protocol at a tiny budget
 
---smoke runs the table's protocol (every model / variant, the first two seeds) at a tiny
+--smoke runs the table's protocol (every model / variant, the first three seeds) at a tiny
 budget on data made here: the bundled data/hopper-medium-v4-gen.hdf5 for the gym tables
 (one row, hopper-medium), a DQN-replay-format dataset recorded from the real emulator
 (decision_mamba.data.record_atari, Breakout unless --datasets) for the Atari tables. It
@@ -81,6 +81,12 @@ GYM_DATASETS = (
     "halfcheetah-medium-expert", "hopper-medium-expert", "walker2d-medium-expert",
 )
 MEDIUM_DATASETS = ("halfcheetah-medium", "hopper-medium", "walker2d-medium")
+# Table 1 on Minari (--suite minari, scripts/table1_minari.sh): the same models, seeds and
+# settings on Minari's mujoco/<env>/<level>-v0 datasets (configs/minari/mujoco-<env>-<level>.yaml),
+# under the clean protocol; not comparable with D4RL's Table 1 (docs/results.md).
+MINARI_DATASETS = tuple(f"{env}-{level}" for level in ("simple", "medium", "expert")
+                        for env in ("halfcheetah", "hopper", "walker2d"))
+SUITES = ("d4rl", "minari")
 ATARI_GAMES = ("breakout", "qbert", "pong", "seaquest")
 
 # The table scripts re-run the experiment behind the paper's numbers unless told otherwise.
@@ -135,7 +141,7 @@ SMOKE_BUDGET = {
               "train.warmup_tokens=100", "eval.episodes=1", "eval.max_ep_len=30"),
 }
 SMOKE_COMMON = ("train.num_threads=1", f"run.wandb_project={naming.SMOKE_WANDB_PROJECT}")  # tagged "smoke"
-SMOKE_SEEDS = 2  # the table's first two seeds: a mean ± std to show
+SMOKE_SEEDS = 3  # the table's first three seeds: the fewest the aggregator gives intervals for
 SMOKE_RECORDING = {"buffers": 2, "transitions": 300, "max_steps": 100}  # per game, a few seconds
 
 
@@ -248,7 +254,9 @@ def check_overrides(table: int, overrides: list[str]) -> None:
                              f"use {managed[key.strip()]} instead of the override {override!r}")
 
 
-def _config_path(table: int, dataset: str) -> str:
+def _config_path(table: int, dataset: str, suite: str = "d4rl") -> str:
+    if suite == "minari":
+        return f"configs/minari/mujoco-{dataset}.yaml"
     if table in (1, 3):
         return f"configs/gym/{dataset}.yaml"
     return f"configs/atari/{dataset}.yaml"
@@ -268,7 +276,8 @@ def _variant_overrides(table: int, config: str, variant: str) -> list[str]:
 def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | None = None,
                models: list[str] | None = None, variants: list[str] | None = None,
                seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
-               wandb: str = "disabled", protocol: str = DEFAULT_PROTOCOL, smoke: bool = False) -> list[Run]:
+               wandb: str = "disabled", protocol: str = DEFAULT_PROTOCOL, smoke: bool = False,
+               suite: str = "d4rl") -> list[Run]:
     """Every run of the table (datasets x models x variants x seeds), filtered, under `protocol`.
 
     Names and groups come from the resolved config (naming.py), so a pass-through
@@ -279,6 +288,12 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
     if table not in TABLES:
         raise SweepError(f"no table {table}; the paper's tables are {sorted(TABLES)}")
     spec = TABLES[table]
+    if suite not in SUITES or (suite == "minari" and (table != 1 or smoke or protocol == "release")):
+        raise SweepError(f"--suite {suite}: the suites are {', '.join(SUITES)}; minari is Table 1's, under "
+                         f"--protocol clean (the Minari suite refuses the release's D4RL settings), without --smoke")
+    if suite == "minari":
+        spec = dataclasses.replace(spec, datasets=MINARI_DATASETS)
+        out_dir = out_dir or f"runs/table{table}-minari"
     if variants and spec.variants == ("",):
         raise SweepError(f"table {table} has no variants; --variants is for tables 3 and 4")
     if wandb not in ("disabled", "offline", "online"):
@@ -308,7 +323,7 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
     for dataset in _pick("dataset", datasets, spec.datasets, table):
         for model in _pick("model", models, spec.models, table):
             for variant in _pick("variant", variants, spec.variants, table):
-                config = _config_path(table, dataset)
+                config = _config_path(table, dataset, suite)
                 variant_overrides = _variant_overrides(table, config, variant)
                 chosen = [f"model.mixer={spec_of_model(model).name}", f"protocol={protocol}"]
                 resolved = load_config(schema, REPO_ROOT / config, variant_overrides + chosen + list(overrides))
@@ -550,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
                         help="release: every switch as in the authors' code behind the paper's numbers "
                              "(default); clean: this project's corrected behaviour (decision_mamba/protocols.py)")
+    parser.add_argument("--suite", default="d4rl", choices=list(SUITES),
+                        help="table1 only: minari runs Table 1 on Minari's mujoco/*-v0 datasets "
+                             "(with --protocol clean; scripts/table1_minari.sh)")
     parser.add_argument("--dry-run", action="store_true", help="print one command line per run, launch nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="the table's protocol at a tiny budget on generated / recorded data, into "
@@ -576,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     # SweepError and ConfigError are UserErrors: cli_main prints them in one line, status 2.
     runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
                       variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb,
-                      protocol=args.protocol, smoke=args.smoke)
+                      protocol=args.protocol, smoke=args.smoke, suite=args.suite)
     for run in runs[:1]:
         run.resolved_config()  # a misspelt override fails here, before anything starts
     if args.smoke and not args.dry_run:

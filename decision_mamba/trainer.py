@@ -13,6 +13,7 @@ exactly where the checkpoint was taken.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ class StepStats:
     loss: float
     lr: float
     grad_norm: float
+    sample_s: float = 0.0  # wall-clock of drawing the batch and moving it to the device
 
 
 class Trainer:
@@ -118,7 +120,9 @@ class Trainer:
 
     def train_step(self) -> StepStats:
         self.model.train()
+        start = time.perf_counter()
         batch = to_torch(self.sample_batch(self.rng), self.device)
+        sample_s = time.perf_counter() - start
         lr = self.cfg.learning_rate * self.lr_multiplier()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -132,7 +136,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.tokens += int(batch["mask"].sum())
-        return StepStats(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
+        return StepStats(loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm), sample_s=sample_s)
 
     def state_dict(self) -> dict:
         return {

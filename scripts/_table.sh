@@ -43,11 +43,11 @@ for arg in "$@"; do
   [[ "$arg" == "--" ]] && break
   if [[ "$arg" == "--dry-run" || "$arg" == "slurm" || "$arg" == "--launcher=slurm" ]]; then
     if [[ $status -ne 0 ]]; then exit $status; fi  # e.g. the SLURM submission failed
-    echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT"
+    echo "# when the runs have finished: $PYTHON -m decision_mamba.aggregate $RUNS --table $TABLE --out $OUT${SUITE:+ --suite $SUITE}"
     exit 0
   fi
 done
 # Also after failed runs: the table lists them as unfinished.
-"$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" \
+"$PYTHON" -m decision_mamba.aggregate "$RUNS" --table "$TABLE" --out "$OUT" ${SUITE:+--suite "$SUITE"} \
   --produced-by "${PRODUCED_BY% }" ${TITLE:+--title "$TITLE"} ${NOTE:+--note "$NOTE"}
 exit $status

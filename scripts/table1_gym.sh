@@ -8,6 +8,11 @@
 #   scripts/table1_gym.sh --dry-run                         # list the runs
 #   scripts/table1_gym.sh --smoke                          # the protocol at a tiny budget on generated data
 #
+# Writes results/table1.md (the table, its protocol, its wall-time cost, the IQM / mean with
+# 95% bootstrap intervals and P(DMamba > each baseline)), .csv, -stats.csv, -runs.csv (the run
+# index) and the curves, intervals, profiles and improvement plots (.png, .svg); docs/results.md.
+# Table 1 on Minari's mujoco/*-v0 datasets: scripts/table1_minari.sh.
+#
 # Arguments go to `python -m decision_mamba.sweep table1` (filters, launcher; key=value
 # overrides for every run after --). Environment: RUNS (run directories, default
 # runs/table1), OUT (output prefix, default results/table1), TITLE and NOTE (the table's

@@ -6,6 +6,7 @@ module, from the summary.json files themselves."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -13,9 +14,11 @@ import statistics
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from decision_mamba import aggregate, sweep
+from decision_mamba import aggregate, stats, sweep
 from decision_mamba.errors import cli_main
 from helpers import write_episodes_d4rl
 
@@ -174,19 +177,20 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
     for table, spec in sweep.TABLES.items():
         cells = {(dataset, column) for dataset, column, _ in aggregate._expected_cells(table)}
         assert cells == set(aggregate.PAPER_NUMBERS[table]), f"table {table}"
-    # spot checks against the paper's Tables 1-4
+    # spot checks against the paper's Tables 2-4
     assert aggregate.PAPER_NUMBERS[2][("pong", "dmamba")] == (63.2, 102.1)
     assert aggregate.PAPER_NUMBERS[3][("hopper-medium", "rc-2l")] == (85.2, 14.9)
     assert aggregate.PAPER_NUMBERS[4][("qbert", "k60")] == (15.7, 5.5)
 
 
-def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float]) -> None:
-    """A finished Table 1 run on D4RL hopper-medium whose evaluations scored `curve` (steps 10, 20, ...)."""
+def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], dataset: str = "hopper-medium",
+                   config: str = "configs/gym/{dataset}.yaml", protocol: str = "release") -> None:
+    """A finished Table 1 run on a D4RL dataset whose evaluations scored `curve` (steps 10, 20, ...)."""
     from decision_mamba import naming
     from decision_mamba.config import GymConfig, load_config, to_yaml
 
-    cfg = load_config(GymConfig, REPO / "configs/gym/hopper-medium.yaml",
-                      ["protocol=release", f"seed={seed}", f"model.mixer={mixer}"])
+    cfg = load_config(GymConfig, REPO / config.format(dataset=dataset),
+                      [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}"])
     cfg.run.wandb_group = naming.run_group(cfg, table=1)
     run_dir = root / naming.run_name(cfg)
     run_dir.mkdir(parents=True)
@@ -231,3 +235,100 @@ def test_per_seed_csv_rows_one_seed_cells_and_the_paper_in_the_plot(tmp_path):
     assert "DMamba, release (2 seeds)" in text and "trained on D4RL hopper-medium-v2" in text
     assert "protocol release" in text
     assert "([SVG](t1-hopper-medium.svg))" in markdown
+
+
+def test_interval_statistics_of_hand_made_runs(tmp_path):
+    """Two datasets, DMamba with 3 seeds on each, DT with 3 on one and 2 on the other: the
+    statistics file against stats.py's functions and a hand-computed IQM and P(improvement)."""
+    from rliable import metrics
+
+    runs = tmp_path / "runs"
+    last = {("mamba", "hopper-medium"): [40.0, 50.0, 45.0], ("mamba", "walker2d-medium"): [70.0, 72.0, 90.0],
+            ("attention", "hopper-medium"): [25.0, 45.0, 30.0], ("attention", "walker2d-medium"): [72.0, 60.0]}
+    for (mixer, dataset), scores in last.items():
+        for seed, score in zip((12, 23, 34), scores):
+            _hand_made_run(runs, mixer, seed, [score - 5, score], dataset)  # best = last: a rising curve
+    prefix = tmp_path / "out" / "t1"
+    assert aggregate.main([str(runs), "--table", "1", "--out", str(prefix)]) == 0
+    rows = {(r["score"], r["statistic"], r["model"], r["versus"]): r for r in csv.DictReader(open(f"{prefix}-stats.csv"))}
+
+    dmamba = rows[("last", "iqm", "dmamba", "")]
+    # pooled and sorted: 40 45 50 70 72 90; the middle half (trim_mean's 25%: one from each end)
+    assert float(dmamba["value"]) == pytest.approx((45 + 50 + 70 + 72) / 4)
+    assert float(rows[("last", "mean", "dmamba", "")]["value"]) == pytest.approx(367 / 6)
+    assert float(dmamba["low"]) < float(dmamba["value"]) < float(dmamba["high"]) and dmamba["note"] == ""
+    found = stats.aggregate_estimates([np.array(last[("mamba", d)]) for d in ("hopper-medium", "walker2d-medium")])
+    assert (float(dmamba["low"]), float(dmamba["high"])) == (found["iqm"].low, found["iqm"].high)
+    # DT has 2 seeds on walker2d: a point estimate, no interval, and the note says why
+    dt = rows[("last", "mean", "dt", "")]
+    assert dt["low"] == "" and "fewer than 3 seeds" in dt["note"] and (dt["seeds_min"], dt["seeds_max"]) == ("2", "3")
+    # P(DMamba > DT): hopper 40 45 50 vs 25 45 30 -> (2 + 2.5 + 3) / 9; walker2d 70 72 90 vs 72 60 -> (1 + 1.5 + 2) / 6
+    improvement = rows[("last", "P(improvement)", "dmamba", "dt")]
+    assert float(improvement["value"]) == pytest.approx((7.5 / 9 + 4.5 / 6) / 2)
+    x = np.array([last[("mamba", "hopper-medium")]]).T
+    assert metrics.probability_of_improvement(x, np.array([last[("attention", "hopper-medium")]]).T) == pytest.approx(7.5 / 9)
+    assert improvement["low"] == ""  # DT's 2 walker2d seeds
+
+    markdown = Path(f"{prefix}.md").read_text()
+    assert f"| release | DMamba | 2 | 3 | {(45 + 50 + 70 + 72) / 4:.1f} [" in markdown
+    assert "| release | DT | 2 | 2-3 | " in markdown and "(no interval: 2 seeds)" in markdown
+    assert "| release | P(DMamba > DT) | 2 | 0.79 (no interval: 2 seeds) |" in markdown
+    for name in ("intervals", "profiles", "improvement"):
+        assert matplotlib.image.imread(tmp_path / "out" / f"t1-{name}.png").ndim == 3
+        assert f"![{name}](t1-{name}.png)" in markdown
+    assert "The runs record no wall time" in markdown  # made by hand, without timings
+
+
+def test_run_index_protocol_and_cost_of_real_runs(table1_runs, tmp_path):
+    prefix = tmp_path / "table1"
+    aggregate.main([str(table1_runs), "--table", "1", "--out", str(prefix)])
+    index = {r["run"]: r for r in csv.DictReader(open(f"{prefix}-runs.csv"))}
+    assert len(index) == 6  # finished and unfinished
+    walls = []
+    for name, row in index.items():
+        run_dir = table1_runs / name
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        identity = json.loads((run_dir / "identity.json").read_text())
+        info = json.loads((run_dir / "run_info.json").read_text())
+        assert float(row["wall_s"]) == pytest.approx(metrics[-1]["time"]["elapsed_s"])
+        assert float(row["update_s"]) == pytest.approx(statistics.fmean(m["time"]["update_s"] for m in metrics))
+        assert row["data_fingerprint"] == identity["data_fingerprint"] and row["code_commit"] == (info["git"]["commit"] or "")
+        assert row["config_digest"] == hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()[:16]
+        assert row["seed"] == name.rsplit("-s", 1)[1] and row["data"] == "hopper-random-test.hdf5"
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            assert float(row["last"]) == summary["last"]["score"] and float(row["best"]) == summary["best"]["score"]
+            assert row["status"] == "finished"
+        else:
+            assert row["status"].startswith("unfinished") and row["last"] == ""
+        walls.append(float(row["wall_s"]))
+
+    markdown = Path(f"{prefix}.md").read_text()
+    protocol = markdown.split("## Protocol")[1].split("##")[0]
+    assert "Episodes per return-to-go target: 1 (`eval.episodes`), each of at most 15 steps." in protocol
+    targets = OmegaConf.load(table1_runs / "hopper-random-test-dt-release-s12" / "config.yaml").eval.targets
+    assert f"Targets (`eval.targets`, raw returns): hopper-random-test: {list(targets)}." in protocol
+    assert "**best** the highest of its 3 evaluation(s)" in protocol and "Hardware: cpu (1 threads)" in protocol
+    cost = markdown.split("## Cost")[1].split("##")[0]
+    assert f"**{aggregate._duration(sum(walls))}** for 6 run(s)" in cost
+    assert "| release | DT | 3 |" in cost and "ms |" in cost
+
+
+def test_table1_on_minari_has_its_own_cells_and_says_it_is_not_d4rls(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, score in zip((12, 23, 34), (101.0, 99.0, 104.0)):
+        _hand_made_run(runs, "mamba", seed, [score - 3, score], "hopper-medium",
+                       config="configs/minari/mujoco-{dataset}.yaml", protocol="clean")
+    prefix = tmp_path / "out" / "t1-minari"
+    assert aggregate.main([str(runs), "--table", "1", "--suite", "minari", "--out", str(prefix)]) == 0
+    rows = [r for r in csv.DictReader(open(f"{prefix}.csv")) if r["seed"] == ""]
+    # the nine Minari datasets x four models, no D4RL cell, no paper number
+    assert {r["dataset"] for r in rows} == {f"mujoco-{d}-v0" for d in sweep.MINARI_DATASETS} and len(rows) == 36
+    assert all(r["paper_mean"] == "" for r in rows) and {r["protocol"] for r in rows} == {"clean"}
+    markdown = Path(f"{prefix}.md").read_text()
+    assert markdown.startswith("# Table 1 on Minari's MuJoCo datasets") and "not comparable with D4RL's Table 1" in markdown
+    assert "**Not comparable with D4RL's Table 1, nor with the paper's numbers.**" in markdown
+    assert "| mujoco-hopper-medium-v0 | DMamba | clean | minari:mujoco/hopper/medium-v0 | 3/5 (12 23 34) |" in markdown
+    assert "Paper: DMamba is the paper's own" not in markdown
+    assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-intervals.svg").read_text()
+    assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-mujoco-hopper-medium-v0.svg").read_text()

@@ -32,6 +32,7 @@ def metrics(run_dir):
     for line in lines:
         record = json.loads(line)
         record.pop("eval_time_s", None)
+        record.pop("time", None)
         for timing in ("time_s", "steps_per_s", "tokens_per_s"):  # wall-clock, not numbers of the run
             record["train"].pop(timing, None)
         out.append(record)

@@ -118,3 +118,27 @@ def test_terminal_shows_banner_and_timed_eval_lines_per_target(tmp_path, capsys)
     assert len(evals) == 2
     assert all("steps/s" in line and "eval " in line and "target 1: return" in line for line in evals)
     assert evals[1].startswith("[iter 2/2 step 10]")
+
+
+def test_wall_time_per_update_batch_draw_and_evaluation_step(tmp_path):
+    cfg, trainer, evaluate = tiny_setup(tmp_path, ["eval.episodes=4"])  # 3 iterations x 5 updates
+    seen = recording(trainer)
+    slow = evaluate
+
+    def evaluate_with_steps(iteration):  # 2 targets x 4 episodes of mean length 3 and 5: 32 steps
+        result = slow(iteration)["1"]
+        return {"1": {**result, "length_mean": 3.0}, "2": {**result, "length_mean": 5.0}}
+
+    summary = run_experiment(cfg, trainer, evaluate_with_steps, run_dir=tmp_path / "run", group="g")
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    for i, record in enumerate(metrics):
+        window = [s for step, s, _ in seen if 5 * i < step <= 5 * i + 5]
+        assert record["time"]["update_s"] == pytest.approx(record["train"]["time_s"] / 5)
+        assert record["time"]["sample_s"] == pytest.approx(sum(s.sample_s for s in window) / 5)
+        assert 0 < record["time"]["sample_s"] < record["time"]["update_s"]
+        assert record["time"]["eval_step_s"] == pytest.approx(record["eval_time_s"] / 32)
+    elapsed = [r["time"]["elapsed_s"] for r in metrics]
+    # the run's wall-clock: at least its updates and evaluations, growing every iteration
+    spent = [sum(r["train"]["time_s"] + r["eval_time_s"] for r in metrics[:i + 1]) for i in range(3)]
+    assert all(e >= s for e, s in zip(elapsed, spent)) and elapsed == sorted(elapsed)
+    assert summary["time_s"]["wall"] == elapsed[-1] and summary["wandb_url"] is None

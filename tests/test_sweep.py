@@ -347,6 +347,10 @@ def test_table_script_smoke_runs_the_protocol_into_its_own_folders(tmp_path):
     assert [(r["model"], r["seed"], r["seeds_done"]) for r in rows] == [("dmamba", "", "1"), ("dmamba", "12", "1")]
     assert float(rows[1]["last_mean"]) == summary["last"]["score"]
     assert (results / "table1-hopper-medium-v4-gen.svg").is_file()
+    # beside the table: its protocol and cost, the statistics, the profiles and the run index
+    assert "## Protocol" in markdown and "## Cost" in markdown and "## Aggregate statistics" in markdown
+    assert (results / "table1-stats.csv").is_file() and (results / "table1-profiles.svg").is_file()
+    assert [r["run"] for r in csv.DictReader(open(results / "table1-runs.csv"))] == [run_dir.name]
 
 
 def test_smoke_never_writes_into_the_real_table_folder(tmp_path, monkeypatch, capsys):
@@ -362,9 +366,9 @@ def test_atari_smoke_records_a_dataset_the_runs_can_load(tmp_path):
     from decision_mamba.data.atari_replay import load_dqn_replay
 
     runs = sweep.table_runs(4, out_dir=str(tmp_path / "smoke" / "table4"), smoke=True)
-    # every K of Table 4 on Breakout, the first two seeds, all on the recorded data
+    # every K of Table 4 on Breakout, the first three seeds, all on the recorded data
     assert sorted({(r.variant, r.seed) for r in runs}) == [(k, s) for k in ("k10", "k30", "k40", "k60")
-                                                           for s in (123, 231)]
+                                                           for s in (123, 231, 312)]
     cfg = runs[0].resolved_config()
     assert naming.run_tags(cfg) == ["data:dqn-replay", "protocol:release", "smoke"]  # never mistaken for DQN's data
     assert cfg.data_dir == str(tmp_path / "smoke" / "dqn_replay_recorded") and cfg.train.num_iterations == 2

@@ -10,8 +10,12 @@ env      the dataset's own evaluation environment: its eval_env_spec, else the e
          the config are not used. An episode ends at that environment's time limit or
          after eval.max_ep_len steps, whichever comes first.
 score    100 * (R - ref_min_score) / (ref_max_score - ref_min_score), from the dataset's
-         metadata (minari.get_normalized_score, times 100); a dataset without reference
-         scores is refused, since every run reports a normalised score
+         metadata (minari.get_normalized_score, times 100). Minari's mujoco/{hopper,halfcheetah,
+         walker2d}/*-v0 datasets carry none: they are scored with this project's pinned -v5
+         references (scores.MINARI_REFERENCE_RETURNS: a random policy measured here, the expert
+         dataset's mean return), which makes their scores comparable with each other but not
+         with D4RL's. Any other dataset without reference scores is refused, since every run
+         reports a normalised score
 targets  when eval.targets is []: the best episode return in the data. The paper gives
          none for these tasks, and for sparse rewards (antmaze: 1 per step at the goal,
          kitchen: 1 per task done) the best return the data shows is the one return the
@@ -28,7 +32,7 @@ import numpy as np
 
 from decision_mamba.data.d4rl import load_minari
 from decision_mamba.errors import DataError, UserError
-from decision_mamba.scores import normalize
+from decision_mamba.scores import MINARI_REFERENCE_DATASETS, minari_reference_returns, normalize
 from decision_mamba.suites import Suite, SuiteData
 
 PREFIX = "minari"
@@ -56,17 +60,23 @@ class Minari(Suite):
             raise DataError(f"Minari dataset {metadata['dataset_id']} records no environment (env_spec is None), "
                             f"so there is nothing to evaluate in; record it with minari's DataCollector on a "
                             f"gymnasium environment")
+        from gymnasium.envs.registration import EnvSpec
+
+        spec = EnvSpec.from_json(metadata["eval_env_spec"])
         low, high = metadata["ref_min_score"], metadata["ref_max_score"]
+        reference = "the dataset's ref_min_score and ref_max_score"
+        if low is None and high is None and str(metadata["dataset_id"]).startswith(MINARI_REFERENCE_DATASETS):
+            low, high = minari_reference_returns(metadata["dataset_id"], spec.id)
+            reference = (f"this project's pinned {spec.id} references (decision_mamba/scores.py), "
+                         f"not comparable with D4RL's normalized scores")
         if low is None or high is None or not high > low:
             raise DataError(f"Minari dataset {metadata['dataset_id']} has no usable reference scores "
                             f"(ref_min_score={low}, ref_max_score={high}), so no normalised score can be "
                             f"reported; create it with ref_min_score and ref_max_score "
                             f"(DataCollector.create_dataset(..., ref_min_score=..., ref_max_score=...))")
-        from gymnasium.envs.registration import EnvSpec
-
-        spec = EnvSpec.from_json(metadata["eval_env_spec"])
         env = {"env_id": spec.id, "env_spec": metadata["eval_env_spec"], "max_episode_steps": spec.max_episode_steps,
-               "ref_min_score": float(low), "ref_max_score": float(high), "dataset_id": metadata["dataset_id"]}
+               "ref_min_score": float(low), "ref_max_score": float(high), "reference": reference,
+               "dataset_id": metadata["dataset_id"]}
         kind = "dict observations, flattened" if metadata["dict_observations"] else "Box observations"
         return SuiteData(traj, env, f"minari {metadata['dataset_id']} ({kind}; evaluated on {spec.id})", metadata)
 
