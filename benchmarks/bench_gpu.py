@@ -25,11 +25,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from decision_mamba.cpu import configure_process  # noqa: E402
+
+configure_process()  # before torch loads (decision_mamba/cpu)
+
+import torch  # noqa: E402
 from decision_mamba.compute import autocast  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import evaluate_batched  # noqa: E402
@@ -37,7 +41,7 @@ from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
 from decision_mamba.run import write_text_atomic  # noqa: E402
 from decision_mamba.selective_scan import resolve_scan_backend  # noqa: E402
 
-# The paper's settings (REFERENCE §3); "tiny" runs the same code in seconds on a CPU.
+# The paper's settings (Table 5, docs/protocol.md); "tiny" runs the same code in seconds on a CPU.
 SIZES = {
     "gym": dict(B=64, K=20, n_layer=3, d_model=128, state=(17,), act=6, discrete=False, n_head=1),
     "atari": dict(B=256, K=30, n_layer=6, d_model=128, state=(4, 84, 84), act=4, discrete=True, n_head=8),
