@@ -315,6 +315,7 @@ def test_the_fused_step_moves_exactly_as_the_pytorch_step_when_any_parameter_mov
 
     fused_before, torch_before = both()
     torch.testing.assert_close(fused_before, torch_before, rtol=1e-10, atol=1e-11)
+    assert cpu_step._cached_weights(model.layers, torch.float64) is not None, "the kernel ran, not the PyTorch step"
     g = torch.Generator().manual_seed(2)
     names = [name for name, _ in model.layers.named_parameters()]
     assert len(names) == len({name for name in names})
@@ -327,6 +328,8 @@ def test_the_fused_step_moves_exactly_as_the_pytorch_step_when_any_parameter_mov
         assert torch_moved.abs().max() > 1e-6, f"{name}: the PyTorch step does not depend on it"
         torch.testing.assert_close(fused_after - fused_before, torch_moved, rtol=1e-8, atol=1e-10,
                                    msg=lambda m: f"{variant}, {name}: the fused step moved differently. {m}")
+        assert cpu_step._cached_weights(model.layers, torch.float64) is not None, \
+            f"{variant}, {name}: the kernel's own check found it disagrees and ran the PyTorch step"
         with torch.no_grad():
             parameter.copy_(saved)
 
@@ -380,3 +383,28 @@ def test_the_kernel_reads_every_weight_by_name():
     table = {name for _, name, _, _ in cpu_step.KERNEL_WEIGHTS}
     assert names == table - {"mixer.conv1d.bias"}
     assert {name for name, _ in variant_model("RC").layers[0].named_parameters()} <= table
+
+
+def test_an_edit_of_the_block_s_arithmetic_turns_the_kernel_off(monkeypatch):
+    """`covers` sees modules and parameters, not code: the kernel's own check against the
+    PyTorch step (made whenever it copies the weights) catches an edited step."""
+    model = make_dmamba()
+    x, state = inputs(2, 3), random_state(model, 2)
+    with torch.no_grad():
+        fused_step.fused_layers_step(model.layers, x, state)
+    assert cpu_step._cached_weights(model.layers, torch.float32) is not None
+    edited = Mamba.step_chunk
+
+    def step_chunk_with_a_new_gate(self, x, state):  # a researcher's edit of the block
+        y, state = edited(self, x, state)
+        return 1.5 * y, state
+
+    monkeypatch.setattr(Mamba, "step_chunk", step_chunk_with_a_new_gate)
+    monkeypatch.setattr(cpu_step, "_warned_disagreement", False)
+    with torch.no_grad():
+        model.layers[0].mixer.D.add_(0.0)  # any weight update makes the kernel re-check
+        with pytest.warns(RuntimeWarning, match="disagrees with the layers' PyTorch step"):
+            got, _ = fused_step.fused_layers_step(model.layers, x, state)
+        expected, _ = torch_layers_step(model, x, state)
+    assert cpu_step._cached_weights(model.layers, torch.float32) is None
+    assert torch.equal(got, expected)

@@ -13,10 +13,11 @@ call runs Eq. (8)-(9) of the paper for every layer, new token and sequence:
     x += out_proj(y);  x += fc2(gelu(fc1(LN(x))))           (the MLP unless "RC")
 
 the arithmetic of `Mamba.step_chunk` (decision_mamba/mamba.py), `ChannelMLP` and
-`DecisionLayer.step` (model.py). It is a second copy of that arithmetic, so three things
+`DecisionLayer.step` (model.py). It is a second copy of that arithmetic, so four things
 keep it from drifting: it runs only layers made of exactly the modules and parameters it
 knows (`covers`; anything else runs the PyTorch step), the weights are read by their
-parameter names (KERNEL_WEIGHTS), and tests/test_fused_step.py's contract test perturbs every
+parameter names (KERNEL_WEIGHTS), whenever it copies the weights it checks one step
+against the layers' PyTorch step and runs that instead if they disagree (an edited block), and tests/test_fused_step.py's contract test perturbs every
 parameter of every layer variant and checks that this step moves as the PyTorch step does.
 Inference only: no gradient, no dropout. From BLAS_MIN_BATCH sequences on, the matrix
 products go to torch's BLAS instead and only the conv and the SSM run in (per-layer)
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -477,6 +479,8 @@ def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> dict[str, np.n
             per_layer = [parameters for _, parameters in parts]
             weights = {argument: _stacked([parameters.get(name) for parameters in per_layer], how, dtype, len(parts))
                        for argument, name, how, _ in KERNEL_WEIGHTS}
+            if not _agrees_with_pytorch(layers, weights, dtype):
+                weights = None
         cached = (parts, key, weights)
         _WEIGHTS[layers] = cached
     return cached[2]
@@ -503,11 +507,55 @@ def fused_layers_step(layers: nn.ModuleList, x: Tensor, states: list[tuple[Tenso
     """
     weights = _cached_weights(layers, x.dtype)
     if weights is None:  # not the layers the kernel was written for: the PyTorch step
-        new_states = []
-        for layer, state in zip(layers, states):
-            x, state = layer.step(x, state)
-            new_states.append(state)
-        return x, new_states
+        return _pytorch_step(layers, x, states)
+    return _kernel_step(layers, x, states, weights)
+
+
+def _pytorch_step(layers: nn.ModuleList, x: Tensor, states: list) -> tuple[Tensor, list]:
+    new_states = []
+    for layer, state in zip(layers, states):
+        x, state = layer.step(x, state)
+        new_states.append(state)
+    return x, new_states
+
+
+_warned_disagreement = False
+
+
+def _agrees_with_pytorch(layers: nn.ModuleList, weights: dict[str, np.ndarray], dtype: torch.dtype) -> bool:
+    """A run-time check of the contract, made whenever the weights are (re)made: one step of
+    two sequences (random tokens and states from a generator of its own) through the kernel
+    and through the layers' own PyTorch step. If they disagree, the block's arithmetic was
+    edited (`covers` sees modules and parameters, not code): warn once and run the PyTorch
+    step. The exact check is tests/test_fused_step.py's contract test."""
+    global _warned_disagreement
+    generator = torch.Generator().manual_seed(0)
+    mixers = [layer.mixer for layer in layers]
+    x = torch.randn(2, 3, mixers[0].d_model, generator=generator, dtype=dtype)
+    states = [(torch.randn(2, m.d_inner, m.d_conv, generator=generator, dtype=dtype),
+               torch.randn(2, m.d_inner, m.d_state, generator=generator, dtype=dtype)) for m in mixers]
+    modes = [(module, module.training) for module in layers.modules()]
+    layers.eval()  # the kernel has no dropout
+    try:
+        with torch.no_grad():
+            expected, _ = _pytorch_step(layers, x, states)
+            got, _ = _kernel_step(layers, x, states, weights)
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-4
+    agrees = bool(torch.allclose(got, expected, rtol=tolerance, atol=tolerance))
+    if not agrees and not _warned_disagreement:
+        _warned_disagreement = True
+        warnings.warn("decision_mamba.cpu.step: the fused CPU step disagrees with the layers' PyTorch step "
+                      f"(max difference {(got - expected).abs().max().item():.2e}); was the Mamba block, ChannelMLP "
+                      "or DecisionLayer.step edited? Running the PyTorch step (tests/test_fused_step.py's contract "
+                      "test shows where they differ).", RuntimeWarning, stacklevel=3)
+    return agrees
+
+
+def _kernel_step(layers: nn.ModuleList, x: Tensor, states: list, weights: dict[str, np.ndarray]
+                 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     # The bookkeeping is in numpy: a torch call costs a few microseconds even when it does
     # nothing (a .to() to the same dtype), and at batch 1 the whole kernel takes ~0.5 ms.
     dtype = x.dtype
