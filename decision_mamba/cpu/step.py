@@ -17,8 +17,9 @@ the arithmetic of `Mamba.step_chunk` (decision_mamba/mamba.py), `ChannelMLP` and
 keep it from drifting: it runs only layers made of exactly the modules and parameters it
 knows (`covers`; anything else runs the PyTorch step), the weights are read by their
 parameter names (KERNEL_WEIGHTS), whenever it copies the weights it checks one step
-against the layers' PyTorch step and runs that instead if they disagree (an edited block), and tests/test_fused_step.py's contract test perturbs every
-parameter of every layer variant and checks that this step moves as the PyTorch step does.
+against the layers' PyTorch step and runs that instead if they disagree (an edited
+block), and tests/test_fused_step.py's contract test perturbs every parameter of every
+layer variant and checks that this step moves as the PyTorch step does.
 Inference only: no gradient, no dropout. From BLAS_MIN_BATCH sequences on, the matrix
 products go to torch's BLAS instead and only the conv and the SSM run in (per-layer)
 numba kernels, the same helpers as the single kernel's.
