@@ -15,6 +15,11 @@ import math
 import sys
 from collections.abc import Callable
 
+from decision_mamba.cpu import configure_process
+
+if __name__ == "__main__":  # the process settings, before torch loads (decision_mamba/cpu)
+    configure_process()
+
 import numpy as np
 
 from decision_mamba.checkpoint import run_identity

@@ -43,15 +43,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import decision_mamba.mamba as mamba_module  # noqa: E402
-import decision_mamba.selective_scan as scan_module  # noqa: E402
-from decision_mamba.compute import keep_freed_memory  # noqa: E402
+from decision_mamba.cpu import configure_process  # noqa: E402
+
+configure_process()  # before torch loads: the settings every entry point makes (decision_mamba/cpu)
+
+import decision_mamba.cpu.conv as conv_module  # noqa: E402
+import decision_mamba.cpu.scan as scan_module  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import _step_lockstep, evaluate_batched  # noqa: E402
 from decision_mamba.model import DecisionModel, ModelConfig  # noqa: E402
 from decision_mamba.run import write_text_atomic  # noqa: E402
 
-import torch  # noqa: E402  (after the package, which sets torch's OpenMP spin: decision_mamba/__init__.py)
+import torch  # noqa: E402
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
 HF_DT = "HF transformers DT"
@@ -80,8 +83,8 @@ FREE_KERNELS = {
         _zero_outputs(y, h_last),
     (scan_module, "_scan_backward_kernel"): lambda u, delta, A, B, C, D, z, gated, dy, dh_last, *grads_block:
         _zero_outputs(*grads_block[:-1]),
-    (mamba_module, "_conv_silu_forward_kernel"): lambda x, weight, bias, out: _zero_outputs(out),
-    (mamba_module, "_conv_silu_backward_kernel"): lambda x, weight, bias, dout, *grads: _zero_outputs(*grads),
+    (conv_module, "_conv_silu_forward_kernel"): lambda x, weight, bias, out: _zero_outputs(out),
+    (conv_module, "_conv_silu_backward_kernel"): lambda x, weight, bias, dout, *grads: _zero_outputs(*grads),
 }
 
 
@@ -385,7 +388,6 @@ def main() -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    keep_freed_memory()  # as every run does (compute.py)
     if args.device == "cuda":
         from bench_gpu import main as cuda_main  # benchmarks/ is on sys.path when run as a script
 

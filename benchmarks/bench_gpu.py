@@ -25,11 +25,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from decision_mamba.cpu import configure_process  # noqa: E402
+
+configure_process()  # before torch loads (decision_mamba/cpu)
+
+import torch  # noqa: E402
 from decision_mamba.compute import autocast  # noqa: E402
 from decision_mamba.envs import make_gym_vector_env  # noqa: E402
 from decision_mamba.evaluation import evaluate_batched  # noqa: E402

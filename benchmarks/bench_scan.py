@@ -1,10 +1,11 @@
 """Speed and memory of the selective scan backends at the paper's gym size.
 
-One DMamba layer at the gym setting (the paper's Table 5: batch 64, K 20 -> L = 60 tokens,
-d_model 128 -> d_inner 256, N 16) scans B*L*D*N = 15.7M states. Compared here, forward
-and forward+backward, inputs laid out as the Mamba block produces them:
+One DMamba layer at the gym setting (the paper's Table 5, docs/protocol.md: batch 64,
+K 20 -> L = 60 tokens, d_model 128 -> d_inner 256, N 16) scans B*L*D*N = 15.7M states.
+Compared here, forward and forward+backward, inputs laid out as the Mamba block produces
+them:
 
-- fused:     the numba kernels (decision_mamba.selective_scan, backend "fused")
+- fused:     the numba kernels (decision_mamba/cpu/scan.py, selective_scan's backend "fused")
 - reference: the sequential PyTorch loop over time (backend "reference")
 - doubling:  a materialised parallel scan written below: every (B, D, L, N) decay and
              input is built, then combined in log2(L) Hillis-Steele doubling steps.
@@ -28,8 +29,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
+from decision_mamba.cpu import configure_process
+
+configure_process()  # before torch loads: the settings every entry point makes (decision_mamba/cpu)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from decision_mamba.selective_scan import selective_scan, selective_scan_reference
 

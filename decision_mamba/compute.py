@@ -1,5 +1,7 @@
 """What a run computes with: mixed precision, and the record of device, precision and scan backend.
 
+(The process-wide CPU settings are decision_mamba.cpu.configure_process's, made by the entry points.)
+
 `describe_compute` is what every run prints at its start and stores in summary.json and in
 wandb's config, so which selective scan ran (and why) is never a secret.
 
@@ -13,10 +15,7 @@ hands it float32 A, D and dt bias, as mamba_ssm does).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import importlib.metadata
-import os
 import platform
 from typing import Any
 
@@ -25,7 +24,7 @@ import torch
 from decision_mamba.mixers import mixer_spec
 from decision_mamba.selective_scan import resolve_scan_backend
 
-__all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute", "keep_freed_memory"]
+__all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,39 +76,3 @@ def format_compute(record: dict[str, Any]) -> str:
     return (f"compute: {record['device']} ({record['device_name']}), precision {record['precision']}, "
             f"scan backend {record['scan_backend']} (requested {record['scan_backend_requested']}: "
             f"{record['scan_backend_reason']})")
-
-
-# glibc's mallopt parameters (malloc.h) and the sizes we give them.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_BYTES = 256 * 2**20
-_TRIM_THRESHOLD_BYTES = 1 * 2**30
-KEEP_FREED_MEMORY_ENV = "DM_KEEP_FREED_MEMORY"
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed blocks for reuse instead of handing them back to the OS.
-
-    Every training step and every batched recurrent step allocates the same few-MB tensors
-    afresh (activations; at 400 episodes, 1.6 MB per layer of SSM state). By default glibc
-    serves blocks of that size with mmap and unmaps them when freed, so each step pays a page
-    fault per 4 KiB on first touch: measured, a batch-100 DMamba step went from 11-15 ms to
-    8.4-9.0 ms without them (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_, the same setting
-    as environment variables). The price: memory freed at a peak stays with the process
-    (up to 1 GiB above what it uses). What PyTorch's CPU tuning guide gets from jemalloc or
-    tcmalloc, without a preload. Only on glibc; DM_KEEP_FREED_MEMORY=0, or the user's own
-    MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_, leaves malloc as it is. Returns
-    whether it changed anything.
-    """
-    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0":
-        return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))

@@ -18,6 +18,11 @@ the scores are those without --video.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command's process settings, before torch loads (decision_mamba/cpu)
+    from decision_mamba.cpu import configure_process
+
+    configure_process()
+
 import argparse
 import json
 import sys
@@ -31,7 +36,6 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from decision_mamba.compute import keep_freed_memory
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from decision_mamba.config import AtariConfig, ConfigError, GymConfig, validate
@@ -247,7 +251,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    keep_freed_memory()  # no page faults on every step's fresh tensors (compute.py)
     path = resolve_checkpoint(args.target, args.which)
     report = evaluate_checkpoint(path, episodes=args.episodes, targets=args.targets, mode=args.mode,
                                  seed=args.seed, device=args.device, video=args.video,

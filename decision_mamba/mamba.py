@@ -1,18 +1,22 @@
-"""The Mamba block, DMamba's token mixer (REFERENCE §2, paper §3 Eq. 1-5).
+"""The Mamba block, DMamba's token mixer (paper §3, "Mamba block", Eq. 4-5 and 10-11;
+docs/architecture.md). The whole block is in this file: `forward` for whole sequences,
+`step` / `step_chunk` for one or a few new tokens (O(1) per token: a rolling conv window
+and the SSM state). The two agree (tests/test_mamba.py).
 
 Parameter-compatible with mamba_ssm's `Mamba` (v1, `mamba_simple.py`): the same names,
 shapes, initialisation and defaults, so a state_dict moves between the two.
 
-    x (B, L, d_model) --in_proj--> x, z (B, L, ED each)
-    x --causal depthwise conv1d (kernel d_conv, left padding d_conv-1)--> SiLU --> u
-    u --x_proj--> (dt_low (R), B (N), C (N));  delta = dt_proj.weight @ dt_low
-    y = selective_scan(u, delta, A = -exp(A_log), B, C, D, z,
-                       delta_bias = dt_proj.bias, delta_softplus = True)
+    x (B, L, d_model) --in_proj--> x, z (B, L, ED each)                          Eq. (10)
+    x --causal depthwise conv1d (kernel d_conv, left padding d_conv-1)--> SiLU --> u   Eq. (11)
+    u --x_proj--> (dt_low (R), B (N), C (N));  delta = softplus(dt_proj(dt_low))
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  A = -exp(A_log)           Eq. (4), ZOH
+    y_t = (C_t . h_t + D u_t) * silu(z_t)                                      Eq. (5), gate
     out = out_proj(y)
 
-with ED = expand * d_model, R = dt_rank, N = d_state. The block runs on whole sequences
-(`forward`) or one token at a time (`step`, O(1) per token: a rolling conv window and the
-SSM state), and the two agree.
+with ED = expand * d_model, R = dt_rank, N = d_state. The recurrence runs in
+`selective_scan` (selective_scan.py: mamba_ssm's CUDA kernel, a PyTorch parallel scan, a
+numba CPU kernel or a plain loop); on the CPU the conv + SiLU runs in a numba kernel too
+(decision_mamba/cpu/conv.py). Both load only when that CPU path runs.
 
 Layout: everything stays (B, L, ED) in memory, the fused CPU scan's own layout, so the
 (B, ED, L) tensors handed to `selective_scan` are views and no transpose is ever copied.
@@ -22,127 +26,36 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import prange
 from torch import Tensor, nn
 
 from decision_mamba.mixers import _check_padding_mask
-from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan,
-                                           use_torch_thread_count)
+from decision_mamba.selective_scan import BACKENDS, selective_scan
 
 __all__ = ["Mamba", "causal_conv1d_silu"]
 
 
 # --------------------------------------------------------------------------- causal conv + SiLU
-# torch's depthwise Conv1d is slow on CPU (its weight gradient alone took longer than the
-# whole selective scan) and wants (B, ED, L) while the block lives in (B, L, ED); these two
-# kernels do silu(causal depthwise conv) in (B, L, ED), the role causal_conv1d plays for
-# mamba_ssm on GPU.
-# (This file's kernels recompile after a change of jit_kernel's options: see its comment.)
-
-
-@jit_kernel
-def _conv_silu_forward_kernel(x, weight, bias, out):
-    """out[b, t] = silu(bias + sum_k weight[k] * x[b, t - K + 1 + k]) (zeros before t = 0).
-
-    x, out: (B, L, D); weight: (K, D) (taps oldest first, conv1d's cross-correlation order); bias: (D,).
-    """
-    batch, seqlen, channels = x.shape
-    taps = weight.shape[0]
-    one = x.dtype.type(1)
-    for b in prange(batch):
-        pre = np.empty(channels, dtype=x.dtype)
-        for t in range(seqlen):
-            for j in range(channels):
-                pre[j] = bias[j]
-            for k in range(max(0, taps - 1 - t), taps):
-                s = t - (taps - 1) + k
-                for j in range(channels):
-                    pre[j] += weight[k, j] * x[b, s, j]
-            for j in range(channels):
-                out[b, t, j] = pre[j] / (one + kernel_exp(-pre[j]))
-
-
-@jit_kernel
-def _conv_silu_backward_kernel(x, weight, bias, dout, dx, dweight_per_row, dbias_per_row):
-    """Gradients of _conv_silu_forward_kernel; weight and bias gradients left per batch row.
-
-    dx[b, s] = sum_k weight[k] * dpre[b, s + K - 1 - k];  dweight[k] = sum_t dpre[t] x[t - K + 1 + k].
-    """
-    batch, seqlen, channels = x.shape
-    taps = weight.shape[0]
-    one = x.dtype.type(1)
-    for b in prange(batch):
-        dpre = np.empty((seqlen, channels), dtype=x.dtype)  # (L, D) gradient before the SiLU
-        for t in range(seqlen):
-            row = dpre[t]
-            for j in range(channels):
-                row[j] = bias[j]
-            for k in range(max(0, taps - 1 - t), taps):
-                s = t - (taps - 1) + k
-                for j in range(channels):
-                    row[j] += weight[k, j] * x[b, s, j]
-            for j in range(channels):  # silu'(p) = sigmoid(p) (1 + p (1 - sigmoid(p)))
-                p = row[j]
-                sigmoid = one / (one + kernel_exp(-p))
-                row[j] = dout[b, t, j] * sigmoid * (one + p * (one - sigmoid))
-        for j in range(channels):
-            dbias_per_row[b, j] = 0
-        for k in range(taps):
-            for j in range(channels):
-                dweight_per_row[b, k, j] = 0
-        for s in range(seqlen):
-            for j in range(channels):
-                dx[b, s, j] = 0
-                dbias_per_row[b, j] += dpre[s, j]
-            for k in range(taps):
-                t = s + (taps - 1) - k  # the output that saw x[s] through tap k
-                if t < seqlen:
-                    for j in range(channels):
-                        dx[b, s, j] += weight[k, j] * dpre[t, j]
-                        dweight_per_row[b, k, j] += dpre[t, j] * x[b, s, j]
-
-
-class _CausalConvSiLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        x, weight, bias = (t.detach().contiguous() for t in (x, weight, bias))
-        out = torch.empty_like(x)
-        use_torch_thread_count()
-        _conv_silu_forward_kernel(x.numpy(), weight.numpy(), bias.numpy(), out.numpy())
-        ctx.save_for_backward(x, weight, bias)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout: Tensor):
-        x, weight, bias = ctx.saved_tensors
-        dout = dout.to(x.dtype).contiguous()
-        dx = torch.empty_like(x)
-        dweight_per_row = x.new_empty(x.shape[0], *weight.shape)  # (B, K, D)
-        dbias_per_row = x.new_empty(x.shape[0], x.shape[2])  # (B, D)
-        use_torch_thread_count()
-        _conv_silu_backward_kernel(x.numpy(), weight.numpy(), bias.numpy(), dout.numpy(), dx.numpy(),
-                                   dweight_per_row.numpy(), dbias_per_row.numpy())
-        return dx, dweight_per_row.sum(0), dbias_per_row.sum(0)
-
-
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str = "auto") -> Tensor:
     """silu(causal depthwise conv1d over time) in (B, L, D) layout: output t sees inputs t-K+1 .. t.
 
     x: (B, L, D); weight: (D, 1, K) as nn.Conv1d stores it; bias: (D,) or None.
-    backend "fused" (or "auto" on CPU): the numba kernels above, in float32 or float64;
-    otherwise torch's conv1d, as "reference" always does.
+    backend "fused" (or "auto" on CPU): numba kernels (decision_mamba/cpu/conv.py), in
+    float32 or float64; otherwise torch's conv1d, as "reference" always does. (torch's
+    depthwise Conv1d is slow on the CPU and wants (B, D, L); the kernels work in (B, L, D),
+    the role causal_conv1d plays for mamba_ssm on a GPU.)
     """
     if backend == "fused" and x.device.type != "cpu":
         raise ValueError(f"causal_conv1d_silu: backend 'fused' runs on CPU tensors, got x on {x.device}; "
                          f"use backend='reference'")
     if backend == "fused" or (backend == "auto" and x.device.type == "cpu"):
+        from decision_mamba.cpu.conv import CausalConvSiLU  # the CPU fast path: numba loads here
+
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         taps_first = weight[:, 0, :].t().to(dtype)  # (K, D)
         bias = x.new_zeros(x.shape[2], dtype=dtype) if bias is None else bias.to(dtype)
-        return _CausalConvSiLU.apply(x.to(dtype), taps_first, bias).to(x.dtype)
+        return CausalConvSiLU.apply(x.to(dtype), taps_first, bias).to(x.dtype)
     seqlen, taps = x.shape[1], weight.shape[-1]
     out = F.conv1d(x.transpose(1, 2), weight, bias, padding=taps - 1, groups=x.shape[2])  # (B, D, L + K - 1)
     return F.silu(out[..., :seqlen]).transpose(1, 2)
@@ -236,14 +149,14 @@ class Mamba(nn.Module):
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         self._check_sequence(x, key_padding_mask)
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, ED) each, views of (B, L, 2 ED)
-        u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # (B, L, ED)
-        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # Eq. (10): (B, L, ED) each, views of (B, L, 2 ED)
+        u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # Eq. (11): (B, L, ED)
+        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
         delta = F.linear(dt_low, self.dt_proj.weight)  # (B, L, ED); bias and softplus inside the scan
         # A, D and dt bias in float32 (or float64 for a float64 model), as mamba_ssm passes
         # them: its kernel requires float32, and the state stays float32 under bf16/fp16.
         A = -torch.exp(_at_least_float32(self.A_log))  # (ED, N)
-        y = selective_scan(
+        y = selective_scan(  # Eq. (4)-(5), the skip D u and the gate silu(z)
             u.transpose(1, 2),  # (B, ED, L) view
             delta.transpose(1, 2),
             A,
@@ -293,25 +206,25 @@ class Mamba(nn.Module):
         self._check_step(x[:, 0], state)
         conv_state, ssm_state = state
         T = x.shape[1]
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, ED) each
-        # conv_state holds the last d_conv inputs; the chunk's windows slide over them.
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)  # Eq. (10): (B, T, ED) each
+        # Eq. (11): conv_state holds the last d_conv inputs; the chunk's windows slide over them.
         history = torch.cat([conv_state.to(x.dtype), x_in.transpose(1, 2)], dim=-1)  # (B, ED, d_conv + T)
         windows = history[:, :, 1:].unfold(-1, self.d_conv, 1)  # (B, ED, T, d_conv)
         u = torch.einsum("bdtk,dk->btd", windows, self.conv1d.weight[:, 0, :])  # (B, T, ED)
         if self.conv1d.bias is not None:
             u = u + self.conv1d.bias
         u = F.silu(u)
-        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, T, R|N|N)
         delta = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias))  # (B, T, ED)
-        decay = torch.exp(delta.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, ED, N)
-        drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, ED, N)
-        h = ssm_state.to(x.dtype)
+        decay = torch.exp(delta.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, ED, N): A-bar, ZOH
+        drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (B, T, ED, N): B-bar u
+        h = ssm_state.to(x.dtype)  # (B, ED, N)
         states = []
-        for t in range(T):  # h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
+        for t in range(T):  # Eq. (4): h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
             h = torch.addcmul(drive[:, t], decay[:, t], h)
             states.append(h)
-        y = torch.einsum("btdn,btn->btd", torch.stack(states, dim=1), C)  # y_t = C_t . h_t
-        y = torch.addcmul(y, u, self.D) * F.silu(z)
+        y = torch.einsum("btdn,btn->btd", torch.stack(states, dim=1), C)  # Eq. (5): y_t = C_t . h_t, (B, T, ED)
+        y = torch.addcmul(y, u, self.D) * F.silu(z)  # the skip D u and the gate silu(z)
         new_state = (history[:, :, -self.d_conv:].to(conv_state.dtype), h.to(ssm_state.dtype))
         return self.out_proj(y), new_state
 

@@ -39,7 +39,7 @@ from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path, code_version,
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
-from decision_mamba.compute import describe_compute, format_compute, keep_freed_memory
+from decision_mamba.compute import describe_compute, format_compute
 from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
 from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
@@ -271,7 +271,6 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     write_text_atomic(run_dir / "config.yaml", config_yaml)
     write_text_atomic(run_dir / IDENTITY_FILE, json.dumps(identity, indent=2))
     log = MetricsLog(run_dir, cfg, group=group, name=run_dir.name, tags=tags)
-    keep_freed_memory()  # no page faults on every step's fresh tensors (compute.py)
     compute = describe_compute(cfg, trainer.device)  # which scan runs, and why: never a secret
     print(format_compute(compute))
     if log.wandb_run is not None:

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import sys
 
+from decision_mamba.cpu import configure_process
+
+if __name__ == "__main__":  # the process settings, before torch loads (decision_mamba/cpu)
+    configure_process()
+
 import numpy as np
 
 from decision_mamba.checkpoint import run_identity

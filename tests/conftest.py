@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
-import pytest
-import torch
+from decision_mamba.cpu import configure_process
+
+configure_process()  # as the entry points do, before torch loads: the speed they run at
+
+import numba  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from helpers import RecordedEpisode, roll_random_hopper
 

@@ -8,6 +8,8 @@ import sys
 import llvmlite.binding
 
 PROGRAM = """
+from decision_mamba.cpu import configure_process
+configure_process()  # as the entry points do: 512-bit vectors where the CPU has them
 import hashlib, torch
 from decision_mamba.mamba import Mamba
 torch.manual_seed(0)
@@ -50,7 +52,7 @@ def test_fresh_compile_and_cached_kernels_agree_bitwise(tmp_path):
     (first, wide), (second, _) = run_program(env), run_program(env)
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the first run should have filled the cache"
     assert first == second
-    # The package compiles for 512-bit vectors where the CPU has them (selective_scan.py);
+    # configure_process compiles for 512-bit vectors where the CPU has them (decision_mamba/cpu);
     # numba's own tuning on the same CPU (what a NUMBA_CPU_FEATURES of the user's gets) must
     # give the same bits, from kernels of its own in the same cache.
     host_features = llvmlite.binding.get_host_cpu_features()
@@ -62,4 +64,4 @@ def test_fresh_compile_and_cached_kernels_agree_bitwise(tmp_path):
     # serial and parallel variants of the fused step must have entries of their own, or
     # one would run the other's machine code.
     cached = {path.name.split("-")[0] for path in (tmp_path / "numba-cache").rglob("*.nbi")}
-    assert {"fused_step._decision_layers_step_serial", "fused_step._decision_layers_step_parallel"} <= cached
+    assert {"step._decision_layers_step_serial", "step._decision_layers_step_parallel"} <= cached

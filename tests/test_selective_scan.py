@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decision_mamba.selective_scan import jit_kernel, kernel_exp, selective_scan, selective_scan_reference
+from decision_mamba.cpu.jit import jit_kernel, kernel_exp
+from decision_mamba.selective_scan import selective_scan, selective_scan_reference
 
 INPUT_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 

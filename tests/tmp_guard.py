@@ -93,7 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TRITON_CACHE_DIR"] = str(caches / "triton")
     os.environ["NUMBA_CACHE_DIR"] = str(caches / "numba")  # for subprocesses
     numba.config.CACHE_DIR = str(caches / "numba")  # read when a kernel is decorated, at import
-    early = [name for name in ("decision_mamba.selective_scan", "decision_mamba.fused_step") if name in sys.modules]
+    early = [name for name in sys.modules if name.startswith("decision_mamba.cpu.")]  # the kernels' modules
     if early:  # conftest imported them: their kernels would be cached in the checkout
         raise pytest.UsageError(f"tmp_guard: {', '.join(early)} imported before numba's cache was redirected")
     mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning))
