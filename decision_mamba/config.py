@@ -63,6 +63,9 @@ class TrainConfig:
     lr_clamp: bool = True  # False: the cosine LR climbs back after final_tokens (release, Atari)
     first_update_full_lr: bool = False  # True: update 1 at the full LR, not warm-up's 0 (release, Atari)
     batch_order: str = "with_replacement"  # with_replacement | shuffled_epoch (release, Atari: one pass per epoch)
+    # random: windows start at any step (DT's) | episode: at an episode's first step, padding after
+    # it, so that eval.mode=recurrent acts as trained (docs/memory.md); gym only
+    window_start: str = "random"
 
 
 @dataclass
@@ -253,6 +256,11 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(cfg.run.log_every > 0, f"run.log_every must be positive, got {cfg.run.log_every}")
     _check(m.init in ("mamba", "release"), f"model.init must be mamba or release, got {m.init!r}")
     _check(t.padding in ("masked", "release"), f"train.padding must be masked or release, got {t.padding!r}")
+    _check(t.window_start in ("random", "episode"), f"train.window_start must be random or episode, "
+                                                    f"got {t.window_start!r}")
+    _check(not (t.window_start == "episode" and e.mode == "window" and MIXERS[m.mixer].recurrent),
+           f"train.window_start=episode trains {m.mixer} on windows from an episode's start; evaluate it with "
+           f"eval.mode=recurrent (the policy trained), not window (other windows, padded before the steps)")
     _check(t.batch_order in ("with_replacement", "shuffled_epoch"),
            f"train.batch_order must be with_replacement or shuffled_epoch, got {t.batch_order!r}")
     _check(e.atari_resize in ("area", "linear"), f"eval.atari_resize must be area or linear, got {e.atari_resize!r}")
@@ -279,6 +287,7 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     except UserError as err:
         raise ConfigError(str(err)) from None
     if isinstance(cfg, AtariConfig):
+        _check(t.window_start == "random", "train.window_start=episode is for gym/experiment.py; Atari keeps random")
         _check(t.padding == "masked", "train.padding=release is the gym release's padding; the Atari release "
                                       "does not pad its training windows, so Atari keeps train.padding=masked")
 

@@ -57,9 +57,29 @@ def gym_env_id(env: str, version: str = "v4") -> str:
     return f"{GYM_ENV_NAMES[env]}-{version}"
 
 
+class PositionsOnly(gym.ObservationWrapper):
+    """A MuJoCo locomotion task observed without velocities (the "-P" partially observed variant).
+
+    Gymnasium's Hopper / HalfCheetah / Walker2d observe qpos[1:] (the x position is left out)
+    then qvel: the first nq - 1 entries are the positions, read here from the MuJoCo model.
+    The data is masked the same way by suites/memory.py (POSITION_DIMS).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.num_positions = int(env.unwrapped.model.nq) - 1
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(space.low[:self.num_positions], space.high[:self.num_positions],
+                                                dtype=space.dtype)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation[:self.num_positions]
+
+
 def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: int, max_episode_steps: int = 1000,
                         dataset_obs_dim: int | None = None, dataset_act_dim: int | None = None,
-                        record: Sequence[int] = (), **env_kwargs: Any) -> gym.vector.VectorEnv:
+                        record: Sequence[int] = (), positions_only: bool = False,
+                        **env_kwargs: Any) -> gym.vector.VectorEnv:
     """`num_envs` copies of a continuous-control environment stepped together, without auto-reset.
 
     env_id: a registered id ('Hopper-v4') or a full EnvSpec (a Minari dataset's, with its
@@ -69,13 +89,13 @@ def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: i
     be filmed (decision_mamba/video.py: rendered only while a recording is asked for). When the dataset's
     observation and action sizes are given they are checked against the environment's,
     so that a dataset evaluated in the wrong environment fails here and not as a
-    shape error deep inside the model.
+    shape error deep inside the model. positions_only: observed through PositionsOnly.
     """
     if isinstance(env_id, str) and env_id not in gym.registry:
         raise ValueError(f"unknown gymnasium environment {env_id!r}; expected e.g. Hopper-v4, HalfCheetah-v4, "
                          f"Walker2d-v4 (or -v5)")
     name = env_id if isinstance(env_id, str) else env_id.id
-    probe = _make_flat(env_id, max_episode_steps, env_kwargs)
+    probe = _make_flat(env_id, max_episode_steps, env_kwargs, positions_only=positions_only)
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
     if dataset_obs_dim is not None and dataset_obs_dim != obs_dim:
@@ -84,13 +104,14 @@ def make_gym_vector_env(env_id: str | gym.envs.registration.EnvSpec, num_envs: i
     if dataset_act_dim is not None and dataset_act_dim != act_dim:
         raise DataError(f"the dataset has action size {dataset_act_dim} but {name} has {act_dim}: "
                          f"is the dataset from another environment? (check the config's env and dataset)")
-    return gym.vector.SyncVectorEnv([functools.partial(_make_flat, env_id, max_episode_steps, env_kwargs, i in record)
+    return gym.vector.SyncVectorEnv([functools.partial(_make_flat, env_id, max_episode_steps, env_kwargs, i in record,
+                                                       positions_only)
                                      for i in range(num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.DISABLED)
 
 
 def _make_flat(env_id: str | gym.envs.registration.EnvSpec, max_episode_steps: int,
-               env_kwargs: dict[str, Any], filmed: bool = False) -> gym.Env:
+               env_kwargs: dict[str, Any], filmed: bool = False, positions_only: bool = False) -> gym.Env:
     if filmed:
         use_headless_gl()
         env_kwargs = {**env_kwargs, "render_mode": "rgb_array", "width": MUJOCO_VIDEO_SIZE, "height": MUJOCO_VIDEO_SIZE}
@@ -101,6 +122,8 @@ def _make_flat(env_id: str | gym.envs.registration.EnvSpec, max_episode_steps: i
                         f"package (mazes, kitchen, Adroit: pip install -e '.[robotics]')") from None
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)
+    if positions_only:
+        env = PositionsOnly(env)
     if filmed:
         env = EpisodeFrames(env, fps=env.metadata["render_fps"])  # Hopper: 125 steps per simulated second
     return env

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
         return sample_batch(traj, cfg.train.batch_size, K, rng, state_mean=state_mean, state_std=state_std,
-                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len, mode="dt-gym",
+                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len,
+                            mode="episode" if cfg.train.window_start == "episode" else "dt-gym",
                             padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)

@@ -104,8 +104,10 @@ def run(tmp_path: Path, minari_root: Path, dataset: str, *overrides: str) -> Pat
 
 
 def test_the_dataset_prefix_picks_the_suite():
-    assert set(suites()) == {"d4rl", "minari", "atari"}
+    assert set(suites()) == {"d4rl", "minari", "atari", "tmaze", "positions"}
     assert suite_name_of_dataset("minari:D4RL/antmaze/umaze-v1") == "minari"
+    assert suite_name_of_dataset("tmaze:data/tmaze-L10.hdf5") == "tmaze"
+    assert suite_name_of_dataset("positions:medium") == "positions"
     assert suite_name_of_dataset("medium") == "d4rl"
     assert suite_name_of_dataset("data/hopper-medium-v4-gen.hdf5") == "d4rl"
     with pytest.raises(UserError, match="names no suite.*minari:"):

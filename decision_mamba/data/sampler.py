@@ -13,6 +13,12 @@ Two sampling schemes, both from the Decision Transformer code:
   "dt-atari" (DT Atari dataset) a transition drawn uniformly among all N; the window
              [idx, idx + K) is shifted left to end at the episode's end if it would cross it.
              An episode shorter than K cannot fill the window: it is left-padded.
+  "episode"  (ours, train.window_start=episode) the episode that holds a transition drawn
+             uniformly among all N (so, by length, as dt-gym), from its FIRST step, up to K
+             steps. The real steps are LEFT-aligned, padding after them: a causal model's
+             output at step t then depends on steps 0..t only, as the recurrent step's does
+             at evaluation (eval.mode=recurrent), so the policy evaluated is the one trained.
+             With K at least the longest episode, every window is a whole episode.
 
 Padding convention (project-wide, identical in training and inference; REFERENCE §6):
 padded positions hold 0 in states (after normalisation), actions, returns_to_go and
@@ -31,8 +37,8 @@ import numpy as np
 
 from decision_mamba.data.trajectories import Trajectories
 
-SamplingMode = Literal["dt-gym", "dt-atari"]
-SAMPLING_MODES: tuple[str, ...] = ("dt-gym", "dt-atari")
+SamplingMode = Literal["dt-gym", "dt-atari", "episode"]
+SAMPLING_MODES: tuple[str, ...] = ("dt-gym", "dt-atari", "episode")
 PADDINGS: tuple[str, ...] = ("masked", "release")
 RELEASE_ACTION_PAD = -10.0  # the release's (and DT's) gym action padding
 
@@ -64,7 +70,8 @@ def draw_window_ends(
 
 
 def window_ends(traj: Trajectories, index: np.ndarray, K: int, mode: str = "dt-gym") -> tuple[np.ndarray, np.ndarray]:
-    """The windows (first, end) that start (dt-gym) or are anchored (dt-atari) at the flat indices `index`."""
+    """The windows (first, end) that start (dt-gym) or are anchored (dt-atari) at the flat indices `index`,
+    or (episode) that start at the first step of their episodes."""
     if mode not in SAMPLING_MODES:
         raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
     index = np.asarray(index, dtype=np.int64)
@@ -75,6 +82,10 @@ def window_ends(traj: Trajectories, index: np.ndarray, K: int, mode: str = "dt-g
         # Start at the drawn step and run for K steps or until the episode ends.
         first = index
         end = np.minimum(index + K, episode_end)
+    elif mode == "episode":
+        # The drawn step's episode, from its first step.
+        first = episode_start
+        end = np.minimum(episode_start + K, episode_end)
     else:
         # End K steps after the drawn step, or at the episode's end; start K steps before
         # that end, but not before the episode's start.
@@ -96,7 +107,8 @@ def sample_batch(
     mode: str = "dt-gym",
     padding: str = "masked",
 ) -> dict[str, np.ndarray]:
-    """A batch of B windows of K steps, real steps right-aligned (left padding).
+    """A batch of B windows of K steps, real steps right-aligned (left padding; mode "episode":
+    left-aligned, padding on the right).
 
     Returns numpy arrays:
       states        (B, K, *obs_shape)  float32 (obs - mean) / std; raw dtype if mean/std are None
@@ -126,7 +138,7 @@ def sample_batch(
     return gather_windows(
         traj, first, end, K,
         state_mean=state_mean, state_std=state_std, rtg_scale=rtg_scale, max_ep_len=max_ep_len,
-        padding=padding,
+        padding=padding, align="left" if mode == "episode" else "right",
     )
 
 
@@ -141,17 +153,26 @@ def gather_windows(
     rtg_scale: float = 1.0,
     max_ep_len: int = 1000,
     padding: str = "masked",
+    align: str = "right",
 ) -> dict[str, np.ndarray]:
-    """Gather the windows [first, end) into left-padded (B, K, ...) arrays; see sample_batch."""
+    """Gather the windows [first, end) into (B, K, ...) arrays, real steps at the right end
+    (align="right", padding before them) or at the left end (align="left"); see sample_batch."""
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    if align not in ("right", "left"):
+        raise ValueError(f"align must be right or left, got {align!r}")
     if padding == "release" and traj.is_discrete:
         raise ValueError("padding='release' is the gym release's (actions padded with -10); it needs continuous actions")
     num_real = end - first  # (B,) in [1, K]
-    # Position p of a row holds step end - K + p; positions before K - num_real are padding.
     positions = np.arange(K)  # (K,)
-    index = end[:, None] - K + positions[None, :]  # (B, K)
-    mask = positions[None, :] >= (K - num_real)[:, None]  # (B, K)
+    if align == "right":
+        # Position p of a row holds step end - K + p; positions before K - num_real are padding.
+        index = end[:, None] - K + positions[None, :]  # (B, K)
+        mask = positions[None, :] >= (K - num_real)[:, None]  # (B, K)
+    else:
+        # Position p holds step first + p; positions from num_real on are padding.
+        index = first[:, None] + positions[None, :]
+        mask = positions[None, :] < num_real[:, None]
     index = np.where(mask, index, first[:, None])  # padding reads a valid row, zeroed below
 
     states = traj.observations[index]  # (B, K, *obs_shape)

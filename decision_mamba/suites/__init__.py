@@ -10,6 +10,8 @@ the config gives none. One file per suite in this folder, one entry in SUITES:
     minari.py       "minari"  any Minari dataset, `dataset: minari:<id or path>`: evaluated
                               in the dataset's own environment, scored by its reference scores
     atari.py        "atari"   DQN-replay Atari (AtariConfig, atari/train_atari.py)
+    memory.py       "tmaze"   `dataset: tmaze:<file>`, the passive T-Maze (envs_tmaze.py);
+                    "positions" `dataset: positions:<D4RL name or file>`, MuJoCo without velocities
 
 A gym config picks its suite by the prefix of its dataset (`minari:` -> minari, no
 prefix -> d4rl); gym/experiment.py serves every continuous-control suite, the Atari one
@@ -74,9 +76,10 @@ class Suite:
 def _registry() -> dict[str, Suite]:
     from decision_mamba.suites.atari import Atari
     from decision_mamba.suites.d4rl_mujoco import D4RLMuJoCo
+    from decision_mamba.suites.memory import PositionsOnlyMuJoCo, TMazeSuite
     from decision_mamba.suites.minari import Minari
 
-    return {suite.name: suite for suite in (D4RLMuJoCo(), Minari(), Atari())}
+    return {suite.name: suite for suite in (D4RLMuJoCo(), Minari(), Atari(), TMazeSuite(), PositionsOnlyMuJoCo())}
 
 
 SUITES: dict[str, Suite] = {}
