@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from decision_mamba.atomic import atomic_path
+from decision_mamba.config import parse_keep
 from decision_mamba.errors import UserError
 
 FORMAT = 2  # 1: {"iteration", "trainer"} only (before self-contained checkpoints)
@@ -227,19 +228,6 @@ def newest_intact(ckpt_dir: Path, say: Say = print) -> tuple[Path, dict] | None:
 
 
 # ------------------------------------------------------------------ retention
-def parse_keep(policy: str) -> int | None:
-    """'all' -> None (keep every checkpoint); 'last_and_best' -> 1; 'N' -> N (the newest N, and the best)."""
-    policy = str(policy).strip()
-    if policy == "all":
-        return None
-    if policy == "last_and_best":
-        return 1
-    if policy.isdigit() and int(policy) > 0:
-        return int(policy)
-    raise CheckpointError(f"run.keep_checkpoints must be all, last_and_best or a positive number N "
-                          f"(the newest N and the best), got {policy!r}")
-
-
 def retain(ckpt_dir: Path, policy: str, best_iteration: int | None) -> list[Path]:
     """Delete the checkpoints `policy` does not keep: it keeps the newest (resume needs it)
     and the best by the run's selection rule (what the paper reports). Returns what went."""

@@ -35,10 +35,10 @@ from decision_mamba.compute import keep_freed_memory
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from decision_mamba.config import AtariConfig, ConfigError, GymConfig, validate
-from decision_mamba.errors import cli_main
+from decision_mamba.errors import UserError, cli_main
 from decision_mamba.evaluation import evaluate_batched, summarize
-from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
+from decision_mamba.naming import paper_name
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import resolve_device
 from decision_mamba.video import iteration_video_dir, record_episodes, recorded_indices
@@ -84,12 +84,20 @@ def evaluate_after(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym
                    run_dir: Path | None = None):
     """The entry points' evaluate(iteration): evaluate_policy with the evaluation seed of that
     iteration, filming cfg.eval.video_episodes per target into run_dir/videos/iter_NNN."""
+    check_evaluation(cfg, model)
     def evaluate(iteration: int) -> dict:  # the same call as `python -m decision_mamba.evaluate`
         video_dir = iteration_video_dir(run_dir, iteration) if cfg.eval.video_episodes and run_dir else None
         return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
                                progress=cfg.run.progress, env=env, video_dir=video_dir)
 
     return evaluate
+
+
+def check_evaluation(cfg: GymConfig | AtariConfig, model: DecisionModel) -> None:
+    """Refuse, before the run starts, an evaluation the model cannot run."""
+    if cfg.eval.mode == "recurrent" and not model.recurrent:
+        raise UserError(f"eval.mode=recurrent needs a mixer with a recurrent step; {cfg.model.mixer} has none "
+                        f"(no init_state and step): use eval.mode=window")
 
 
 def evaluation_envs(cfg: GymConfig | AtariConfig, env: dict, obs_dim: int | None = None,
@@ -194,6 +202,7 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
                           context_len=cfg.train.context_len)
     if isinstance(cfg, GymConfig):  # as gym/experiment.py builds it
         model.zero_padded_tokens = cfg.train.padding == "masked"
+    check_evaluation(cfg, model)
     model.load_state_dict(state["trainer"]["model"])
     model.to(torch_device)
     normalization = {}

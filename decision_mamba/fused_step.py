@@ -46,7 +46,6 @@ from numba import prange, types as nb_types
 from numba.extending import overload
 from torch import Tensor, nn
 
-from decision_mamba.mixers import mixer_spec
 from decision_mamba.selective_scan import jit_kernel, kernel_exp, use_torch_thread_count
 
 __all__ = ["fused_step_applies", "fused_layers_step"]
@@ -405,11 +404,11 @@ def _cached_weights(layers: nn.ModuleList, dtype: torch.dtype) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------ entry points
 def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
-    """Whether `fused_layers_step` may run this step: a model whose mixer's MIXERS entry names
-    this module (DMamba) in eval mode, CPU tokens in float32/float64, no gradient wanted, and
-    a scan backend that allows it (not "reference")."""
+    """Whether `fused_layers_step` may run this step: a DMamba model in eval mode,
+    CPU tokens in float32/float64, no gradient wanted, and a scan backend that allows it
+    (not "reference")."""
     cfg = model.cfg
-    return (mixer_spec(cfg.mixer).fused_step == __name__ and cfg.scan_backend in ("auto", "fused")
+    return (cfg.mixer == "mamba" and cfg.scan_backend in ("auto", "fused")
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and not model.training
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))

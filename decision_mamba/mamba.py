@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numba import prange
 from torch import Tensor, nn
 
-from decision_mamba.mixers import _check_padding_mask
+from decision_mamba.mixer_checks import check_padding_mask as _check_padding_mask
 from decision_mamba.selective_scan import (BACKENDS, jit_kernel, kernel_exp, selective_scan,
                                            use_torch_thread_count)
 

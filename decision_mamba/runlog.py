@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from decision_mamba.atomic import write_text_atomic
-from decision_mamba.mixers import mixer_spec
 from decision_mamba.model import ModelConfig
 
 RUN_INFO_FILE = "run_info.json"
@@ -76,7 +75,7 @@ def describe_device(device: torch.device) -> str:
 def scan_backend(model: ModelConfig, device: torch.device) -> str | None:
     """The selective-scan backend a Mamba model trains with on `device`
     (selective_scan.resolve_scan_backend decides); None for the other mixers, which have no scan."""
-    if not mixer_spec(model.mixer).uses_scan:
+    if model.mixer != "mamba":
         return None
     from decision_mamba.selective_scan import resolve_scan_backend
 

@@ -43,7 +43,6 @@ import importlib
 import math
 import os
 import warnings
-from typing import Literal
 
 import numba
 import numpy as np
@@ -56,13 +55,12 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, overload
 from torch import Tensor
 
+from decision_mamba.config import SCAN_BACKENDS as BACKENDS, ScanBackend as Backend
 from decision_mamba.scan_parallel import ssm_scan_parallel
 
 __all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "cuda_scan_available",
            "cuda_kernel_status", "resolve_scan_backend"]
 
-Backend = Literal["auto", "cuda", "parallel", "fused", "reference"]
-BACKENDS = ("auto", "cuda", "parallel", "fused", "reference")
 
 
 # --------------------------------------------------------------------------- numba set-up

@@ -67,7 +67,6 @@ from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import RESUME_MAY_DIFFER
 from decision_mamba.errors import UserError, cli_main
-from decision_mamba.mixers import MIXERS, models_in_table, spec_of_model
 from decision_mamba.protocols import PROTOCOLS
 
 GYM_ENTRY = "gym/experiment.py"
@@ -175,11 +174,11 @@ class TableSpec:
 
 
 TABLES: dict[int, TableSpec] = {
-    # Each table's models: the short model names of the mixers.MIXERS entries that list the table.
-    1: TableSpec(1, GYM_DATASETS, models_in_table(1), ("",), GYM_SEEDS),
-    2: TableSpec(2, ATARI_GAMES, models_in_table(2), ("",), ATARI_SEEDS),
-    3: TableSpec(3, MEDIUM_DATASETS, models_in_table(3), TABLE3_VARIANTS, GYM_SEEDS),
-    4: TableSpec(4, ("breakout", "qbert"), models_in_table(4), tuple(f"k{k}" for k in TABLE4_CONTEXTS), ATARI_SEEDS),
+    # Each table's models (naming.MODEL_NAMES), in the paper's column order.
+    1: TableSpec(1, GYM_DATASETS, ("dmamba", "dt", "dc", "ds4"), ("",), GYM_SEEDS),
+    2: TableSpec(2, ATARI_GAMES, ("dmamba", "dt", "dc"), ("",), ATARI_SEEDS),
+    3: TableSpec(3, MEDIUM_DATASETS, ("dmamba",), TABLE3_VARIANTS, GYM_SEEDS),
+    4: TableSpec(4, ("breakout", "qbert"), ("dmamba",), tuple(f"k{k}" for k in TABLE4_CONTEXTS), ATARI_SEEDS),
 }
 
 
@@ -189,7 +188,7 @@ class Run:
 
     table: int
     dataset: str
-    model: str  # a short model name (MixerSpec.model_name)
+    model: str  # a short model name (naming.MODEL_NAMES)
     variant: str  # "" | default | rc | rc-2l | k10 | k30 | k40 | k60
     seed: int
     entry_point: str  # relative to the repository root
@@ -315,7 +314,7 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
             for variant in _pick("variant", variants, spec.variants, table):
                 config = _config_path(table, dataset, variant)
                 variant_overrides = _variant_overrides(table, config, variant)
-                chosen = [f"model.mixer={spec_of_model(model).name}", f"protocol={protocol}"]
+                chosen = [f"model.mixer={naming.mixer_of_model(model)}", f"protocol={protocol}"]
                 resolved = load_config(schema, REPO_ROOT / config, variant_overrides + chosen + list(overrides))
                 # Any seed may be asked for; the default is the paper's.
                 for seed in seeds or spec.seeds:
@@ -548,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("table", choices=[f"table{n}" for n in TABLES])
     parser.add_argument("--out-dir", help="where the run directories go (default runs/table<N>)")
     parser.add_argument("--datasets", nargs="+", help="gym datasets (hopper-medium ...) or Atari games (breakout ...)")
-    parser.add_argument("--models", nargs="+", help=", ".join(spec.model_name for spec in MIXERS.values()))
+    parser.add_argument("--models", nargs="+", help=", ".join(short for short, _ in naming.MODEL_NAMES.values()))
     parser.add_argument("--variants", nargs="+", help="table 3: default rc rc-2l; table 4: k10 k30 k40 k60")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the paper's seeds")
     parser.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"])
