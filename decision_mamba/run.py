@@ -95,14 +95,6 @@ def seed_everything(seed: int, num_threads: int = 0) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def resolve_targets(cfg: GymConfig | AtariConfig, suite: Any, trajectories: Any) -> None:
-    """eval.targets: [] -> the suite's default targets, written into cfg, so that config.yaml,
-    --resume and `python -m decision_mamba.evaluate` all see the targets the run evaluated."""
-    if not cfg.eval.targets:
-        cfg.eval.targets = [float(x) for x in suite.default_targets(cfg, trajectories)]
-        print(f"eval.targets: [] -> {cfg.eval.targets} (the {suite.name} suite's default)")
-
-
 def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
     return Path(cfg.run.out_dir) / (cfg.run.name or default_name)
 

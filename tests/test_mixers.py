@@ -444,7 +444,7 @@ class WindowOnlySum(nn.Module):
 
 
 def test_a_mixer_without_a_recurrent_step_is_refused_for_recurrent_evaluation(monkeypatch):
-    from decision_mamba.evaluate import evaluate_after
+    from decision_mamba.evaluation import evaluate_after
 
     monkeypatch.setitem(MIXERS, "window_only", Mixer(lambda c: WindowOnlySum(c.d_model)))
     cfg = load_config(GymConfig, overrides=["model.mixer=window_only", "eval.mode=recurrent"])

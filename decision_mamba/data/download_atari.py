@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from decision_mamba.data.atari_replay import OTHER_ARRAYS, STORE_ARRAYS, STORE_SPECS, replay_dir, replay_file
-from decision_mamba.data.download import _USER_AGENT, DownloadError, download_file
+from decision_mamba.data.fetch import USER_AGENT, DownloadError, download_file
 
 DQN_REPLAY_URL = "https://storage.googleapis.com/atari-replay-datasets/dqn"
 DEFAULT_ATARI_DIR = "data/dqn_replay"
@@ -52,7 +52,7 @@ def object_url(base_url: str, game: str, filename: str) -> str:
 
 def remote_md5(url: str, timeout: float = 60.0) -> str | None:
     """The object's md5 (hex) from Cloud Storage's `x-goog-hash: crc32c=..,md5=..` header; None if absent."""
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             header = ",".join(response.headers.get_all("x-goog-hash") or [])
