@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,robotics
+EXTRAS ?= dev,robotics,tools,tables
 # GPU=1: after torch (PyPI's Linux wheel is a CUDA build), mamba-ssm's kernel. Its setup.py
 # imports torch, so no build isolation; --no-deps so that pip never swaps torch. A release
 # without a prebuilt wheel for this torch compiles with nvcc (README: troubleshooting).
@@ -49,7 +49,7 @@ run: install
 
 # No download: ~15 s of recording random play, then ~2 min of training and evaluation on a CPU.
 run-atari: install
-	$(PY) -m decision_mamba.data.record_atari --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
+	$(PY) tools/record_atari.py --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
 	$(PY) atari/train_atari.py --config configs/atari/quickstart.yaml
 
 test: install

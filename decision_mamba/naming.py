@@ -4,7 +4,7 @@
     wandb group  <table>/<dataset>/<model>[-<variant>]/<protocol>   table1/hopper-medium/dmamba/release
                  (<table> is table<N> for the sweep, "hand" for a run started by hand)
     tags         data:<source> and protocol:<protocol>; "generated" for files made by
-                 decision_mamba.data.generate, so they never pass for D4RL; "smoke" for the
+                 tools/generate_dataset.py, so they never pass for D4RL; "smoke" for the
                  sweep's --smoke runs (their wandb project is SMOKE_WANDB_PROJECT)
 
 <dataset> is the D4RL name (hopper-medium), a file's stem (hopper-medium-v4-gen: the env
@@ -20,7 +20,7 @@ from typing import Any
 from decision_mamba.data.d4rl import is_file_dataset
 from decision_mamba.protocols import protocol_label
 
-GENERATED_SUFFIX = "-gen"  # decision_mamba.data.generate names its files <env>-<dataset>-<version>-gen.hdf5
+GENERATED_SUFFIX = "-gen"  # tools/generate_dataset.py names its files <env>-<dataset>-<version>-gen.hdf5
 SMOKE_WANDB_PROJECT = "decision-mamba-smoke"  # sweep --smoke: runs on generated / emulator-recorded data
 
 # model.mixer -> (our short name of the model built with it: run names, wandb groups, sweep

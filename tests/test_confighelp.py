@@ -9,7 +9,7 @@ import pytest
 
 from decision_mamba.config import AtariConfig, GymConfig
 from decision_mamba.confighelp import config_rows, field_help
-from decision_mamba.data.generate import build_parser
+from generate_dataset import build_parser  # tools/
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for decision_mamba.data.generate: tiny end-to-end runs on the real Hopper-v4.
+"""Tests for tools/generate_dataset.py: tiny end-to-end runs on the real Hopper-v4.
 
 The independent references: a fresh Hopper-v4 replaying a dataset's recorded actions from its
 recorded env seed must reproduce the recorded observations, rewards and flags exactly; the
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from decision_mamba.errors import cli_main
-from decision_mamba.data.generate import (
+from generate_dataset import (
     DATASETS,
     GenerateConfig,
     GenerateError,
