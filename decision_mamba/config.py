@@ -360,6 +360,17 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
                                       "does not pad its training windows, so Atari keeps train.padding=masked")
 
 
+def flatten(tree: Any, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested dicts under their joined keys ({"train.betas": [0.9, 0.999], ...});
+    a tuple becomes a list, as YAML and JSON read it back."""
+    if not isinstance(tree, dict):
+        return {prefix: list(tree) if isinstance(tree, tuple) else tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, sep, f"{prefix}{sep}{key}" if prefix else str(key)))
+    return flat
+
+
 def to_dict(cfg: Any) -> dict:
     return asdict(cfg)
 

@@ -39,7 +39,7 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute, keep_freed_memory
-from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
+from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config, to_dict, to_yaml
 from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
 from decision_mamba.protocols import protocol_label
@@ -130,7 +130,7 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
         if self.wandb_run is not None:
-            self.wandb_run.log(_flatten(record), step=record["step"])
+            self.wandb_run.log(_numbers(record), step=record["step"])
 
     def log_videos(self, directory: Path, step: int) -> None:
         """The evaluation's MP4s (eval.video_episodes) as wandb videos, video/<file name>."""
@@ -144,7 +144,7 @@ class MetricsLog:
 
     def close(self, summary: dict) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(_flatten(summary))
+            self.wandb_run.summary.update(_numbers(summary))
             self.wandb_run.finish()
 
 
@@ -174,15 +174,9 @@ def _wandb_id(run_dir: Path) -> str:
     return id_file.read_text().strip()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "/"))
-        elif isinstance(v, (int, float)):
-            flat[key] = v
-    return flat
+def _numbers(record: dict) -> dict:
+    """What wandb plots of a record: its numeric leaves, keys joined by /."""
+    return {key: value for key, value in flatten(record, sep="/").items() if isinstance(value, (int, float))}
 
 
 # ------------------------------------------------------------------- summaries

@@ -63,7 +63,7 @@ import submitit
 from omegaconf import OmegaConf
 
 from decision_mamba import naming
-from decision_mamba.config import AtariConfig, GymConfig, load_config
+from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import RESUME_MAY_DIFFER
 from decision_mamba.errors import UserError, cli_main
@@ -341,23 +341,13 @@ def run_status(run: Run, cwd: str | Path = ".") -> str:
     return "new"
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        # a tuple field (train.betas) reads back from YAML as a list
-        return {prefix.rstrip("."): list(d) if isinstance(d, tuple) else d}
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-
-
 def settings_differences(run: Run) -> list[str]:
     """Where the config.yaml in the run directory differs from what this sweep would run."""
     path = run.run_dir / "config.yaml"
     if not path.is_file():
         return []
-    wanted = _flatten(OmegaConf.to_container(OmegaConf.structured(run.resolved_config())))
-    found = _flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    wanted = flatten(OmegaConf.to_container(OmegaConf.structured(run.resolved_config())))
+    found = flatten(OmegaConf.to_container(OmegaConf.load(path)))
     return [f"{key}: {found.get(key)!r} in the run directory, {wanted.get(key)!r} now"
             for key in sorted(set(wanted) | set(found))
             if key not in IGNORED_WHEN_COMPARING and wanted.get(key) != found.get(key)]
