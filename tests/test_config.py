@@ -8,7 +8,7 @@ from decision_mamba.config import AtariConfig, ConfigError, GymConfig, load_conf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# Table 5 of the paper (REFERENCE §3): (d_model, learning rate) per dataset.
+# Table 5 of the paper (docs/protocol.md): (d_model, learning rate) per dataset.
 TABLE5 = {
     "hopper-medium": (256, 1e-4), "hopper-medium-replay": (256, 1e-4), "hopper-medium-expert": (128, 1e-3),
     "halfcheetah-medium": (128, 1e-3), "halfcheetah-medium-replay": (128, 1e-3),

@@ -2,8 +2,9 @@
 
 The independent references: a fresh Hopper-v4 replaying a dataset's recorded actions from its
 recorded env seed must reproduce the recorded observations, rewards and flags exactly; the
-returns and normalized scores are recomputed here from the raw arrays and REFERENCE §4; a run
-interrupted after its first checkpoint and resumed must equal an uninterrupted run bit for bit.
+returns and normalized scores are recomputed here from the raw arrays and D4RL's reference
+returns (docs/data.md); a run interrupted after its first checkpoint and resumed must equal
+an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from generate_dataset import (
     _make_agent,
 )
 
-HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # REFERENCE §4
+HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # D4RL's reference returns (docs/data.md)
 OBS_DIM, ACT_DIM = 11, 3
 
 # Tiny budgets: 600 SAC steps, uniform random warm-up for the first 300 and then 300 gradient

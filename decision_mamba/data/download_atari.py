@@ -5,7 +5,7 @@
 No gsutil: the bucket gs://atari-replay-datasets is public, so every object is a plain
 HTTPS GET on storage.googleapis.com. Only what load_dqn_replay reads is fetched: run 1
 of the game (of the 5 published), and the last `num_buffers` of its 50 buffers (the
-loader draws from those), six files each (REFERENCE §5). Each file goes through
+loader draws from those), six files each (docs/data.md). Each file goes through
 download.download_file: resumable (.part + Range), renamed only once it is checked:
   - its size against the server's,
   - its md5 against the x-goog-hash header that Cloud Storage sends (when the server sends one),

@@ -14,7 +14,7 @@ Two sampling schemes, both from the Decision Transformer code:
              [idx, idx + K) is shifted left to end at the episode's end if it would cross it.
              An episode shorter than K cannot fill the window: it is left-padded.
 
-Padding convention (project-wide, identical in training and inference; REFERENCE §6):
+Padding convention (project-wide, identical in training and inference; docs/protocol.md):
 padded positions hold 0 in states (after normalisation), actions, returns_to_go and
 timesteps, and mask is False there. DT pads states before normalising and actions with -10;
 we deliberately do not, because Mamba has no attention mask and sees the pad values.
