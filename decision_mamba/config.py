@@ -41,9 +41,6 @@ EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 OVERLAP_CHOICES: tuple[str, ...] = get_args(Overlap)
 # The D4RL MuJoCo environments: config name -> gymnasium's (envs.py makes `{name}-{version}`).
 GYM_ENV_NAMES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
-# The paper's token mixers (model.mixer), in its tables' column order; mixers.MIXERS builds
-# them, and a mixer added to that table is valid too (checked when the model is built).
-PAPER_MIXERS = ("mamba", "attention", "conv", "s4")
 
 # The recurrent step cannot run the release's Atari timestep embedding: every step gives
 # the whole window a new global embedding (the current step's), so no state carries over.
