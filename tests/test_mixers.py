@@ -395,14 +395,18 @@ def test_s4d_init_is_s4d_lin_and_validates():
 
 
 def test_each_entry_builds_its_mixer_from_the_model_config():
-    cfg = ModelConfig(d_model=32, n_head=8, dropout=0.0, conv_window=4, s4_d_state=16, d_state=8, expand=3)
+    # every option a different value, so that an entry reading the wrong field shows
+    cfg = ModelConfig(d_model=32, n_head=8, dropout=0.25, conv_window=5, s4_d_state=12, d_state=6, d_conv=3, expand=7,
+                      scan_backend="reference")
     built = {name: build_mixer(dataclasses.replace(cfg, mixer=name)) for name in MIXERS}
-    assert type(built["mamba"]).__name__ == "Mamba" and built["mamba"].d_state == 8
-    assert built["mamba"].in_proj.out_features == 2 * 3 * 32  # expand
+    mamba = built["mamba"]
+    assert type(mamba).__name__ == "Mamba" and mamba.d_state == 6 and mamba.conv1d.kernel_size == (3,)
+    assert mamba.in_proj.out_features == 2 * 7 * 32 and mamba.scan_backend == "reference"
     assert isinstance(built["attention"], CausalSelfAttention) and built["attention"].n_head == 8
-    assert isinstance(built["conv"], TokenTypeConv) and built["conv"].window == 4
-    assert isinstance(built["s4"], S4DMixer) and built["s4"].d_state == 16
-    assert built["decay"].d_model == 32
+    assert built["attention"].dropout == 0.25
+    assert isinstance(built["conv"], TokenTypeConv) and built["conv"].window == 5
+    assert isinstance(built["s4"], S4DMixer) and built["s4"].d_state == 12 and built["s4"].dropout.p == 0.25
+    assert built["decay"].d_model == 32 and built["decay"].dropout.p == 0.25
     assert list(MIXERS) == ["mamba", "attention", "conv", "s4", EXTRA_NAME]
 
 
