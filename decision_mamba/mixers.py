@@ -316,6 +316,8 @@ class S4DMixer(nn.Module):
 
 
 class Mixer(NamedTuple):
+    """One entry of MIXERS."""
+
     build: Callable[[ModelConfig], nn.Module]  # one layer's mixer, from the model's config
     own_init: bool = False  # True: keeps its reference init (mamba_ssm's, S4D's); False: GPT-2's normal(0.02) too
 
