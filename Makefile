@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, run the test suite (make test-fast: the unit tests only)
 #   make run-atari  record a small DQN-replay-format dataset from the real emulator, train and evaluate DMamba on it
 # On a GPU machine: make install GPU=1 (README, "GPU install")
 #   make gpu-wheels  (with internet) the wheels the GPU check installs, into $(GPU_WHEELS)
@@ -8,7 +8,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,robotics,reports
+EXTRAS ?= dev,robotics,tools,tables
 # GPU=1: after torch (PyPI's Linux wheel is a CUDA build), mamba-ssm's kernel. Its setup.py
 # imports torch, so no build isolation; --no-deps so that pip never swaps torch. A release
 # without a prebuilt wheel for this torch compiles with nvcc (README: troubleshooting).
@@ -25,9 +25,9 @@ GPU_CHECK_ARGS ?=
 # went from 0.27 s to 2.5 s). A single run keeps OpenMP's default: there each of the many
 # small torch calls of an evaluation step would wait for sleeping threads to wake (measured,
 # 300 quickstart updates and 2 evaluations: evaluating 13-14 s with PASSIVE, 7-8 s without).
-test: export OMP_WAIT_POLICY ?= PASSIVE
+test test-fast: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install run run-atari test bench gpu-wheels gpu-check clean
+.PHONY: install run run-atari test test-fast bench gpu-wheels gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -49,11 +49,16 @@ run: install
 
 # No download: ~15 s of recording random play, then ~2 min of training and evaluation on a CPU.
 run-atari: install
-	$(PY) -m decision_mamba.data.record_atari --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
+	$(PY) tools/record_atari.py --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
 	$(PY) atari/train_atari.py --config configs/atari/quickstart.yaml
 
 test: install
 	$(PY) -m pytest -n 2 -q
+
+# The unit tests only, for everyday work (about a minute on 2 cores): no end-to-end runs
+# or learning tests (the `slow` marker, tests/conftest.py). `make test` runs everything.
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not slow"
 
 bench: install
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"  # HF transformers' DT, measured beside ours

@@ -27,11 +27,10 @@ from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.sampler import gather_windows, sample_batch, window_ends
 from decision_mamba.envs import num_actions
 from decision_mamba.errors import DataError, cli_main
-from decision_mamba.evaluate import evaluate_after, evaluation_envs
-from decision_mamba.mixers import paper_name
+from decision_mamba.evaluation import evaluate_after, evaluation_envs, resolve_targets
 from decision_mamba.model import DecisionModel
-from decision_mamba.naming import run_group, run_name, run_tags
-from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.naming import paper_name, run_group, run_name, run_tags
+from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # dqn_replay_writer, outside the package
+
 GAME = "Synthetic"
 ROWS_PER_BUFFER = 100_000
 TARGET = 500_000
@@ -53,7 +55,7 @@ def peak_rss_bytes() -> int:
 def synthetic_buffer(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, ...]:
     """`rows` rows in dopamine's layout: padded episodes of 400-1200 steps, structured frames."""
     from decision_mamba.data.atari_replay import PADDING_ROWS
-    from decision_mamba.data.dqn_replay_writer import add_episode_padding
+    from dqn_replay_writer import add_episode_padding  # tools/
 
     lengths = []
     while sum(lengths) + PADDING_ROWS * len(lengths) < rows:
@@ -73,7 +75,7 @@ def synthetic_buffer(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, .
 
 
 def write_buffers(root: Path, num_buffers: int) -> None:
-    from decision_mamba.data.dqn_replay_writer import write_replay_buffer
+    from dqn_replay_writer import write_replay_buffer  # tools/
 
     rng = np.random.default_rng(0)
     for index in range(num_buffers):

@@ -56,7 +56,6 @@ from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
 from decision_mamba.data.d4rl import is_file_dataset  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
-from decision_mamba.mixers import model_name, spec_of_model  # noqa: E402
 from decision_mamba.protocols import protocol_label  # noqa: E402
 from decision_mamba.checkpoint import IDENTITY_FILE  # noqa: E402
 from decision_mamba.runlog import RUN_INFO_FILE  # noqa: E402
@@ -139,9 +138,9 @@ def table_title(table: int) -> str:
 
 
 def display_name(column: str) -> str:
-    """A column as the paper prints it: a model's paper name (mixers.MIXERS) or a variant's."""
-    spec = spec_of_model(column)
-    return spec.paper_name if spec is not None else VARIANT_NAMES.get(column, column)
+    """A column as the paper prints it: a model's paper name (naming.MODEL_NAMES) or a variant's."""
+    mixer = naming.mixer_of_model(column)
+    return naming.paper_name(mixer) if mixer is not None else VARIANT_NAMES.get(column, column)
 
 
 # table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group); older runs lack the protocol.
@@ -197,7 +196,7 @@ class RunRecord:
 
 def _column_from_config(table: int, cfg: dict) -> str:
     """The cell's column for a run directory not made by the sweep."""
-    model = model_name(cfg["model"]["mixer"])
+    model = naming.model_name(cfg["model"]["mixer"])
     if table == 3:
         if cfg["model"].get("channel_mlp", True):
             return "default"
@@ -273,7 +272,7 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
     match = GROUP_PATTERN.match(cfg.get("run", {}).get("wandb_group", "") or "")
     if match:  # made by decision_mamba.sweep: table<N>/<dataset>/<model>[-<variant>]
         run_table, dataset, label = int(match["table"]), match["dataset"], match["label"]
-        model = model_name(cfg["model"]["mixer"])
+        model = naming.model_name(cfg["model"]["mixer"])
         column = label.removeprefix(f"{model}-") if run_table in (3, 4) else model
     else:
         run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)

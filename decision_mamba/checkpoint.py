@@ -19,7 +19,6 @@ import errno
 import hashlib
 import json
 import re
-import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ import torch
 from omegaconf import OmegaConf
 
 from decision_mamba.atomic import atomic_path
+from decision_mamba.config import flatten, parse_keep
 from decision_mamba.errors import UserError
+from decision_mamba.provenance import git_state, package_versions
 
 FORMAT = 2  # 1: {"iteration", "trainer"} only (before self-contained checkpoints)
 CHECKPOINT_RE = re.compile(r"^iter_(\d+)\.pt$")
@@ -77,34 +78,9 @@ def thread_counts() -> dict[str, int]:
 
 def code_version() -> dict[str, Any]:
     """The package version and, in a git checkout, the commit and whether the tree was modified."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        package = version("decision-mamba")
-    except PackageNotFoundError:
-        package = None
-    repo = Path(__file__).resolve().parents[1]
-    commit = dirty = None
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"package": package, "git_commit": commit, "git_dirty": dirty}
-
-
-def package_versions(*names: str) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    git = git_state()
+    return {"package": package_versions("decision-mamba")["decision-mamba"], "git_commit": git["commit"],
+            "git_dirty": git["dirty"]}
 
 
 def run_identity(experiment: str, traj: Any, *, env_id: str, obs_shape: tuple[int, ...], act_dim: int,
@@ -227,19 +203,6 @@ def newest_intact(ckpt_dir: Path, say: Say = print) -> tuple[Path, dict] | None:
 
 
 # ------------------------------------------------------------------ retention
-def parse_keep(policy: str) -> int | None:
-    """'all' -> None (keep every checkpoint); 'last_and_best' -> 1; 'N' -> N (the newest N, and the best)."""
-    policy = str(policy).strip()
-    if policy == "all":
-        return None
-    if policy == "last_and_best":
-        return 1
-    if policy.isdigit() and int(policy) > 0:
-        return int(policy)
-    raise CheckpointError(f"run.keep_checkpoints must be all, last_and_best or a positive number N "
-                          f"(the newest N and the best), got {policy!r}")
-
-
 def retain(ckpt_dir: Path, policy: str, best_iteration: int | None) -> list[Path]:
     """Delete the checkpoints `policy` does not keep: it keeps the newest (resume needs it)
     and the best by the run's selection rule (what the paper reports). Returns what went."""
@@ -293,18 +256,9 @@ def remove_leftovers(run_dir: Path, say: Say = print) -> list[Path]:
     return removed
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return {k.rstrip("."): v for k, v in flat.items()}
-
-
 def differences(old: dict, new: dict, ignore: Iterable[str] = ()) -> dict[str, str]:
     """{key: 'key: old -> new'} for every leaf that differs (absent on one side included)."""
-    old_flat, new_flat = _flatten(old), _flatten(new)
+    old_flat, new_flat = flatten(old), flatten(new)
     ignore = set(ignore)
     missing = "(absent)"
     return {key: f"{key}: {old_flat.get(key, missing)!r} -> {new_flat.get(key, missing)!r}"
@@ -326,7 +280,7 @@ def check_resume(run_dir: Path, config_yaml: str, identity: dict, say: Say = pri
     run_dir = Path(run_dir)
     new_config = OmegaConf.to_container(OmegaConf.create(config_yaml))
     allowed = list(new_config.get("run", {}).get("resume_allow_changes") or [])
-    known = set(_flatten(new_config)) | {f"threads.{name}" for name in thread_counts()}
+    known = set(flatten(new_config)) | {f"threads.{name}" for name in thread_counts()}
     for key in allowed:
         if any(_covers(key, never) or _covers(never, key) for never in RESUME_NEVER_ALLOWED):
             raise CheckpointError(f"run.resume_allow_changes cannot allow {key!r}: a run trained partly on other "

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from decision_mamba.mixers import mixer_spec
+from decision_mamba.config import PRECISIONS
 from decision_mamba.selective_scan import resolve_scan_backend
 
 __all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -54,7 +53,7 @@ def _version(package: str) -> str | None:
 def describe_compute(cfg: Any, device: torch.device) -> dict[str, Any]:
     """Device, precision and the selective scan that runs, with the reason (a GymConfig or AtariConfig)."""
     device = torch.device(device)
-    if mixer_spec(cfg.model.mixer).uses_scan:
+    if cfg.model.mixer == "mamba":  # the one mixer that runs the selective scan
         backend, reason = resolve_scan_backend(cfg.model.scan_backend, device)
     else:
         backend, reason = "none", f"the {cfg.model.mixer} mixer has no selective scan"

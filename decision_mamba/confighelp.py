@@ -1,67 +1,31 @@
 """Every config key with its value and a one-line description, for `--help` and `--show-config`.
 
-The descriptions are the comments of the config dataclasses (config.py, model.py): the
-comment at the end of a field's line, or else the comment lines right above it. One home
-per description, and the dataclasses stay plain to read; tests/test_confighelp.py checks
-that every field has one. A dataclass may add a `field_help()` classmethod for fields whose
-choices come from a registry (ModelConfig: the token mixers of mixers.MIXERS).
+The descriptions are the fields' own: `config.setting(default, help)` stores each in the
+field's metadata, so there is one home per description; tests/test_confighelp.py checks
+that every field has one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import io
-import re
-import tokenize
-from functools import cache
 from typing import Any
 
-_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:")
 
-
-@cache
-def field_comments(cls: type) -> dict[str, str]:
-    """{field name: its comment} read from the source of dataclass `cls`."""
-    source = inspect.getsource(cls)
-    comments: dict[int, str] = {}  # line number -> comment text
-    code_lines: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
-            code_lines.add(tok.start[0])
-    lines = source.splitlines()
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, str] = {}
-    for number, line in enumerate(lines, start=1):
-        match = _FIELD_LINE.match(line)
-        if not match or match[1] not in names or match[1] in out:
-            continue
-        if number in comments and number in code_lines:  # a trailing comment
-            out[match[1]] = comments[number]
-            continue
-        above = []
-        previous = number - 1
-        while previous in comments and previous not in code_lines:  # a block of comment lines
-            above.insert(0, comments[previous])
-            previous -= 1
-        out[match[1]] = " ".join(above)
-    return out
+def field_help(cls: type) -> dict[str, str]:
+    """{field name: its description} of the config dataclass `cls`."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, value, description) for every leaf field of the dataclass instance `cfg`."""
     rows = []
-    comments = field_comments(type(cfg))
-    if hasattr(type(cfg), "field_help"):  # choices read from a registry (ModelConfig.mixer: mixers.MIXERS)
-        comments = {**comments, **type(cfg).field_help()}
+    descriptions = field_help(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             rows.extend(config_rows(value, f"{prefix}{f.name}."))
         else:
-            rows.append((f"{prefix}{f.name}", value, comments.get(f.name, "")))
+            rows.append((f"{prefix}{f.name}", value, descriptions[f.name]))
     return rows
 
 

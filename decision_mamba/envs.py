@@ -30,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
+from decision_mamba.config import GYM_ENV_NAMES
 from decision_mamba.errors import DataError, UserError
 from decision_mamba.video import MUJOCO_VIDEO_SIZE, EpisodeFrames, use_headless_gl
 
@@ -43,7 +44,6 @@ class UnknownGameError(UserError, ValueError):
 # D4RL was recorded on the mujoco-py era environments; Gymnasium's -v4 environments have
 # the same models on the maintained `mujoco` bindings, -v5 fixes some bugs (and is what
 # Minari's mujoco datasets were recorded on); docs/data.md.
-GYM_ENV_NAMES = {"hopper": "Hopper", "halfcheetah": "HalfCheetah", "walker2d": "Walker2d"}
 # -v4 is chosen on purpose for D4RL data; gymnasium's advice to upgrade is noise here.
 warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading", category=DeprecationWarning)
 

@@ -1,9 +1,9 @@
-"""Batched return-conditioned evaluation, shared by gym and Atari.
+"""Batched return-conditioned evaluation, shared by gym and Atari: the loop and its glue.
 
 All episodes of one evaluation (every target return x every episode) run at once in
 one gymnasium vector environment, with one batched model call per environment step.
 Evaluation dominates the wall time of DT-style codebases that step one episode at a
-time (REFERENCE §6); batching is the cure.
+time (docs/protocol.md); batching is the cure.
 
 Two ways to choose an action (`mode`):
   window     the DT protocol: re-run the model on the last K timesteps, left-padded
@@ -12,7 +12,7 @@ Two ways to choose an action (`mode`):
              only the t + 1 steps so far, unpadded, as the release's (DT's) Atari evaluation;
   recurrent  carry every mixer's recurrent state from the start of the episode and feed
              only the new tokens (O(1) per step for Mamba). The model then conditions on
-             the whole episode rather than on K steps; see the README.
+             the whole episode rather than on K steps; see docs/protocol.md.
 
 With `overlap` (eval.overlap) the simulators and the model take turns in two halves of
 the batch: while the model chooses one half's actions in a worker thread, this thread
@@ -21,24 +21,41 @@ time hides behind the simulator's.
 
 The return-to-go starts at the target and is decremented by each reward (paper §3,
 "Training & inference"); gym scales it by 1/rtg_scale like the training data.
+
+Around the loop, the glue every evaluation shares: a run's targets (the suite's default
+when the config gives none), its seed per iteration, its environments, its summary per
+target, and the evaluation of a saved checkpoint. Training (gym/experiment.py,
+atari/train_atari.py) and `python -m decision_mamba.evaluate` call the same functions, so
+a checkpoint re-evaluated with the run's settings gives the logged numbers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numba
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
+from decision_mamba.checkpoint import CheckpointError, load_checkpoint
+from decision_mamba.config import OVERLAP_CHOICES, AtariConfig, ConfigError, GymConfig, validate
+from decision_mamba.errors import UserError
 from decision_mamba.model import DecisionModel
+from decision_mamba.naming import paper_name
+from decision_mamba.suites import Suite, suite_of
+from decision_mamba.trainer import resolve_device
+from decision_mamba.video import iteration_video_dir, record_episodes, recorded_indices
 
 
 class ReturnToGo:
@@ -92,13 +109,10 @@ class _History:
         self.actions[:, -1] = action
 
 
-OVERLAP_CHOICES = ("auto", "on", "off")
-
-
 def overlaps_simulator(overlap: str, mode: str, device: torch.device) -> bool:
     """Whether an evaluation steps one half of its episodes' simulators while the model acts
     for the other half (eval.overlap). auto: only where it was measured to pay, the recurrent
-    step on the CPU (README, "Benchmarks"); the K-window there needs every core for the model."""
+    step on the CPU (docs/benchmarks.md); the K-window there needs every core for the model."""
     if overlap not in OVERLAP_CHOICES:
         raise ValueError(f"overlap must be one of {', '.join(OVERLAP_CHOICES)}, got {overlap!r}")
     if overlap == "auto":
@@ -368,3 +382,167 @@ def summarize(stats: EpisodeStats, normalize: Callable[[np.ndarray], np.ndarray]
             "score_std": float(np.std(score)),
         }
     return summary
+
+
+# ============================================================== the glue of a run's evaluations
+def resolve_targets(cfg: GymConfig | AtariConfig, suite: Suite, trajectories: Any) -> None:
+    """eval.targets: [] -> the suite's default targets, written into cfg, so that config.yaml,
+    --resume and `python -m decision_mamba.evaluate` all see the targets the run evaluated."""
+    if not cfg.eval.targets:
+        cfg.eval.targets = [float(x) for x in suite.default_targets(cfg, trajectories)]
+        print(f"eval.targets: [] -> {cfg.eval.targets} (the {suite.name} suite's default)")
+
+
+def evaluation_seed(seed: int, iteration: int) -> int:
+    """The seed of the evaluation after `iteration`: fixed per (seed, iteration), so a resumed
+    run and the checkpoint command replay exactly the episodes the uninterrupted run played."""
+    return seed * 1000 + iteration
+
+
+def check_evaluation(cfg: GymConfig | AtariConfig, model: DecisionModel) -> None:
+    """Refuse, before the run starts, an evaluation the model cannot run."""
+    if cfg.eval.mode == "recurrent" and not model.recurrent:
+        raise UserError(f"eval.mode=recurrent needs a mixer with a recurrent step; {cfg.model.mixer} has none "
+                        f"(no init_state and step): use eval.mode=window")
+    if getattr(cfg.train, "window_start", "random") == "episode" and cfg.eval.mode == "window" and model.recurrent:
+        raise UserError(f"train.window_start=episode trains {cfg.model.mixer} on windows from an episode's start; "
+                        f"evaluate it with eval.mode=recurrent (the policy trained), not window (other windows, "
+                        f"padded before the steps)")
+
+
+def evaluation_envs(cfg: GymConfig | AtariConfig, env: dict, obs_dim: int | None = None,
+                    act_dim: int | None = None) -> gym.vector.VectorEnv:
+    """The vector environment evaluate_policy steps: one sub-environment per (target, episode),
+    the first cfg.eval.video_episodes of each target filmed. env: the suite's description
+    (suites.SuiteData.env); obs_dim / act_dim: the data's sizes, checked against the env's."""
+    record = recorded_indices(len(cfg.eval.targets), cfg.eval.episodes, cfg.eval.video_episodes)
+    return suite_of(cfg).make_envs(cfg, env, max(1, cfg.eval.episodes * len(cfg.eval.targets)),
+                                   obs_dim=obs_dim, act_dim=act_dim, record=record)
+
+
+def evaluate_policy(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, seed: int,
+                    state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
+                    progress: bool = False, env: dict | None = None, video_dir: Path | None = None,
+                    videos: list[Path] | None = None) -> dict[str, dict[str, float]]:
+    """One evaluation (every target x cfg.eval.episodes, batched) -> summarize()'s per-target dict.
+
+    env: the suite's description of the environment (suites.SuiteData.env), for its score.
+    video_dir: write there an MP4 of each episode played by a filmed sub-environment of
+    `envs` (video.recorded_indices), named target<R>_episode<k>.mp4, and append their paths to `videos`."""
+    targets = np.repeat(np.asarray(cfg.eval.targets, dtype=np.float64), cfg.eval.episodes)
+
+    def video_name(i: int) -> str:  # sub-environment i plays episode i % episodes of targets[i]
+        return f"target{targets[i]:g}_episode{i % cfg.eval.episodes}"
+
+    with record_episodes(envs, video_dir, video_name) as written:
+        stats = evaluate_batched(model, envs, targets, context_len=cfg.train.context_len,
+                                 rtg_scale=cfg.train.rtg_scale, max_ep_len=cfg.eval.max_ep_len, seed=seed,
+                                 mode=cfg.eval.mode, state_mean=state_mean, state_std=state_std,
+                                 sample_actions=cfg.eval.sample_actions,  # ignored when continuous
+                                 short_prefix=cfg.eval.atari_short_prefix, overlap=cfg.eval.overlap,
+                                 progress=progress)
+    if videos is not None:
+        videos.extend(written)
+    return summarize(stats, suite_of(cfg).score(cfg, env or {}))
+
+
+def evaluate_after(cfg: GymConfig | AtariConfig, model: DecisionModel, envs: gym.vector.VectorEnv, env: dict,
+                   state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
+                   run_dir: Path | None = None) -> Callable[[int], dict]:
+    """The entry points' evaluate(iteration): evaluate_policy with the evaluation seed of that
+    iteration, filming cfg.eval.video_episodes per target into run_dir/videos/iter_NNN."""
+    check_evaluation(cfg, model)
+
+    def evaluate(iteration: int) -> dict:  # the same call as evaluate_checkpoint's
+        video_dir = iteration_video_dir(run_dir, iteration) if cfg.eval.video_episodes and run_dir else None
+        return evaluate_policy(cfg, model, envs, evaluation_seed(cfg.seed, iteration), state_mean, state_std,
+                               progress=cfg.run.progress, env=env, video_dir=video_dir)
+
+    return evaluate
+
+
+# ============================================================== a saved checkpoint's evaluation
+SCHEMAS = {"gym": GymConfig, "atari": AtariConfig}
+
+
+def config_from_checkpoint(state: dict, path: Path, overrides: list[str]) -> GymConfig | AtariConfig:
+    """The run's config stored in checkpoint `path`, with `key=value` overrides."""
+    identity = state.get("identity") or {}
+    schema = SCHEMAS.get(identity.get("experiment"))
+    if schema is None or "config" not in state:
+        raise CheckpointError(f"{path} is not self-contained (no config or identity: written by "
+                              f"run_experiment without an identity); it cannot be evaluated alone")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(state["config"]),
+                                 OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid evaluation settings for {path}: {err}") from None
+    validate(cfg)
+    return cfg
+
+
+def use_run_threads(threads: dict[str, int] | None) -> None:
+    """The run's thread counts: reductions, hence the last bits, depend on them."""
+    if not threads:
+        return
+    torch.set_num_threads(int(threads["torch"]))
+    if int(threads["numba"]) <= numba.config.NUMBA_NUM_THREADS:
+        numba.set_num_threads(int(threads["numba"]))
+    else:
+        print(f"warning: the run used {threads['numba']} numba threads, this process has at most "
+              f"{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS); the last bits may differ", file=sys.stderr)
+
+
+def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Sequence[float] | None = None,
+                        mode: str | None = None, seed: int | None = None, device: str | None = None,
+                        video: Path | None = None, video_episodes: int | None = None) -> dict:
+    """Rebuild the policy of checkpoint `path` and evaluate it; returns the JSON report.
+
+    A checkpoint is self-contained (checkpoint.py): the config, the state normalisation and
+    the environment (the suite's description, identity["env"]) come from the file, not from
+    the data. With the run's settings and the default seed (evaluation_seed of the
+    checkpoint's iteration) and thread counts, the returns are those the run logged.
+    video: a folder for MP4s of the first `video_episodes` episodes of each target (default:
+    the run's eval.video_episodes, at least 1)."""
+    state = load_checkpoint(path)
+    overrides = [f"eval.episodes={episodes}"] if episodes is not None else []
+    if targets is not None:
+        overrides.append(f"eval.targets=[{','.join(repr(float(t)) for t in targets)}]")
+    if mode is not None:
+        overrides.append(f"eval.mode={mode}")
+    if video is None:  # training may have filmed; this command films only with --video
+        overrides.append("eval.video_episodes=0")
+    elif video_episodes is not None:
+        overrides.append(f"eval.video_episodes={video_episodes}")
+    cfg = config_from_checkpoint(state, path, overrides)
+    if video is not None:
+        cfg.eval.video_episodes = max(1, cfg.eval.video_episodes)
+    identity = state["identity"]
+    use_run_threads(identity.get("threads"))
+    torch_device = resolve_device(device or cfg.train.device)
+    model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"],
+                          context_len=cfg.train.context_len)
+    if isinstance(cfg, GymConfig):  # as gym/experiment.py builds it
+        model.zero_padded_tokens = cfg.train.padding == "masked"
+    check_evaluation(cfg, model)
+    model.load_state_dict(state["trainer"]["model"])
+    model.to(torch_device)
+    normalization = {}
+    if identity.get("state_mean") is not None:
+        normalization = {"state_mean": np.asarray(identity["state_mean"], dtype=np.float32),
+                         "state_std": np.asarray(identity["state_std"], dtype=np.float32)}
+    seed = evaluation_seed(cfg.seed, state["iteration"]) if seed is None else seed
+    env = identity.get("env") or {"env_id": identity["env_id"]}  # run_identity keeps more than the id only if there is more
+    envs = evaluation_envs(cfg, env, obs_dim=identity["obs_shape"][0], act_dim=identity["act_dim"])
+    videos: list[Path] = []
+    try:
+        results = evaluate_policy(cfg, model, envs, seed, **normalization, progress=cfg.run.progress,
+                                  env=env, video_dir=video, videos=videos)
+    finally:
+        envs.close()
+    return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),
+            "model": paper_name(cfg.model.mixer), "env_id": identity.get("env_id"),
+            "seed": seed, "mode": cfg.eval.mode, "episodes_per_target": cfg.eval.episodes,
+            "targets": results, "code": identity.get("code"), "threads": identity.get("threads"),
+            "videos": [str(p) for p in videos]}

@@ -1,6 +1,6 @@
 """The door to DMamba's fused recurrent step on the CPU (decision_mamba/cpu/step.py).
 
-MIXERS names this module for DMamba; `DecisionModel.step` asks `fused_step_applies` and,
+For DMamba (model.mixer=mamba), `DecisionModel.step` asks `fused_step_applies` and,
 when it says yes, runs all layers through `fused_layers_step` instead of each layer's
 PyTorch `step`. numba and the kernels load on the first step that takes this path.
 """
@@ -10,17 +10,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from decision_mamba.mixers import mixer_spec
-
 __all__ = ["fused_step_applies", "fused_layers_step"]
 
 
 def fused_step_applies(model: nn.Module, x: Tensor) -> bool:
-    """Whether `fused_layers_step` may run this step: a model whose mixer's MIXERS entry names
-    this module (DMamba) in eval mode, CPU tokens in float32/float64, no gradient wanted, and
-    a scan backend that allows it (not "reference")."""
+    """Whether `fused_layers_step` may run this step: a DMamba model in eval mode,
+    CPU tokens in float32/float64, no gradient wanted, and a scan backend that allows it
+    (not "reference")."""
     cfg = model.cfg
-    return (mixer_spec(cfg.mixer).fused_step == __name__ and cfg.scan_backend in ("auto", "fused")
+    return (cfg.mixer == "mamba" and cfg.scan_backend in ("auto", "fused")
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and not model.training
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))))

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decision_mamba.mixers import _check_padding_mask
+from decision_mamba.mixer_checks import check_padding_mask as _check_padding_mask
 from decision_mamba.selective_scan import BACKENDS, selective_scan
 
 __all__ = ["Mamba", "causal_conv1d_silu"]

@@ -1,6 +1,6 @@
 """The decision model: Decision Transformer with a pluggable token mixer.
 
-Paper §3 (Eq. 6-12) and REFERENCE §2. The last K timesteps of a trajectory become 3K
+Paper §3 (Eq. 6-12) and docs/architecture.md. The last K timesteps of a trajectory become 3K
 tokens R_1, s_1, a_1, R_2, s_2, a_2, ...; each modality has its own embedding, a learned
 timestep embedding is added to the three tokens of a timestep, then a LayerNorm (Eq. 7).
 (The Atari release, like DT's Atari model, instead adds one global timestep embedding per
@@ -20,72 +20,22 @@ paper's release pads actions with -10 in training and 0 at evaluation; Mamba has
 mask, so that inconsistency reaches the model. We do not repeat it.)
 
 The same model runs recurrently: `init_state` + `step` feed one timestep's tokens
-through every mixer's own `step`, O(1) per token for Mamba, conv and S4. A mixer whose
-MIXERS entry names a fused step runs all layers in one call instead (DMamba on the CPU:
-one numba kernel, fused_step.py, imported on first use).
+through every mixer's own `step`, O(1) per token for Mamba, conv and S4. DMamba on the
+CPU runs all layers of a step in one numba kernel instead (fused_step.py, imported when
+that path runs).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decision_mamba.config import RECURRENT_GLOBAL_POSITION, ModelConfig
 from decision_mamba.errors import UserError
-from decision_mamba.mixers import DEFAULT_MIXER, build_mixer, describe_mixers, fused_step_module, mixer_kwargs, mixer_spec
+from decision_mamba.mixers import build_mixer, mixer_entry
 
-# The recurrent step cannot run the release's Atari timestep embedding: every step gives
-# the whole window a new global embedding (the current step's), so no state carries over.
-RECURRENT_GLOBAL_POSITION = ("eval.mode=recurrent cannot run model.timestep_embedding=global_position (each step "
-                             "re-embeds the whole window with the current step); use eval.mode=window")
-
-
-@dataclass
-class ModelConfig:
-    """Architecture. Defaults are the paper's gym setting (Table 5)."""
-
-    mixer: str = DEFAULT_MIXER  # the token mixer (decision_mamba/mixers.py, MIXERS)
-    d_model: int = 128  # embedding width
-    n_layer: int = 3  # residual blocks
-    dropout: float = 0.1  # dropout of embeddings and blocks
-    channel_mlp: bool = True  # False = the paper's "RC" ablation (Table 3)
-    max_ep_len: int = 1000  # size of the timestep embedding table
-    # attention (DT): 1 head for gym, 8 for Atari
-    n_head: int = 1
-    # conv (DC): kernel size over tokens
-    conv_window: int = 6
-    # mamba (DMamba): the defaults of the original implementation
-    d_state: int = 16  # SSM state size N
-    d_conv: int = 4  # width of the causal depthwise convolution
-    expand: int = 2  # inner width ED = expand * d_model
-    # auto | cuda | parallel | fused | reference (selective_scan.resolve_scan_backend says which
-    # runs and why). On the CPU, auto and fused also run inference steps
-    # through the fused kernel (fused_step.py); reference keeps every step in PyTorch.
-    scan_backend: str = "auto"
-    # s4 (DS4)
-    s4_d_state: int = 64  # state size of the S4 kernel
-    # Switches that reproduce the authors' release (decision_mamba/protocols.py names them):
-    # init: "mamba" = GPT-2 init (normal 0.02) outside the mixers, mamba_ssm's / S4D's
-    # inside; "release" = what the release's HF GPT2Model.init_weights() leaves: normal
-    # 0.02 on every Linear and Embedding inside the layers (Mamba's projections too,
-    # dt_proj.bias = 0), PyTorch's defaults on the embeddings and the gym action head.
-    init: str = "mamba"
-    atari_embed_ln: bool = True  # False: no LayerNorm on Atari tokens (the release's, DT's Atari model)
-    # per_step: one learned embedding per timestep, added to its three tokens (DT's gym model);
-    # global_position: the Atari release's (DT's Atari model): one global-table embedding per
-    # window, of the window's first step in training and of the current step at evaluation,
-    # plus a learned embedding of each token's position in the window (3K rows).
-    timestep_embedding: str = "per_step"
-
-    def mixer_kwargs(self) -> dict:
-        return mixer_kwargs(self)  # the options its MIXERS entry names
-
-    @classmethod
-    def field_help(cls) -> dict[str, str]:
-        """--help's text for the fields whose choices live in a registry (confighelp.py)."""
-        return {"mixer": f"the token mixer: {describe_mixers()}"}
+__all__ = ["ModelConfig", "DecisionModel", "DecisionLayer", "ChannelMLP", "AtariEncoder"]
 
 
 class ChannelMLP(nn.Module):
@@ -107,7 +57,7 @@ class DecisionLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln_mixer = nn.LayerNorm(cfg.d_model)
-        self.mixer = build_mixer(cfg.mixer, cfg.d_model, **cfg.mixer_kwargs())
+        self.mixer = build_mixer(cfg)  # mixers.MIXERS
         self.ln_mlp = nn.LayerNorm(cfg.d_model) if cfg.channel_mlp else None
         self.mlp = ChannelMLP(cfg.d_model, cfg.dropout) if cfg.channel_mlp else None
 
@@ -253,7 +203,7 @@ class DecisionModel(nn.Module):
     def _init_weights(self) -> None:
         """GPT-2 init (normal 0.02, zero bias) for everything but mixers with their own init."""
         keep = set()
-        if mixer_spec(self.cfg.mixer).own_init:
+        if mixer_entry(self.cfg).own_init:
             for layer in self.layers:
                 keep.update(id(m) for m in layer.mixer.modules())
         for module in self.modules():
@@ -351,10 +301,16 @@ class DecisionModel(nn.Module):
         return F.mse_loss(preds[mask], batch["actions"][mask])
 
     # --------------------------------------------------------- recurrent inference
+    @property
+    def recurrent(self) -> bool:
+        """Whether `step` can run: the mixer has the recurrent half of the interface (mixers.py)."""
+        mixer = self.layers[0].mixer
+        return hasattr(mixer, "init_state") and hasattr(mixer, "step")
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> list[tuple]:
         """The recurrent state of every layer's mixer before the first token."""
-        if not mixer_spec(self.cfg.mixer).recurrent:
-            raise ValueError(f"the {self.cfg.mixer} mixer has no recurrent step (its MIXERS entry says recurrent=False); "
+        if not self.recurrent:
+            raise ValueError(f"the {self.cfg.mixer} mixer has no recurrent step (no init_state and step); "
                              f"evaluate with eval.mode=window")
         dtype = self.ln_f.weight.dtype
         return [layer.mixer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
@@ -380,7 +336,9 @@ class DecisionModel(nn.Module):
             prev_time = self.embed_timestep((timestep - 1).clamp(min=0))
             tokens.insert(0, self.embed_action(prev_action) + prev_time)
         x = self.embed_dropout(self.embed_ln(torch.stack(tokens, dim=1)))  # (B, 2 or 3, d)
-        fused = fused_step_module(self.cfg.mixer)  # DMamba inference on the CPU: one numba kernel
+        fused = None
+        if self.cfg.mixer == "mamba" and x.device.type == "cpu":  # DMamba inference on the CPU: one numba kernel
+            from decision_mamba import fused_step as fused
         if fused is not None and fused.fused_step_applies(self, x):
             x, new_state = fused.fused_layers_step(self.layers, x, inference_state)
         else:

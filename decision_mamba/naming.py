@@ -4,7 +4,7 @@
     wandb group  <table>/<dataset>/<model>[-<variant>]/<protocol>   table1/hopper-medium/dmamba/release
                  (<table> is table<N> for the sweep, "hand" for a run started by hand)
     tags         data:<source> and protocol:<protocol>; "generated" for files made by
-                 decision_mamba.data.generate, so they never pass for D4RL; "smoke" for the
+                 tools/generate_dataset.py, so they never pass for D4RL; "smoke" for the
                  sweep's --smoke runs (their wandb project is SMOKE_WANDB_PROJECT)
 
 <dataset> is the D4RL name (hopper-medium), a file's stem (hopper-medium-v4-gen: the env
@@ -18,11 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from decision_mamba.data.d4rl import is_file_dataset
-from decision_mamba.mixers import model_name
 from decision_mamba.protocols import protocol_label
 
-GENERATED_SUFFIX = "-gen"  # decision_mamba.data.generate names its files <env>-<dataset>-<version>-gen.hdf5
+GENERATED_SUFFIX = "-gen"  # tools/generate_dataset.py names its files <env>-<dataset>-<version>-gen.hdf5
 SMOKE_WANDB_PROJECT = "decision-mamba-smoke"  # sweep --smoke: runs on generated / emulator-recorded data
+
+# model.mixer -> (our short name of the model built with it: run names, wandb groups, sweep
+# --models; the paper's name of that model: reports and tables). A mixer missing here (one
+# you added to mixers.MIXERS) goes by its own name in both.
+MODEL_NAMES = {"mamba": ("dmamba", "DMamba"), "attention": ("dt", "DT"), "conv": ("dc", "DC"), "s4": ("ds4", "DS4")}
+
+
+def model_name(mixer: str) -> str:
+    """mamba -> dmamba."""
+    return MODEL_NAMES[mixer][0] if mixer in MODEL_NAMES else mixer
+
+
+def paper_name(mixer: str) -> str:
+    """mamba -> DMamba."""
+    return MODEL_NAMES[mixer][1] if mixer in MODEL_NAMES else mixer
+
+
+def mixer_of_model(model: str) -> str | None:
+    """dmamba -> mamba; None for a name that is no model's."""
+    return next((mixer for mixer, (short, _) in MODEL_NAMES.items() if short == model), None)
 
 
 def dataset_name(cfg: Any) -> str:
@@ -45,7 +64,7 @@ def data_source(cfg: Any) -> str:
 
 
 def model_label(cfg: Any, variant: str = "") -> str:
-    model = model_name(cfg.model.mixer)  # dmamba, dt, ... (mixers.MIXERS)
+    model = model_name(cfg.model.mixer)  # dmamba, dt, ...
     return f"{model}-{variant}" if variant else model
 
 

@@ -40,7 +40,7 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        compact_finished, newest_intact, remove_leftovers, resumable, retain,
                                        save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute
-from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
+from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config, to_dict, to_yaml
 from decision_mamba.confighelp import describe_config
 from decision_mamba.errors import UserError
 from decision_mamba.protocols import protocol_label
@@ -96,14 +96,6 @@ def seed_everything(seed: int, num_threads: int = 0) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def resolve_targets(cfg: GymConfig | AtariConfig, suite: Any, trajectories: Any) -> None:
-    """eval.targets: [] -> the suite's default targets, written into cfg, so that config.yaml,
-    --resume and `python -m decision_mamba.evaluate` all see the targets the run evaluated."""
-    if not cfg.eval.targets:
-        cfg.eval.targets = [float(x) for x in suite.default_targets(cfg, trajectories)]
-        print(f"eval.targets: [] -> {cfg.eval.targets} (the {suite.name} suite's default)")
-
-
 def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
     return Path(cfg.run.out_dir) / (cfg.run.name or default_name)
 
@@ -144,7 +136,7 @@ class MetricsLog:
             f.flush()
             os.fsync(f.fileno())
         if self.wandb_run is not None:
-            self.wandb_run.log(_flatten(record), step=record["step"])
+            self.wandb_run.log(_numbers(record), step=record["step"])
 
     def log_videos(self, directory: Path, step: int) -> None:
         """The evaluation's MP4s (eval.video_episodes) as wandb videos, video/<file name>."""
@@ -158,7 +150,7 @@ class MetricsLog:
 
     def close(self, summary: dict) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(_flatten(summary))
+            self.wandb_run.summary.update(_numbers(summary))
             self.wandb_run.finish()
 
 
@@ -188,15 +180,9 @@ def _wandb_id(run_dir: Path) -> str:
     return id_file.read_text().strip()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "/"))
-        elif isinstance(v, (int, float)):
-            flat[key] = v
-    return flat
+def _numbers(record: dict) -> dict:
+    """What wandb plots of a record: its numeric leaves, keys joined by /."""
+    return {key: value for key, value in flatten(record, sep="/").items() if isinstance(value, (int, float))}
 
 
 # ------------------------------------------------------------------- summaries

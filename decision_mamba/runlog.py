@@ -17,17 +17,15 @@ from __future__ import annotations
 import json
 import platform
 import socket
-import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from decision_mamba.atomic import write_text_atomic
-from decision_mamba.mixers import mixer_spec
+from decision_mamba.provenance import git_state, package_versions
 from decision_mamba.model import ModelConfig
 
 RUN_INFO_FILE = "run_info.json"
@@ -35,36 +33,9 @@ STEPS_FILE = "train_steps.jsonl"
 # Distributions whose versions change the numbers (or the speed) of a run.
 PACKAGES = ("decision-mamba", "torch", "numpy", "numba", "gymnasium", "mujoco", "ale-py", "minari",
             "mamba-ssm", "causal-conv1d", "omegaconf", "wandb")
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------- run_info.json
-def git_state(repo: Path = _REPO_ROOT) -> dict[str, Any]:
-    """{"commit": sha, "dirty": bool} of the checkout the code runs from; None where git or
-    the repository is missing (an installed wheel)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed version of each distribution; None when it is not installed."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def describe_device(device: torch.device) -> str:
     """'cuda:0 (NVIDIA A100-SXM4-40GB)' or 'cpu (2 threads)'."""
     if device.type == "cuda":
@@ -76,7 +47,7 @@ def describe_device(device: torch.device) -> str:
 def scan_backend(model: ModelConfig, device: torch.device) -> str | None:
     """The selective-scan backend a Mamba model trains with on `device`
     (selective_scan.resolve_scan_backend decides); None for the other mixers, which have no scan."""
-    if not mixer_spec(model.mixer).uses_scan:
+    if model.mixer != "mamba":
         return None
     from decision_mamba.selective_scan import resolve_scan_backend
 
@@ -91,7 +62,7 @@ def run_info(model: ModelConfig, device: torch.device, *, num_parameters: int | 
         "command": [sys.executable, *sys.argv],
         "host": socket.gethostname(),
         "git": git_state(),
-        "packages": package_versions(),
+        "packages": {"python": platform.python_version(), **package_versions(*PACKAGES)},
         "device": describe_device(device),
         "scan_backend": scan_backend(model, device),
         "num_parameters": num_parameters,

@@ -35,19 +35,17 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from decision_mamba.config import SCAN_BACKENDS as BACKENDS, ScanBackend as Backend
 from decision_mamba.scan_parallel import ssm_scan_parallel
 
 __all__ = ["BACKENDS", "selective_scan", "selective_scan_reference", "cuda_scan_available",
            "cuda_kernel_status", "resolve_scan_backend"]
 
-Backend = Literal["auto", "cuda", "parallel", "fused", "reference"]
-BACKENDS = ("auto", "cuda", "parallel", "fused", "reference")
 
 
 # --------------------------------------------------------------------------- validation

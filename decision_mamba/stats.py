@@ -48,12 +48,12 @@ Scores = Sequence[np.ndarray]
 
 
 def _rliable_metrics():
-    """rliable.metrics, imported when first used: rliable is the optional `reports` extra."""
+    """rliable.metrics, imported when first used: rliable is in the optional `tables` extra."""
     try:
         from rliable import metrics
     except ImportError:
-        raise UserError("the table statistics need rliable, the `reports` extra: pip install -e \".[reports]\" "
-                        "(or `make install EXTRAS=dev,robotics,reports`)") from None
+        raise UserError("the table statistics need rliable, in the `tables` extra: pip install -e \".[tables]\" "
+                        "(make install includes it)") from None
     return metrics
 
 

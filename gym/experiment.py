@@ -27,12 +27,10 @@ from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.sampler import sample_batch, state_normalization
 from decision_mamba.errors import cli_main
-from decision_mamba.evaluate import evaluate_after, evaluation_envs
-from decision_mamba.evaluation import evaluate_random_policy
-from decision_mamba.mixers import paper_name
+from decision_mamba.evaluation import evaluate_after, evaluate_random_policy, evaluation_envs, resolve_targets
 from decision_mamba.model import DecisionModel
-from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
-from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.naming import dataset_name, paper_name, run_group, run_name, run_tags
+from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
 

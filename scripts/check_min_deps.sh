@@ -33,7 +33,8 @@ PINS="$VENV/pins.txt"
 import re, sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 pins = []
-for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+extras = project["optional-dependencies"]
+for requirement in project["dependencies"] + extras["dev"] + extras["tools"] + extras["tables"]:
     name, bound = re.fullmatch(r"([A-Za-z0-9_.\-\[\],]+)\s*>=\s*([0-9][0-9.]*)", requirement).groups()
     pins.append(f"{name}=={bound}")
 torch = [p for p in pins if p.startswith("torch==")]

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 OUT="${OUT:-data/generated/hopper-v4}"
 
-"$PYTHON" -m decision_mamba.data.generate --env Hopper-v4 --out "$OUT" \
+"$PYTHON" tools/generate_dataset.py --env Hopper-v4 --out "$OUT" \
   --seed 0 --sac-steps 320000 --checkpoint-interval 5000 --eval-episodes 10 \
   --transitions 50000 --random-transitions 20000 --no-next-observations "$@"
 

@@ -1,6 +1,6 @@
 """Small DQN-replay buffers recorded from real ALE rollouts, for the Atari tests.
 
-Frames come from the real emulator through decision_mamba.data.record_atari, with
+Frames come from the real emulator through tools/record_atari.py, with
 dopamine's preprocessing (4-frame skip, max of the last two frames, grayscale, 84x84
 INTER_AREA) under a random policy; episodes are
 cut short (dopamine also marks an episode cut by its step limit as terminal) to keep
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decision_mamba.data.record_atari import record_random_episodes
+from record_atari import record_random_episodes  # tools/ (pyproject: pytest pythonpath)
 
 PADDING = 3  # dopamine's stack_size - 1 zero transitions before every episode
 
@@ -37,7 +37,7 @@ class Episode:
 
 def record_episodes(game: str, num_episodes: int, seed: int, min_steps: int = 6, max_steps: int = 30) -> list[Episode]:
     """Random-policy episodes of the real game, each cut after a random number of steps
-    (the package's recorder, decision_mamba.data.record_atari)."""
+    (the recorder, tools/record_atari.py)."""
     return [Episode(*episode) for episode in record_random_episodes(game, num_episodes, seed, min_steps, max_steps)]
 
 

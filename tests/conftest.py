@@ -48,3 +48,50 @@ def hopper_recording(tmp_path_factory) -> HopperRecording:
 @pytest.fixture(scope="session")
 def hopper_episodes(hopper_recording) -> list[RecordedEpisode]:
     return hopper_recording.episodes
+
+
+# ------------------------------------------------------------------------ the fast tier
+# `make test-fast` (pytest -m "not slow") leaves out what takes a machine's minutes: the
+# end-to-end runs (training through the entry points, the table scripts, the subprocess
+# per error case), the learning tests, and the few unit tests that each take seconds of
+# CPU (compiling a kernel, a subprocess, a real evaluation). `make test` runs everything.
+# file -> "*" (every test of it) or the names of its slow tests (parametrized ones by name).
+SLOW_TESTS: dict[str, str | set[str]] = {
+    "test_atari_experiment.py": "*", "test_bench.py": "*", "test_checkpoint.py": "*", "test_determinism.py": "*",
+    "test_evaluate_command.py": "*", "test_generate.py": "*", "test_gym_experiment.py": "*",
+    "test_learning.py": "*", "test_mamba_ssm_package.py": "*", "test_protocols.py": "*",
+    "test_record_atari.py": "*", "test_suites.py": "*", "test_sweep.py": "*", "test_user_errors.py": "*",
+    "test_video.py": "*",
+    "test_compute.py": {"test_a_large_block_comes_from_the_heap_only_when_asked",
+                        "test_the_package_shortens_the_openmp_spin_before_torch_loads"},
+    "test_confighelp.py": {"test_help_lists_every_key_with_its_default",
+                           "test_show_config_prints_the_resolved_values_and_exits"},
+    "test_evaluation.py": {"test_overlap_runs_the_model_in_a_worker_and_the_simulators_here",
+                           "test_window_and_recurrent_agree_when_the_window_covers_the_episode",
+                           "test_batched_episodes_equal_episodes_run_one_at_a_time"},
+    "test_fused_step.py": {"test_weights_are_recopied_after_training_changes_them",
+                           "test_threads_give_the_same_bits_as_one_thread",
+                           "test_the_model_imports_the_fused_step_only_for_a_mixer_that_has_one",
+                           "test_importing_the_model_installs_no_process_wide_torch_hooks"},
+    "test_gym_folder.py": {"test_the_entry_point_still_runs_as_a_script",
+                           "test_stable_baselines3_started_in_the_repo_root_does_not_see_gym_installed"},
+    "test_mixers.py": {"test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point"},
+    "test_run.py": {"test_wandb_offline_logs_the_run"},
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect: they must see the marks
+def pytest_collection_modifyitems(config, items):
+    """Mark SLOW_TESTS slow; a name there that its file does not define is an error (a renamed
+    test would otherwise move to the fast tier unseen)."""
+    modules = {}
+    for item in items:
+        file, name = item.path.name, getattr(item, "originalname", item.name)
+        modules[file] = item.module
+        slow = SLOW_TESTS.get(file)
+        if slow == "*" or (slow and name in slow):
+            item.add_marker(pytest.mark.slow)
+    stale = [f"{file}::{name}" for file, module in modules.items() if isinstance(SLOW_TESTS.get(file), set)
+             for name in sorted(SLOW_TESTS[file]) if not hasattr(module, name)]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {', '.join(stale)}")

@@ -11,7 +11,7 @@ import torch
 
 from atari_helpers import DopamineBuffer, record_episodes
 from helpers import finish, kill_when_exists, run_entry_point
-from decision_mamba.data.dqn_replay_writer import write_replay_buffer
+from dqn_replay_writer import write_replay_buffer
 
 TINY = ["model.d_model=32", "model.n_layer=1", "model.n_head=2", "train.batch_size=8", "train.context_len=4",
         "train.steps_per_iteration=15", "train.num_iterations=3", "train.warmup_tokens=100",

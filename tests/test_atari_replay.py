@@ -17,7 +17,7 @@ from decision_mamba.data.atari_replay import (
     read_replay_buffer,
     replay_file,
 )
-from decision_mamba.data.dqn_replay_writer import add_episode_padding, write_replay_buffer
+from dqn_replay_writer import add_episode_padding, write_replay_buffer
 from atari_helpers import DopamineBuffer, Episode, naive_stacks, record_episodes
 
 GAME = "Breakout"

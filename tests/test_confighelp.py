@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from decision_mamba.config import AtariConfig, GymConfig
-from decision_mamba.confighelp import config_rows, field_comments
-from decision_mamba.data.generate import build_parser
+from decision_mamba.confighelp import config_rows, field_help
+from generate_dataset import build_parser  # tools/
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,15 +31,15 @@ def test_every_field_has_a_description(schema):
     rows = config_rows(schema())
     assert [key for key, _, _ in rows] == leaf_keys(schema)
     missing = [key for key, _, text in rows if not text]
-    assert not missing, f"add a comment to these config fields: {missing}"
+    assert not missing, f"give these config fields a help text (config.setting): {missing}"
 
 
-def test_descriptions_are_the_source_comments():
-    from decision_mamba.config import TrainConfig
+def test_descriptions_are_the_fields_own_and_name_the_choices():
+    from decision_mamba.config import PRECISIONS, SCAN_BACKENDS, ModelConfig, TrainConfig
 
-    comments = field_comments(TrainConfig)
-    assert comments["context_len"] == "K timesteps, 3K tokens"  # a trailing comment
-    assert comments["lr_schedule"].startswith('"linear_warmup": DT gym')  # the block above the field
+    assert field_help(TrainConfig)["context_len"] == "K timesteps, 3K tokens"
+    assert field_help(TrainConfig)["precision"].startswith(" | ".join(PRECISIONS) + ":")
+    assert field_help(ModelConfig)["scan_backend"].startswith(" | ".join(SCAN_BACKENDS) + " (")
 
 
 def run_cli(script, *args):

@@ -18,7 +18,7 @@ from decision_mamba.data.atari_replay import (
     load_dqn_replay,
     replay_dir,
 )
-from decision_mamba.data.dqn_replay_writer import add_episode_padding, write_replay_buffer
+from dqn_replay_writer import add_episode_padding, write_replay_buffer
 from decision_mamba.data.download import DownloadError, main
 from decision_mamba.errors import cli_main
 from decision_mamba.data.download_atari import download_dqn_replay, object_url

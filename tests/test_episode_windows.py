@@ -7,6 +7,8 @@ import torch
 
 from decision_mamba.config import ConfigError, GymConfig, load_config
 from decision_mamba.data.sampler import gather_windows, sample_batch, state_normalization, window_ends
+from decision_mamba.errors import UserError
+from decision_mamba.evaluation import check_evaluation
 from decision_mamba.model import DecisionModel, ModelConfig
 from helpers import synthetic_trajectories
 
@@ -58,9 +60,14 @@ def test_recurrent_step_equals_the_trained_forward_at_every_step(mixer):
 
 
 def test_episode_windows_are_refused_with_window_evaluation_for_recurrent_mixers():
-    with pytest.raises(ConfigError, match="eval.mode=recurrent"):
-        load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=window"])
+    # checked where the model is built (the config module does not know the mixers)
+    cfg = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=window"])
+    with pytest.raises(UserError, match="eval.mode=recurrent"):
+        check_evaluation(cfg, DecisionModel(cfg.model, (11,), 3, discrete=False))
+    dt = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=window", "model.mixer=attention"])
+    check_evaluation(dt, DecisionModel(dt.model, (11,), 3, discrete=False))  # DT keeps its K-window
     cfg = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=recurrent"])
     assert cfg.train.window_start == "episode"
+    check_evaluation(cfg, DecisionModel(cfg.model, (11,), 3, discrete=False))
     with pytest.raises(ConfigError, match="window_start must be random or episode"):
         load_config(GymConfig, None, ["train.window_start=first"])

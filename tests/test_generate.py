@@ -1,10 +1,10 @@
-"""Tests for decision_mamba.data.generate: tiny end-to-end runs on the real Hopper-v4.
+"""Tests for tools/generate_dataset.py: tiny end-to-end runs on the real Hopper-v4.
 
 The independent references: a fresh Hopper-v4 replaying a dataset's recorded actions from its
 recorded env seed must reproduce the recorded observations, rewards and flags exactly; the
-returns and normalized scores are recomputed here from the raw arrays and D4RL's constants
-(docs/data.md); a run interrupted after its first checkpoint and resumed must equal an
-uninterrupted run bit for bit.
+returns and normalized scores are recomputed here from the raw arrays and D4RL's reference
+returns (docs/data.md); a run interrupted after its first checkpoint and resumed must equal
+an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from decision_mamba.errors import cli_main
-from decision_mamba.data.generate import (
+from generate_dataset import (
     DATASETS,
     GenerateConfig,
     GenerateError,
@@ -34,7 +34,7 @@ from decision_mamba.data.generate import (
     _make_agent,
 )
 
-HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # D4RL's hopper constants (docs/data.md)
+HOPPER_RANDOM, HOPPER_EXPERT = -20.272305, 3234.3  # D4RL's reference returns (docs/data.md)
 OBS_DIM, ACT_DIM = 11, 3
 
 # Tiny budgets: 600 SAC steps, uniform random warm-up for the first 300 and then 300 gradient

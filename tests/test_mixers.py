@@ -1,4 +1,4 @@
-"""Tests of the token mixers (decision_mamba/mixers.py) and their registry, MIXERS.
+"""Tests of the token mixers (decision_mamba/mixers.py) and their table, MIXERS.
 
 The mixer contract (causality, forward = successive steps, overfitting a batch, bad input)
 runs over every registered mixer and over a tiny fifth one that this file registers, and
@@ -10,6 +10,7 @@ S4D kernel; Mamba's are in test_mamba.py.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -21,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decision_mamba import mixers
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.errors import UserError
-from decision_mamba.mixers import (MIXERS, CausalSelfAttention, MixerSpec, S4DMixer, TokenTypeConv, build_mixer,
-                                   mixer_kwargs)
+from decision_mamba.mixer_checks import check_padding_mask, check_sequence, check_state, check_token
+from decision_mamba.mixers import MIXERS, CausalSelfAttention, Mixer, S4DMixer, TokenTypeConv, build_mixer
 from decision_mamba.model import DecisionModel, ModelConfig
 
 from helpers import roll_random_hopper, write_episodes_d4rl
@@ -54,8 +54,8 @@ class DecayingSum(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, key_padding_mask=None):
-        mixers._check_sequence(x, self.d_model, "DecayingSum")
-        mixers._check_padding_mask(key_padding_mask, x, "DecayingSum")
+        check_sequence(x, self.d_model, "DecayingSum")
+        check_padding_mask(key_padding_mask, x, "DecayingSum")
         u, a = self.in_proj(x), torch.sigmoid(self.decay_logit)  # (B, L, 2d), (2d,)
         h, hs = torch.zeros_like(u[:, 0]), []
         for t in range(x.shape[1]):
@@ -68,30 +68,29 @@ class DecayingSum(nn.Module):
         return (torch.zeros(batch_size, 2 * self.d_model, device=device or weight.device, dtype=dtype or weight.dtype),)
 
     def step(self, x, state):
-        mixers._check_token(x, self.d_model, "DecayingSum")
-        mixers._check_state(state, [("h", (x.shape[0], 2 * self.d_model))], "DecayingSum")
+        check_token(x, self.d_model, "DecayingSum")
+        check_state(state, [("h", (x.shape[0], 2 * self.d_model))], "DecayingSum")
         h = torch.sigmoid(self.decay_logit) * state[0] + self.in_proj(x)
         return self.dropout(self.out_proj(F.gelu(h))), (h,)
 
 
 # The one place the extra mixer is registered: its MIXERS entry, installed for every test of
 # this file (and removed after each) by the autouse fixture below.
-EXTRA = MixerSpec("decay", "ddecay", "DDecay", f"{__name__}:DecayingSum", {"dropout": "dropout"})
-CONTRACT_MIXERS = [spec.name for spec in (*MIXERS.values(), EXTRA)]  # every registered mixer, and the extra one
-RECURRENT_MIXERS = [spec.name for spec in (*MIXERS.values(), EXTRA) if spec.recurrent]
+EXTRA_NAME, EXTRA = "decay", Mixer(lambda c: DecayingSum(c.d_model, dropout=c.dropout))
+CONTRACT_MIXERS = [*MIXERS, EXTRA_NAME]  # every mixer of the table, and the extra one
 
 
 @pytest.fixture(autouse=True)
 def extra_mixer_registered(monkeypatch):
-    monkeypatch.setitem(MIXERS, EXTRA.name, EXTRA)
+    monkeypatch.setitem(MIXERS, EXTRA_NAME, EXTRA)
 
 
 def make_mixer(name: str, dropout: float = 0.1, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.nn.Module:
-    """A small mixer built from its registry entry, in eval mode (dropout > 0 by default, so
+    """A small mixer built from its table entry, in eval mode (dropout > 0 by default, so
     eval() must switch it off)."""
     torch.manual_seed(seed)
     cfg = ModelConfig(mixer=name, d_model=D_MODEL, n_head=4, conv_window=6, s4_d_state=8, d_state=8, dropout=dropout)
-    return build_mixer(name, D_MODEL, **mixer_kwargs(cfg)).to(dtype).eval()
+    return build_mixer(cfg).to(dtype).eval()
 
 
 def run_steps(mixer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +122,7 @@ def test_causal_future_tokens_do_not_change_past_outputs(name):
             assert (y_perturbed[:, t + 1] - y[:, t + 1]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", RECURRENT_MIXERS)
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
 def test_forward_equals_successive_steps(name):
     mixer = make_mixer(name)
     torch.manual_seed(2)
@@ -132,7 +131,7 @@ def test_forward_equals_successive_steps(name):
         torch.testing.assert_close(run_steps(mixer, x), mixer(x), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", RECURRENT_MIXERS)
+@pytest.mark.parametrize("name", CONTRACT_MIXERS)
 def test_step_does_not_mutate_the_input_state(name):
     mixer = make_mixer(name)
     x = torch.randn(2, 3, D_MODEL, dtype=torch.float64)
@@ -180,8 +179,6 @@ def test_bad_inputs_name_the_expected_shape(name):
         mixer(torch.randn(2, 5, D_MODEL, dtype=torch.float64), key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="key_padding_mask"):
         mixer(torch.randn(2, 5, D_MODEL, dtype=torch.float64), key_padding_mask=torch.ones(2, 5))
-    if not MIXERS[name].recurrent:
-        return
     state = mixer.init_state(2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"\(batch, 16\)"):
         mixer.step(torch.randn(2, 1, D_MODEL, dtype=torch.float64), state)
@@ -397,81 +394,70 @@ def test_s4d_init_is_s4d_lin_and_validates():
 # --------------------------------------------------------------------------- registry
 
 
-def test_build_mixer_builds_each_mixer_with_its_options():
-    attention = build_mixer("attention", 32, n_head=8, dropout=0.0)
-    assert isinstance(attention, CausalSelfAttention) and attention.n_head == 8
-    conv = build_mixer("conv", 32, window=4)
-    assert isinstance(conv, TokenTypeConv) and conv.window == 4
-    s4 = build_mixer("s4", 32, d_state=16, dropout=0.1)
-    assert isinstance(s4, S4DMixer) and s4.d_state == 16
-    assert set(MIXERS) == {"mamba", "attention", "conv", "s4", EXTRA.name}
+def test_each_entry_builds_its_mixer_from_the_model_config():
+    # every option a different value, so that an entry reading the wrong field shows
+    cfg = ModelConfig(d_model=32, n_head=8, dropout=0.25, conv_window=5, s4_d_state=12, d_state=6, d_conv=3, expand=7,
+                      scan_backend="reference")
+    built = {name: build_mixer(dataclasses.replace(cfg, mixer=name)) for name in MIXERS}
+    mamba = built["mamba"]
+    assert type(mamba).__name__ == "Mamba" and mamba.d_state == 6 and mamba.conv1d.kernel_size == (3,)
+    assert mamba.in_proj.out_features == 2 * 7 * 32 and mamba.scan_backend == "reference"
+    assert isinstance(built["attention"], CausalSelfAttention) and built["attention"].n_head == 8
+    assert built["attention"].dropout == 0.25
+    assert isinstance(built["conv"], TokenTypeConv) and built["conv"].window == 5
+    assert isinstance(built["s4"], S4DMixer) and built["s4"].d_state == 12 and built["s4"].dropout.p == 0.25
+    assert built["decay"].d_model == 32 and built["decay"].dropout.p == 0.25
+    assert list(MIXERS) == ["mamba", "attention", "conv", "s4", EXTRA_NAME]
 
 
-def test_build_mixer_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown token mixer 'transformer'.*attention, conv, decay, mamba, s4"):
-        build_mixer("transformer", 32)
+def test_an_unknown_mixer_is_refused_when_the_model_is_built():
+    """The config cannot know the table (it is a leaf); the model names the valid mixers."""
+    with pytest.raises(UserError, match="model.mixer must be one of mamba, attention, conv, s4, decay, got 'transformer'"):
+        DecisionModel(ModelConfig(mixer="transformer"), (3,), 2, discrete=False)
 
 
-def test_build_mixer_rejects_options_of_other_mixers():
-    with pytest.raises(ValueError, match="TokenTypeConv does not take n_head.*accepts: window, tokens_per_step"):
-        build_mixer("conv", 32, n_head=1)
-    with pytest.raises(ValueError, match="S4DMixer does not take d_conv, expand"):
-        build_mixer("s4", 32, d_state=16, d_conv=4, expand=2)
-    with pytest.raises(ValueError, match="CausalSelfAttention needs n_head"):
-        build_mixer("attention", 32, dropout=0.1)
-
-
-def test_build_mixer_loads_mamba_lazily():
-    mixer = build_mixer("mamba", 32, d_state=16, d_conv=4, expand=2, scan_backend="auto")
-    assert type(mixer).__name__ == "Mamba"
-    with pytest.raises(ValueError, match="Mamba does not take n_head"):
-        build_mixer("mamba", 32, n_head=1)
-
-
-@pytest.mark.parametrize("name", CONTRACT_MIXERS)
-def test_each_entry_names_real_config_fields_and_constructor_arguments(name):
-    """An entry's options map constructor arguments to ModelConfig fields, and the names are unique."""
-    spec = MIXERS[name]
-    fields = {f for f in ModelConfig.__dataclass_fields__}
-    assert set(spec.options.values()) <= fields, f"{name}: options name no ModelConfig field"
-    mixer = build_mixer(name, 8, **{arg: getattr(ModelConfig(mixer=name, d_model=8, n_head=2), f)
-                                    for arg, f in spec.options.items()})
-    assert isinstance(mixer, nn.Module)
-    others = [s for s in MIXERS.values() if s is not spec]
-    assert spec.model_name not in {s.model_name for s in others} and spec.paper_name not in {s.paper_name for s in others}
-    assert all(table in (1, 2, 3, 4) for table in spec.paper_tables)
-
-
-def test_the_registry_is_what_the_config_names_runs_and_reports_read():
-    """The extra entry alone makes the mixer a valid model.mixer, named in --help, run names and tables."""
+def test_the_table_entry_alone_makes_the_mixer_usable_by_configs_runs_and_reports():
+    """The extra entry makes it a valid model.mixer; runs and reports call it by its own name."""
     from decision_mamba import naming
     from decision_mamba.aggregate import PAPER_NUMBERS, display_name
-    from decision_mamba.confighelp import config_rows
     from decision_mamba.sweep import TABLES
 
-    cfg = load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}", "eval.mode=recurrent"])
-    assert naming.model_label(cfg) == "ddecay" and "-ddecay-" in naming.run_name(cfg)
-    assert display_name("ddecay") == "DDecay" and display_name("dmamba") == "DMamba" and display_name("rc") == "RC"
-    help_text = dict((key, text) for key, _, text in config_rows(GymConfig()))["model.mixer"]
-    assert "decay (DDecay)" in help_text and "mamba (DMamba)" in help_text
-    with pytest.raises(UserError, match="model.mixer must be one of mamba \\(DMamba\\).*got 'transformer'"):
-        load_config(GymConfig, overrides=["model.mixer=transformer"])
-    # The paper's tables hold registered models only (its numbers are keyed by the short names).
-    registered = {spec.model_name for spec in MIXERS.values()}
+    cfg = load_config(GymConfig, overrides=[f"model.mixer={EXTRA_NAME}", "eval.mode=recurrent"])
+    assert naming.model_label(cfg) == "decay" and "-decay-" in naming.run_name(cfg)
+    assert naming.paper_name(EXTRA_NAME) == "decay"
+    assert display_name("decay") == "decay" and display_name("dmamba") == "DMamba" and display_name("rc") == "RC"
+    # The paper's tables hold the paper's models (its numbers are keyed by their short names).
+    named = {short for short, _ in naming.MODEL_NAMES.values()}
+    assert {naming.mixer_of_model(short) for short in named} == set(MIXERS) - {EXTRA_NAME}
     for table, spec in TABLES.items():
-        assert spec.models and set(spec.models) <= registered
+        assert spec.models and set(spec.models) <= named
         columns = {column for _, column in PAPER_NUMBERS[table]}
         if table in (1, 2):
             assert columns == set(spec.models)
-    assert EXTRA.model_name not in TABLES[1].models  # not in the paper
+
+
+class WindowOnlySum(nn.Module):
+    """DecayingSum without the recurrent half of the interface (no init_state, no step)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.inner = DecayingSum(d_model)
+
+    def forward(self, x, key_padding_mask=None):
+        return self.inner(x, key_padding_mask)
 
 
 def test_a_mixer_without_a_recurrent_step_is_refused_for_recurrent_evaluation(monkeypatch):
-    monkeypatch.setitem(MIXERS, EXTRA.name, MixerSpec(**{**EXTRA.__dict__, "recurrent": False}))
-    with pytest.raises(UserError, match="eval.mode=recurrent needs a mixer with a recurrent step; decay has none"):
-        load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}", "eval.mode=recurrent"])
-    assert load_config(GymConfig, overrides=[f"model.mixer={EXTRA.name}"]).eval.mode == "window"
-    model = DecisionModel(ModelConfig(mixer=EXTRA.name, d_model=8, n_layer=1), (3,), 2, discrete=False)
+    from decision_mamba.evaluation import evaluate_after
+
+    monkeypatch.setitem(MIXERS, "window_only", Mixer(lambda c: WindowOnlySum(c.d_model)))
+    cfg = load_config(GymConfig, overrides=["model.mixer=window_only", "eval.mode=recurrent"])
+    model = DecisionModel(cfg.model, (3,), 2, discrete=False)
+    assert not model.recurrent and DecisionModel(ModelConfig(mixer=EXTRA_NAME), (3,), 2, discrete=False).recurrent
+    with pytest.raises(UserError, match="eval.mode=recurrent needs a mixer with a recurrent step; window_only has none"):
+        evaluate_after(cfg, model, envs=None, env={})  # before any run directory or environment exists
+    cfg.eval.mode = "window"
+    evaluate_after(cfg, model, envs=None, env={})
     with pytest.raises(ValueError, match="no recurrent step"):
         model.init_state(1)
 
@@ -481,9 +467,9 @@ def test_own_init_decides_whether_the_gpt2_init_covers_the_mixer(monkeypatch):
     own_init=True: they keep the mixer's own (PyTorch's default, std 1/sqrt(3 fan_in) = 0.144 here)."""
     stds = {}
     for own_init in (False, True):
-        monkeypatch.setitem(MIXERS, EXTRA.name, MixerSpec(**{**EXTRA.__dict__, "own_init": own_init}))
+        monkeypatch.setitem(MIXERS, EXTRA_NAME, EXTRA._replace(own_init=own_init))
         torch.manual_seed(0)
-        model = DecisionModel(ModelConfig(mixer=EXTRA.name, d_model=16, n_layer=2), (3,), 2, discrete=False)
+        model = DecisionModel(ModelConfig(mixer=EXTRA_NAME, d_model=16, n_layer=2), (3,), 2, discrete=False)
         stds[own_init] = torch.cat([layer.mixer.in_proj.weight.flatten() for layer in model.layers]).std().item()
     assert abs(stds[False] - 0.02) < 0.003 and abs(stds[True] - 1 / math.sqrt(3 * 16)) < 0.02
 
@@ -501,13 +487,13 @@ def test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point(tmp_pa
     training, recurrent evaluation in Hopper-v4, checkpoint, summary, report."""
     data = write_episodes_d4rl(tmp_path / "hopper-random-test.hdf5", roll_random_hopper(6, seed=3, max_episode_steps=30))
     summary = load_gym_experiment().main([
-        "--config", str(REPO / "configs/gym/hopper-medium.yaml"), f"dataset={data}", f"model.mixer={EXTRA.name}",
+        "--config", str(REPO / "configs/gym/hopper-medium.yaml"), f"dataset={data}", f"model.mixer={EXTRA_NAME}",
         "model.d_model=16", "model.n_layer=1", "train.batch_size=8", "train.context_len=4", "train.warmup_steps=5",
         "train.learning_rate=1e-3", "train.num_iterations=2", "train.steps_per_iteration=15", "eval.mode=recurrent",
         "eval.episodes=1", "eval.targets=[3600]", "eval.max_ep_len=20", "run.progress=false", "train.num_threads=1",
         f"run.out_dir={tmp_path / 'runs'}"])
     run_dir = Path(summary["run_dir"])
-    assert "-ddecay-" in run_dir.name
+    assert "-decay-" in run_dir.name
     assert summary["last"]["iteration"] == 2 and np.isfinite(summary["last"]["score"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2] and all(r["eval"] for r in records)
@@ -515,4 +501,4 @@ def test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point(tmp_pa
     weights = torch.load(run_dir / "checkpoints" / "iter_002.pt", weights_only=True)["trainer"]["model"]
     assert "layers.0.mixer.decay_logit" in weights  # the extra mixer was built and trained
     assert not torch.equal(weights["layers.0.mixer.decay_logit"], torch.linspace(-2.0, 2.0, 32))
-    assert "DDecay, last evaluation (iteration 2)" in capsys.readouterr().out
+    assert "decay, last evaluation (iteration 2)" in capsys.readouterr().out

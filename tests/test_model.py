@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decision_mamba.mixers import MIXERS as REGISTRY
+from decision_mamba.errors import UserError
+from decision_mamba.mixers import MIXERS as TABLE
 from decision_mamba.model import DecisionModel, ModelConfig
 
-MIXERS = list(REGISTRY)  # every registered mixer
+MIXERS = list(TABLE)  # every mixer of the table
 
 
 def make_model(mixer, obs_dim=5, act_dim=3, discrete=False, state_shape=None, **kw):
@@ -159,7 +160,7 @@ def test_bad_inputs_name_what_was_expected():
         model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"].float(), b["mask"])
     with pytest.raises(ValueError, match="mask must be a bool tensor"):
         model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"].float())
-    with pytest.raises(ValueError, match="mamba"):
+    with pytest.raises(UserError, match="model.mixer must be one of mamba"):
         make_model("transformer")
     with pytest.raises(ValueError, match="state_shape"):
         DecisionModel(ModelConfig(mixer="conv", d_model=16), (3, 4), 2, discrete=False)

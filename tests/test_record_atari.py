@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from atari_helpers import DopamineBuffer, Episode
 from decision_mamba.config import AtariConfig, load_config
 from decision_mamba.data.atari_replay import load_dqn_replay, read_replay_buffer
-from decision_mamba.data.record_atari import record_dataset, record_random_episodes
+from record_atari import record_dataset, record_random_episodes
 
 REPO = Path(__file__).resolve().parents[1]
 

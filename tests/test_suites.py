@@ -147,7 +147,7 @@ def test_default_targets_of_each_suite(hopper_v5, minari_root):
     from decision_mamba.config import AtariConfig, GymConfig, load_config
 
     gym_cfg = load_config(GymConfig, overrides=["env=walker2d", "eval.targets=[]"])
-    assert suites()["d4rl"].default_targets(gym_cfg, None) == [5000.0]  # the paper's Table 5 target
+    assert suites()["d4rl"].default_targets(gym_cfg, None) == [5000.0]  # the paper's (docs/protocol.md)
     assert suites()["atari"].default_targets(load_config(AtariConfig, overrides=["game=Qbert"]), None) == [14000.0]
     with minari_datasets_path(minari_root):
         traj, _ = load_minari(hopper_v5)

@@ -148,7 +148,7 @@ CASES = {
                                          "--out", str(t / "t")], ["does not exist"]),
     "download: bad name": (lambda d, t: ["-m", "decision_mamba.data.download", "d4rl", "hopper-mediocre-v2",
                                          "--data-dir", str(t)], ["not a D4RL MuJoCo v2 dataset name"]),
-    "generate: unknown env": (lambda d, t: ["-m", "decision_mamba.data.generate", "--env", "Ant-v4", "--out", str(t)],
+    "generate: unknown env": (lambda d, t: [str(REPO / "tools" / "generate_dataset.py"), "--env", "Ant-v4", "--out", str(t)],
                               ["unknown environment 'Ant-v4'"]),
 }
 

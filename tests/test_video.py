@@ -10,7 +10,7 @@ import torch
 
 from decision_mamba.config import AtariConfig, GymConfig, load_config
 from decision_mamba.envs import make_atari_vector_env, make_gym_vector_env
-from decision_mamba.evaluate import evaluate_policy
+from decision_mamba.evaluation import evaluate_policy
 from decision_mamba.model import DecisionModel
 from decision_mamba.video import MUJOCO_VIDEO_SIZE, EpisodeFrames, read_mp4, recorded_indices, write_mp4
 

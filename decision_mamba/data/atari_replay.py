@@ -1,5 +1,5 @@
 """DQN-replay (Atari) data: the dopamine checkpoint layout and the Decision Transformer
-training set built from it (REFERENCE §5).
+training set built from it (docs/data.md).
 
 Layout
 ------

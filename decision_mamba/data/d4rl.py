@@ -1,6 +1,6 @@
 """D4RL (gym MuJoCo) datasets: the v2 hdf5 layout, DT-style pickles and Minari.
 
-The D4RL v2 hdf5 layout (REFERENCE §4): one flat array per key, N transitions in total,
+The D4RL v2 hdf5 layout (docs/data.md): one flat array per key, N transitions in total,
   observations       (N, obs_dim) float32
   actions            (N, act_dim) float32
   rewards            (N,)         float32

@@ -5,7 +5,7 @@
 No gsutil: the bucket gs://atari-replay-datasets is public, so every object is a plain
 HTTPS GET on storage.googleapis.com. Only what load_dqn_replay reads is fetched: run 1
 of the game (of the 5 published), and the last `num_buffers` of its 50 buffers (the
-loader draws from those), six files each (REFERENCE §5). Each file goes through
+loader draws from those), six files each (docs/data.md). Each file goes through
 download.download_file: resumable (.part + Range), renamed only once it is checked:
   - its size against the server's,
   - its md5 against the x-goog-hash header that Cloud Storage sends (when the server sends one),
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from decision_mamba.data.atari_replay import OTHER_ARRAYS, STORE_ARRAYS, STORE_SPECS, replay_dir, replay_file
-from decision_mamba.data.download import _USER_AGENT, DownloadError, download_file
+from decision_mamba.data.fetch import USER_AGENT, DownloadError, download_file
 
 DQN_REPLAY_URL = "https://storage.googleapis.com/atari-replay-datasets/dqn"
 DEFAULT_ATARI_DIR = "data/dqn_replay"
@@ -52,7 +52,7 @@ def object_url(base_url: str, game: str, filename: str) -> str:
 
 def remote_md5(url: str, timeout: float = 60.0) -> str | None:
     """The object's md5 (hex) from Cloud Storage's `x-goog-hash: crc32c=..,md5=..` header; None if absent."""
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             header = ",".join(response.headers.get_all("x-goog-hash") or [])

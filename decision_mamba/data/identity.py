@@ -2,7 +2,7 @@
 
 Sizes alone cannot say: Walker2d and HalfCheetah both have 17 observations and 6
 actions, and -v4 and -v5 of an environment have the same sizes but not the same
-dynamics (REFERENCE §4). So the environment a dataset claims in its own metadata is
+dynamics (docs/data.md). So the environment a dataset claims in its own metadata is
 compared with the run's:
 
   our generated hdf5 files   root attribute env_id, e.g. 'Walker2d-v4'

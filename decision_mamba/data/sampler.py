@@ -20,7 +20,7 @@ Two sampling schemes, both from the Decision Transformer code:
              at evaluation (eval.mode=recurrent), so the policy evaluated is the one trained.
              With K at least the longest episode, every window is a whole episode.
 
-Padding convention (project-wide, identical in training and inference; REFERENCE §6):
+Padding convention (project-wide, identical in training and inference; docs/protocol.md):
 padded positions hold 0 in states (after normalisation), actions, returns_to_go and
 timesteps, and mask is False there. DT pads states before normalising and actions with -10;
 we deliberately do not, because Mamba has no attention mask and sees the pad values.

@@ -49,7 +49,7 @@ class Suite:
     prefix: str | None = None  # the dataset prefix that selects this suite ("minari" for "minari:<id>")
 
     def check_config(self, cfg: Any) -> None:
-        """Refuse, with a UserError, what this suite cannot run (called by config.validate)."""
+        """Refuse, with a UserError, what this suite cannot run (suite_of calls it)."""
 
     def load(self, cfg: Any) -> SuiteData:
         raise NotImplementedError
@@ -112,4 +112,8 @@ def suite_name_of_dataset(dataset: str) -> str:
 
 
 def suite_of(cfg: Any) -> Suite:
-    return suites()[suite_name(cfg)]
+    """The suite that serves cfg, once it has checked cfg (Suite.check_config): the entry points
+    and the checkpoint command ask for it before they write anything."""
+    suite = suites()[suite_name(cfg)]
+    suite.check_config(cfg)
+    return suite

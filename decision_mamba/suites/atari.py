@@ -5,7 +5,7 @@ env      ALE/{Game}-v5 with the DT protocol (envs.py: sticky actions off, 4-fram
          0..29 no-ops)
 score    gamer-normalised, 100 * (R - random) / (gamer - random) (paper Table 7, scores.py)
 targets  when eval.targets is []: DT's per game (Breakout 90, Qbert 14000, Pong 20,
-         Seaquest 1150), REFERENCE §5
+         Seaquest 1150), docs/protocol.md
 """
 
 from __future__ import annotations

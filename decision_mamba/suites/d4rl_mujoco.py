@@ -5,7 +5,7 @@ data     a D4RL v2 name (`env` + `dataset: medium` -> hopper-medium-v2, read fro
 env      gymnasium `{Env}-{env_version}` (v4: the mujoco-py era models D4RL was recorded on);
          a file whose metadata names another environment is refused (data/identity.py)
 score    D4RL's normalised score, 100 * (R - random) / (expert - random) (scores.py)
-targets  when eval.targets is []: the paper's, 3600 / 6000 / 5000 (REFERENCE §4)
+targets  when eval.targets is []: the paper's, 3600 / 6000 / 5000 (docs/protocol.md)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from decision_mamba.envs import gym_env_id, make_gym_vector_env
 from decision_mamba.scores import d4rl_normalized_score
 from decision_mamba.suites import Suite, SuiteData
 
-# The paper's (and DT's) return-to-go per environment, REFERENCE §4.
+# The paper's (and DT's) return-to-go per environment (docs/protocol.md).
 PAPER_TARGETS = {"hopper": 3600.0, "halfcheetah": 6000.0, "walker2d": 5000.0}
 
 

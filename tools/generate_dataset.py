@@ -1,4 +1,4 @@
-"""Generate D4RL-style MuJoCo datasets locally, with the real simulators (REFERENCE §4).
+"""Generate D4RL-style MuJoCo datasets locally, with the real simulators (docs/data.md).
 
 The D4RL servers are unreachable here, so we follow the D4RL recipe ourselves:
 
@@ -32,8 +32,11 @@ checkpoint, and the result is bitwise the same as an uninterrupted run (tests/te
 checks this). Finished datasets are not regenerated. Nothing here is unpickled: checkpoints
 are read with torch.load(weights_only=True), np.load(allow_pickle=False) and json.
 
-    python -m decision_mamba.data.generate --env Hopper-v4 --out data/generated/hopper-v4 \
+    python tools/generate_dataset.py --env Hopper-v4 --out data/generated/hopper-v4 \
         --seed 0 --sac-steps 320000 --transitions 50000     # data/README.md has the bundled run
+
+A tool outside the package: it needs stable-baselines3, the `tools` extra (make install
+installs it).
 """
 
 from __future__ import annotations
@@ -266,7 +269,7 @@ def _read_transitions(path: Path) -> Transitions:
 
 def _make_env(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
-        # The -v4 tasks are the deliberate choice (REFERENCE §4: the D4RL models on the
+        # The -v4 tasks are the deliberate choice (docs/data.md: the D4RL models on the
         # maintained mujoco bindings); gymnasium's "out of date" notice is expected.
         warnings.filterwarnings("ignore", message=".*is out of date.*")
         return gym.make(env_id)
@@ -655,7 +658,7 @@ def _metadata(config: GenerateConfig, dataset: str, data: Transitions, info: dic
         "env_name": env_name,
         "env_version": config.env_id.rsplit("-", 1)[1],
         "dataset": dataset,
-        "generator": "decision_mamba.data.generate",
+        "generator": "decision_mamba.data.generate",  # its name when the bundled data was made; kept, so files match
         "generator_format_version": FORMAT_VERSION,
         "seed": config.seed,
         **info,
@@ -892,7 +895,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     defaults = GenerateConfig(env_id="Hopper-v4", out_dir=Path("."))
     parser = argparse.ArgumentParser(
-        prog="python -m decision_mamba.data.generate",
+        prog="python tools/generate_dataset.py",
         description="Generate D4RL-style datasets (random, medium, medium-replay, expert, medium-expert) "
         "by training SAC on a gymnasium MuJoCo task. Re-running the same command resumes.",
         epilog=EXPECTED_TIME.format(steps=defaults.sac_steps, hours_fast=defaults.sac_steps / 70 / 3600,

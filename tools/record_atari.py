@@ -1,6 +1,6 @@
 """Record a small DQN-replay-format dataset from the real ALE emulator (no download needed).
 
-    python -m decision_mamba.data.record_atari --game Breakout --out data/dqn_replay_recorded \
+    python tools/record_atari.py --game Breakout --out data/dqn_replay_recorded \
         [--buffers 2] [--transitions 3000] [--seed 0]
 
 Frames are preprocessed as dopamine's collecting agent did (4-frame skip, max of the last
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from decision_mamba.data.atari_replay import replay_dir
-from decision_mamba.data.dqn_replay_writer import add_episode_padding, write_replay_buffer
 from decision_mamba.data.download_atari import NUM_BUFFERS
+from dqn_replay_writer import add_episode_padding, write_replay_buffer  # beside this file, in tools/
 
 Episode = tuple[np.ndarray, np.ndarray, np.ndarray]  # frames (T, 84, 84) uint8, actions (T,) int32, rewards (T,) float32
 
@@ -92,7 +92,7 @@ def record_dataset(game: str, out: str | Path, *, buffers: int = 2, transitions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decision_mamba.data.record_atari",
+    parser = argparse.ArgumentParser(prog="python tools/record_atari.py",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--game", default="Breakout", help="ALE game name as in ALE/<game>-v5")

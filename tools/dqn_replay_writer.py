@@ -1,7 +1,7 @@
 """The DQN-replay writer: buffers in dopamine's exact checkpoint layout (atari_replay.py).
 
 The project only reads DQN-replay data (data/atari_replay.py, the Decision Transformer
-training set); this module writes it, for `python -m decision_mamba.data.record_atari`
+training set); this module writes it, for `python tools/record_atari.py`
 (a small dataset recorded from the real emulator, `make run-atari`) and for the tests and
 benchmarks, which build buffers whose every row is known. The layout and the padding
 conventions it follows are described in atari_replay.py's docstring.
