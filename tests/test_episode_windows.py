@@ -64,8 +64,6 @@ def test_episode_windows_are_refused_with_window_evaluation_for_recurrent_mixers
     cfg = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=window"])
     with pytest.raises(UserError, match="eval.mode=recurrent"):
         check_evaluation(cfg, DecisionModel(cfg.model, (11,), 3, discrete=False))
-    dt = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=window", "model.mixer=attention"])
-    check_evaluation(dt, DecisionModel(dt.model, (11,), 3, discrete=False))  # DT keeps its K-window
     cfg = load_config(GymConfig, None, ["train.window_start=episode", "eval.mode=recurrent"])
     assert cfg.train.window_start == "episode"
     check_evaluation(cfg, DecisionModel(cfg.model, (11,), 3, discrete=False))
