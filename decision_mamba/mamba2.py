@@ -257,11 +257,15 @@ class Mamba2(nn.Module):
         return dt
 
     def _gated_norm_out(self, y: Tensor, z: Tensor) -> Tensor:
-        """out_proj(RMSNorm(y * silu(z)) * weight), the norm per group of ED / G channels, in float32 (§7)."""
-        gated = y.float() * F.silu(z.float())
+        """out_proj(RMSNorm(y * silu(z)) * weight), the norm per group of ED / G channels (§7).
+
+        Half precision is normed in float32, as mamba_ssm's kernel does; float64 stays float64.
+        """
+        dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+        gated = y.to(dtype) * F.silu(z.to(dtype))
         grouped = gated.unflatten(-1, (self.ngroups, self.d_inner // self.ngroups))
         normed = (grouped * torch.rsqrt(grouped.square().mean(dim=-1, keepdim=True) + self.norm_eps)).flatten(-2)
-        return self.out_proj((normed * self.norm.weight.float()).to(y.dtype))
+        return self.out_proj((normed * self.norm.weight.to(dtype)).to(y.dtype))
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, u: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
