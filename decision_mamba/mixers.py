@@ -415,6 +415,9 @@ MIXERS: dict[str, MixerSpec] = {spec.name: spec for spec in (
               paper_tables=(1, 2)),
     MixerSpec("s4", "ds4", "DS4", "decision_mamba.mixers:S4DMixer", {"d_state": "s4_d_state", "dropout": "dropout"},
               own_init=True, paper_tables=(1,)),
+    MixerSpec("mamba2", "dmamba2", "DMamba-2", "decision_mamba.mamba2:Mamba2",
+              {"d_state": "d_state", "d_conv": "d_conv", "expand": "expand", "headdim": "headdim",
+               "ngroups": "ngroups", "chunk_size": "chunk_size"}, own_init=True),
 )}
 DEFAULT_MIXER = next(iter(MIXERS))  # ModelConfig.mixer's default: DMamba's
 

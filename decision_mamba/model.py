@@ -64,6 +64,10 @@ class ModelConfig:
     # runs and why). On the CPU, auto and fused also run inference steps
     # through the fused kernel (fused_step.py); reference keeps every step in PyTorch.
     scan_backend: str = "auto"
+    # mamba2 (DMamba-2, decision_mamba/mamba2.py): d_state, d_conv and expand above, and
+    headdim: int = 16  # channels per SSD head: ED / headdim heads, each with one A (mamba_ssm's default 64)
+    ngroups: int = 1  # groups of heads sharing one B and C (like multi-query attention's shared keys)
+    chunk_size: int = 256  # SSD block length (mamba_ssm's default); a shorter sequence is one block
     # s4 (DS4)
     s4_d_state: int = 64  # state size of the S4 kernel
     # Switches that reproduce the authors' release (decision_mamba/protocols.py names them):

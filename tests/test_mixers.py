@@ -404,11 +404,11 @@ def test_build_mixer_builds_each_mixer_with_its_options():
     assert isinstance(conv, TokenTypeConv) and conv.window == 4
     s4 = build_mixer("s4", 32, d_state=16, dropout=0.1)
     assert isinstance(s4, S4DMixer) and s4.d_state == 16
-    assert set(MIXERS) == {"mamba", "attention", "conv", "s4", EXTRA.name}
+    assert set(MIXERS) == {"mamba", "attention", "conv", "s4", "mamba2", EXTRA.name}
 
 
 def test_build_mixer_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown token mixer 'transformer'.*attention, conv, decay, mamba, s4"):
+    with pytest.raises(ValueError, match="unknown token mixer 'transformer'.*attention, conv, decay, mamba, mamba2, s4"):
         build_mixer("transformer", 32)
 
 
