@@ -224,8 +224,13 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(m.scan_backend in BACKENDS, f"model.scan_backend must be one of {', '.join(BACKENDS)}, "
                                        f"got {m.scan_backend!r}")
     _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand"):
+    for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand",
+                 "headdim", "ngroups", "chunk_size"):
         _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
+    inner, per_group = m.expand * m.d_model, m.headdim * m.ngroups  # mamba2: heads of headdim, in ngroups groups
+    _check(m.mixer != "mamba2" or inner % per_group == 0,
+           f"model.mixer=mamba2 needs expand * d_model ({inner}) to be a multiple of headdim * ngroups "
+           f"({m.headdim} * {m.ngroups}); change model.headdim or model.ngroups")
     _check(m.d_model % m.n_head == 0, f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head})")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     for name in ("batch_size", "context_len", "num_iterations"):

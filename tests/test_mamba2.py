@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decision_mamba import mamba2 as mamba2_module
+from decision_mamba.config import ConfigError, GymConfig, load_config
 from decision_mamba.mamba2 import Mamba2, ssd_chunked
 
 from test_mamba_ssm_package import _UNREACHABLE, _cache_dir, _pip, mamba_ssm_site, real_mamba_ssm  # noqa: F401
@@ -89,6 +90,12 @@ def test_bad_options_name_the_fix():
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         mamba2_module.resolve_ssd_backend("triton", "cpu")
     assert mamba2_module.resolve_ssd_backend("auto", "cpu")[0] == "torch"
+
+
+def test_a_config_whose_width_does_not_split_into_heads_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"expand \* d_model \(72\) to be a multiple of headdim \* ngroups"):
+        load_config(GymConfig, overrides=["model.mixer=mamba2", "model.d_model=36", "model.n_head=1"])
+    load_config(GymConfig, overrides=["model.mixer=mamba2", "model.d_model=40", "model.n_head=1"])  # 5 heads of 16
 
 
 # --------------------------------------------------------------------------- against mamba-ssm
