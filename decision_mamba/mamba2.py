@@ -282,9 +282,13 @@ class Mamba2(nn.Module):
             limit = {} if self.dt_limit == (0.0, float("inf")) else {"dt_limit": self.dt_limit}
             y = kernel(x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, **limit)
         else:
-            dt = self._dt(dt)
-            y, _ = ssd_chunked(x, dt, A.to(dt.dtype), B, C, self.chunk_size)
-            y = y + self.D.to(x.dtype)[:, None] * x  # (B, L, H, P)
+            # The states in float32 under bf16/fp16 (autocast too), as mamba_ssm's kernel keeps them.
+            dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            with torch.autocast(u.device.type, enabled=False):
+                x, dt, B, C = (t.to(dtype) for t in (x, dt, B, C))
+                dt = self._dt(dt)
+                y, _ = ssd_chunked(x, dt, A.to(dtype), B, C, self.chunk_size)
+                y = y + self.D.to(dtype)[:, None] * x  # (B, L, H, P)
         return self._gated_norm_out(y.flatten(-2), z)
 
     # ------------------------------------------------------------------ one token at a time
