@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from decision_mamba.mixers import mixer_spec
+from decision_mamba.mixers import mixer_class, mixer_spec
 from decision_mamba.selective_scan import resolve_scan_backend
 
 __all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute", "keep_freed_memory"]
@@ -57,6 +57,8 @@ def describe_compute(cfg: Any, device: torch.device) -> dict[str, Any]:
     device = torch.device(device)
     if mixer_spec(cfg.model.mixer).uses_scan:
         backend, reason = resolve_scan_backend(cfg.model.scan_backend, device)
+    elif hasattr(mixer_class(cfg.model.mixer), "resolve_backend"):  # a mixer with paths of its own (Mamba2's SSD)
+        backend, reason = mixer_class(cfg.model.mixer).resolve_backend(device)
     else:
         backend, reason = "none", f"the {cfg.model.mixer} mixer has no selective scan"
     return {

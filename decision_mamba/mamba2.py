@@ -232,6 +232,11 @@ class Mamba2(nn.Module):
         self.norm_eps = 1e-5
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
+    @staticmethod
+    def resolve_backend(device: torch.device | str) -> tuple[str, str]:
+        """The SSD path a model built from the config (ssd_backend auto) runs on `device`, and why."""
+        return resolve_ssd_backend("auto", device)
+
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, nheads={self.nheads}, headdim={self.headdim}, "
                 f"ngroups={self.ngroups}, d_state={self.d_state}, d_conv={self.d_conv}, "

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from decision_mamba import mamba2 as mamba2_module
+from decision_mamba.compute import describe_compute, format_compute
 from decision_mamba.config import ConfigError, GymConfig, load_config
 from decision_mamba.mamba2 import Mamba2, ssd_chunked
 
@@ -90,6 +91,12 @@ def test_bad_options_name_the_fix():
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         mamba2_module.resolve_ssd_backend("triton", "cpu")
     assert mamba2_module.resolve_ssd_backend("auto", "cpu")[0] == "torch"
+
+
+def test_a_run_names_the_ssd_path_it_takes():
+    cfg = load_config(GymConfig, overrides=["model.mixer=mamba2"])
+    assert "scan backend torch (requested auto: auto on cpu: the chunked SSD in PyTorch)" in format_compute(
+        describe_compute(cfg, torch.device("cpu")))
 
 
 def test_a_config_whose_width_does_not_split_into_heads_is_refused_in_one_line():
