@@ -84,7 +84,7 @@ def resolve_ssd_backend(requested: str, device: torch.device | str) -> tuple[str
 def _segment_sums(a: Tensor) -> Tensor:
     """(..., T) -> (..., T, T): out[..., t, s] = a[s+1] + ... + a[t] for s <= t, -inf above the diagonal.
 
-    exp of it is the decay from step s to step t, the 1-semiseparable mask L of §3 (Eq. 4).
+    exp of it is the decay from step s to step t, the 1-semiseparable mask L of §3.
     Built as a masked cumulative sum down the columns rather than as a difference of two
     cumulative sums, which would cancel catastrophically when they are large.
     """
