@@ -63,6 +63,7 @@ CONTENDERS = {  # label -> ModelConfig overrides
     "DT": {"mixer": "attention"},
     "DC": {"mixer": "conv"},
     "DS4": {"mixer": "s4"},
+    "DMamba-2 (chunked SSD)": {"mixer": "mamba2"},
     "DMamba (sequential PyTorch scan)": {"mixer": "mamba", "scan_backend": "reference"},
 }
 WIDE_CONTENDERS = ("DMamba (fused CPU scan)", "DT")  # also measured at width 256

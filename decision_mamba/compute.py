@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from decision_mamba.config import PRECISIONS
+from decision_mamba.mamba2 import Mamba2
 from decision_mamba.selective_scan import resolve_scan_backend
 
 __all__ = ["PRECISIONS", "autocast", "grad_scaler", "describe_compute", "format_compute"]
@@ -55,6 +56,8 @@ def describe_compute(cfg: Any, device: torch.device) -> dict[str, Any]:
     device = torch.device(device)
     if cfg.model.mixer == "mamba":  # the one mixer that runs the selective scan
         backend, reason = resolve_scan_backend(cfg.model.scan_backend, device)
+    elif cfg.model.mixer == "mamba2":  # Mamba-2's SSD has paths of its own
+        backend, reason = Mamba2.resolve_backend(device)
     else:
         backend, reason = "none", f"the {cfg.model.mixer} mixer has no selective scan"
     return {

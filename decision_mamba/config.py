@@ -83,7 +83,7 @@ class ModelConfig:
     """Architecture. Defaults are the paper's gym setting (Table 5)."""
 
     mixer: str = setting("mamba", "the token mixer (mixers.MIXERS): mamba (DMamba), attention (DT), conv (DC), "
-                                  "s4 (DS4), or one added to that table")
+                                  "s4 (DS4), mamba2 (DMamba-2), or one added to that table")
     d_model: int = setting(128, "embedding width")
     n_layer: int = setting(3, "residual blocks")
     dropout: float = setting(0.1, "dropout of embeddings and blocks")
@@ -98,6 +98,10 @@ class ModelConfig:
                                         f"which runs and why). On the CPU, auto and fused also run inference steps "
                                         f"through the fused kernel (fused_step.py); reference keeps every step in "
                                         f"PyTorch.")
+    headdim: int = setting(16, "mamba2 (DMamba-2; also d_state, d_conv, expand): channels per SSD head, ED / headdim "
+                               "heads with one A each (mamba_ssm's default 64)")
+    ngroups: int = setting(1, "mamba2: groups of heads sharing one B and C (like multi-query attention's shared keys)")
+    chunk_size: int = setting(256, "mamba2: SSD block length (mamba_ssm's default); a shorter sequence is one block")
     s4_d_state: int = setting(64, "s4 (DS4): state size of the S4 kernel")
     init: str = setting("mamba", 'Switches that reproduce the authors\' release (decision_mamba/protocols.py '
                                  'names them): init: "mamba" = GPT-2 init (normal 0.02) outside the mixers, '
@@ -310,8 +314,13 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     _check(m.scan_backend in SCAN_BACKENDS, f"model.scan_backend must be one of {', '.join(SCAN_BACKENDS)}, "
                                             f"got {m.scan_backend!r}")
     _check(t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand"):
+    for name in ("d_model", "n_layer", "n_head", "max_ep_len", "conv_window", "d_state", "d_conv", "expand",
+                 "headdim", "ngroups", "chunk_size"):
         _check(getattr(m, name) > 0, f"model.{name} must be positive, got {getattr(m, name)}")
+    inner, per_group = m.expand * m.d_model, m.headdim * m.ngroups  # mamba2: heads of headdim, in ngroups groups
+    _check(m.mixer != "mamba2" or inner % per_group == 0,
+           f"model.mixer=mamba2 needs expand * d_model ({inner}) to be a multiple of headdim * ngroups "
+           f"({m.headdim} * {m.ngroups}); change model.headdim or model.ngroups")
     _check(m.d_model % m.n_head == 0, f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head})")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
     for name in ("batch_size", "context_len", "num_iterations"):

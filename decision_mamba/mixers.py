@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from decision_mamba.config import ModelConfig
 from decision_mamba.errors import UserError
 from decision_mamba.mamba import Mamba
+from decision_mamba.mamba2 import Mamba2
 from decision_mamba.mixer_checks import (check_padding_mask, check_positive_int, check_probability, check_sequence,
                                          check_state, check_token)
 
@@ -322,13 +323,16 @@ class Mixer(NamedTuple):
     own_init: bool = False  # True: keeps its reference init (mamba_ssm's, S4D's); False: GPT-2's normal(0.02) too
 
 
-# model.mixer -> its mixer; the paper's four, in its tables' column order.
+# model.mixer -> its mixer; the paper's four, in its tables' column order, then ours.
 MIXERS: dict[str, Mixer] = {
     "mamba": Mixer(lambda c: Mamba(c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand,
                                    scan_backend=c.scan_backend), own_init=True),
     "attention": Mixer(lambda c: CausalSelfAttention(c.d_model, n_head=c.n_head, dropout=c.dropout)),
     "conv": Mixer(lambda c: TokenTypeConv(c.d_model, window=c.conv_window)),
     "s4": Mixer(lambda c: S4DMixer(c.d_model, d_state=c.s4_d_state, dropout=c.dropout), own_init=True),
+    # beyond the paper: DMamba-2, a Mamba-2 (SSD) block (decision_mamba/mamba2.py)
+    "mamba2": Mixer(lambda c: Mamba2(c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, headdim=c.headdim,
+                                     ngroups=c.ngroups, chunk_size=c.chunk_size), own_init=True),
 }
 
 

@@ -26,7 +26,8 @@ SMOKE_WANDB_PROJECT = "decision-mamba-smoke"  # sweep --smoke: runs on generated
 # model.mixer -> (our short name of the model built with it: run names, wandb groups, sweep
 # --models; the paper's name of that model: reports and tables). A mixer missing here (one
 # you added to mixers.MIXERS) goes by its own name in both.
-MODEL_NAMES = {"mamba": ("dmamba", "DMamba"), "attention": ("dt", "DT"), "conv": ("dc", "DC"), "s4": ("ds4", "DS4")}
+MODEL_NAMES = {"mamba": ("dmamba", "DMamba"), "attention": ("dt", "DT"), "conv": ("dc", "DC"), "s4": ("ds4", "DS4"),
+               "mamba2": ("dmamba2", "DMamba-2")}
 
 
 def model_name(mixer: str) -> str:

@@ -397,7 +397,7 @@ def test_s4d_init_is_s4d_lin_and_validates():
 def test_each_entry_builds_its_mixer_from_the_model_config():
     # every option a different value, so that an entry reading the wrong field shows
     cfg = ModelConfig(d_model=32, n_head=8, dropout=0.25, conv_window=5, s4_d_state=12, d_state=6, d_conv=3, expand=7,
-                      scan_backend="reference")
+                      scan_backend="reference", headdim=8, ngroups=2, chunk_size=5)
     built = {name: build_mixer(dataclasses.replace(cfg, mixer=name)) for name in MIXERS}
     mamba = built["mamba"]
     assert type(mamba).__name__ == "Mamba" and mamba.d_state == 6 and mamba.conv1d.kernel_size == (3,)
@@ -406,13 +406,17 @@ def test_each_entry_builds_its_mixer_from_the_model_config():
     assert built["attention"].dropout == 0.25
     assert isinstance(built["conv"], TokenTypeConv) and built["conv"].window == 5
     assert isinstance(built["s4"], S4DMixer) and built["s4"].d_state == 12 and built["s4"].dropout.p == 0.25
+    mamba2 = built["mamba2"]
+    assert type(mamba2).__name__ == "Mamba2" and mamba2.d_state == 6 and mamba2.d_conv == 3
+    assert mamba2.d_inner == 7 * 32 and mamba2.headdim == cfg.headdim and mamba2.ngroups == cfg.ngroups
+    assert mamba2.chunk_size == cfg.chunk_size
     assert built["decay"].d_model == 32 and built["decay"].dropout.p == 0.25
-    assert list(MIXERS) == ["mamba", "attention", "conv", "s4", EXTRA_NAME]
+    assert list(MIXERS) == ["mamba", "attention", "conv", "s4", "mamba2", EXTRA_NAME]
 
 
 def test_an_unknown_mixer_is_refused_when_the_model_is_built():
     """The config cannot know the table (it is a leaf); the model names the valid mixers."""
-    with pytest.raises(UserError, match="model.mixer must be one of mamba, attention, conv, s4, decay, got 'transformer'"):
+    with pytest.raises(UserError, match="model.mixer must be one of mamba, attention, conv, s4, mamba2, decay, got 'transformer'"):
         DecisionModel(ModelConfig(mixer="transformer"), (3,), 2, discrete=False)
 
 
