@@ -11,8 +11,14 @@ but the data, the environment and the config is shared with gym/experiment.py.
 
 from __future__ import annotations
 
-import math
 import sys
+
+if __name__ == "__main__":  # before numba is imported: it fails on NUMBA_NUM_THREADS=0 with a traceback
+    from decision_mamba.errors import exit_on_bad_thread_variables
+
+    exit_on_bad_thread_variables()
+
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -26,14 +32,18 @@ from decision_mamba.evaluate import evaluate_after, evaluation_envs
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import run_group, run_name, run_tags
-from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.run import (parse_args, preflight, resolve_targets, run_directory, run_experiment,
+                                seed_everything)
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import check_rendering
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=AtariConfig)
     cfg = load_config(AtariConfig, args.config, args.overrides)
+    run_dir = run_directory(cfg, run_name(cfg, f"k{cfg.train.context_len}"))
+    preflight(cfg, run_dir, args.resume)  # device, folders: before the data is read
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
                       final_tokens=final_tokens)
 
     envs = evaluation_envs(cfg, data.env)
-    run_dir = run_directory(cfg, run_name(cfg, f"k{K}"))
+    check_rendering(envs)  # eval.video_episodes: fails now, not after the first epoch
     evaluate = evaluate_after(cfg, model, envs, data.env, run_dir=run_dir)
 
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,

@@ -231,6 +231,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     for name in ("batch_size", "context_len", "num_iterations"):
         _check(getattr(t, name) > 0, f"train.{name} must be positive, got {getattr(t, name)}")
     _check(t.steps_per_iteration >= 0, "train.steps_per_iteration must be >= 0")
+    _check(t.num_threads >= 0, f"train.num_threads must be 0 (torch's and numba's defaults) or a positive "
+                               f"number of threads, got {t.num_threads}")
     _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
     _check(t.lr_schedule in ("linear_warmup", "warmup_cosine_tokens"),
            f"train.lr_schedule must be linear_warmup or warmup_cosine_tokens, got {t.lr_schedule!r}")

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # before numba is imported: it fails on NUMBA_NUM_THREADS=0 with a traceback
+    from decision_mamba.errors import exit_on_bad_thread_variables
+
+    exit_on_bad_thread_variables()
+
 import numpy as np
 
 from decision_mamba.checkpoint import run_identity
@@ -27,14 +32,18 @@ from decision_mamba.evaluation import evaluate_random_policy
 from decision_mamba.mixers import paper_name
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import dataset_name, run_group, run_name, run_tags
-from decision_mamba.run import parse_args, resolve_targets, run_directory, run_experiment, seed_everything
+from decision_mamba.run import (parse_args, preflight, resolve_targets, run_directory, run_experiment,
+                                seed_everything)
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import check_rendering
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
+    run_dir = run_directory(cfg, run_name(cfg))
+    preflight(cfg, run_dir, args.resume)  # device, folders, renderer: before the data is read
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
@@ -44,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_targets(cfg, suite, traj)
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
     envs = evaluation_envs(cfg, data.env, obs_dim=obs_dim, act_dim=act_dim)
+    check_rendering(envs)  # eval.video_episodes: a missing EGL shows now, not after the first iteration
     state_mean, state_std = state_normalization(traj)
     score = suite.score(cfg, data.env)
 
@@ -57,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
                             padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
-    run_dir = run_directory(cfg, run_name(cfg))
     evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std, run_dir=run_dir)
 
     def scored(returns: np.ndarray) -> dict:
