@@ -154,3 +154,28 @@ def test_a_stopped_sweep_takes_its_running_runs_down_with_it(tmp_path, hopper_fi
     # the run's own log ends with its one line naming --resume
     log = (out / "logs" / "hopper-test-dc-release-s12.log").read_text()
     assert "interrupted (SIGTERM)" in log and "--resume" in log
+
+
+def test_a_stopped_table_script_takes_the_sweep_and_its_runs_down(tmp_path, hopper_file):
+    """SIGTERM to scripts/table1_gym.sh (a scheduler's stop, `kill`): the sweep it runs and the
+    sweep's training process end too, and the script ends with their status."""
+    out = tmp_path / "runs"
+    env = {**environment(), "PYTHON": sys.executable, "RUNS": str(out), "OUT": str(tmp_path / "table")}
+    args = ["bash", str(REPO / "scripts" / "table1_gym.sh"), "--models", "dc", "--datasets", "hopper-medium",
+            "--seeds", "12", "--", f"dataset={hopper_file}",
+            *[a for a in SLOW if not a.startswith(("run.progress", "eval.targets", "train.steps_per_iteration"))],
+            "train.steps_per_iteration=5000"]
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / "hopper-test-dc-release-s12" / ".lock"
+    try:
+        wait_for(lambda: (lock.exists() and lock.read_text().strip().isdigit()) or process.poll() is not None,
+                 what="the run to start")
+        run_pid = int(lock.read_text())
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stdout + stderr
+    assert not alive(run_pid), "the run's process outlived the table script"
+    assert "interrupted (SIGTERM): the sweep stopped 1 running" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "table.md").exists(), "nothing aggregated after a stop"
