@@ -126,17 +126,17 @@ def test_a_signal_ends_a_run_in_one_line_naming_resume(tmp_path, hopper_file, si
         assert [r["iteration"] for r in records] == [1, 2, 3]
 
 
-def test_a_stopped_sweep_takes_its_running_runs_down_with_it(tmp_path, hopper_file):
-    """SIGTERM to the sweep: its training process ends too (no orphan writing on), and the
-    sweep's last line says how to continue."""
-    out = tmp_path / "runs"
-    args = [sys.executable, "-m", "decision_mamba.sweep", "table1", "--out-dir", str(out), "--models", "dc",
-            "--datasets", "hopper-medium", "--seeds", "12", "--", f"dataset={hopper_file}",
-            *[a for a in SLOW if not a.startswith(("run.progress", "eval.targets", "train.steps_per_iteration"))],
-            "train.steps_per_iteration=5000"]  # a run far longer than the test
-    process = subprocess.Popen(args, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    lock = out / "hopper-test-dc-release-s12" / ".lock"
+# The sweep's arguments for one Table 1 run far longer than the test.
+SWEEP_ONE_LONG_RUN = ["--models", "dc", "--datasets", "hopper-medium", "--seeds", "12", "--",
+                      *[a for a in SLOW if not a.startswith(("run.progress", "eval.targets", "train.steps_per"))],
+                      "train.steps_per_iteration=5000"]
+
+
+def stop_once_the_run_trains(command: list[str], run_dir: Path, **popen) -> tuple[subprocess.Popen, int, str, str]:
+    """Start `command`, SIGTERM it once the run in `run_dir` holds its lock; returns the
+    process, the run's PID (from the lock) and what the command printed."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    lock = run_dir / ".lock"
     try:
         wait_for(lambda: (lock.exists() and lock.read_text().strip().isdigit()) or process.poll() is not None,
                  what="the run to start")
@@ -146,6 +146,17 @@ def test_a_stopped_sweep_takes_its_running_runs_down_with_it(tmp_path, hopper_fi
         stdout, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
+    return process, run_pid, stdout, stderr
+
+
+def test_a_stopped_sweep_takes_its_running_runs_down_with_it(tmp_path, hopper_file):
+    """SIGTERM to the sweep: its training process ends too (no orphan writing on), and the
+    sweep's last line says how to continue."""
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "decision_mamba.sweep", "table1", "--out-dir", str(out), *SWEEP_ONE_LONG_RUN,
+               f"dataset={hopper_file}"]
+    process, run_pid, stdout, stderr = stop_once_the_run_trains(command, out / "hopper-test-dc-release-s12",
+                                                                cwd=REPO, env=environment())
     assert process.returncode == 128 + signal.SIGTERM, stdout + stderr
     assert not alive(run_pid), "the run's process outlived the sweep"
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -161,20 +172,9 @@ def test_a_stopped_table_script_takes_the_sweep_and_its_runs_down(tmp_path, hopp
     sweep's training process end too, and the script ends with their status."""
     out = tmp_path / "runs"
     env = {**environment(), "PYTHON": sys.executable, "RUNS": str(out), "OUT": str(tmp_path / "table")}
-    args = ["bash", str(REPO / "scripts" / "table1_gym.sh"), "--models", "dc", "--datasets", "hopper-medium",
-            "--seeds", "12", "--", f"dataset={hopper_file}",
-            *[a for a in SLOW if not a.startswith(("run.progress", "eval.targets", "train.steps_per_iteration"))],
-            "train.steps_per_iteration=5000"]
-    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = out / "hopper-test-dc-release-s12" / ".lock"
-    try:
-        wait_for(lambda: (lock.exists() and lock.read_text().strip().isdigit()) or process.poll() is not None,
-                 what="the run to start")
-        run_pid = int(lock.read_text())
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    command = ["bash", str(REPO / "scripts" / "table1_gym.sh"), *SWEEP_ONE_LONG_RUN, f"dataset={hopper_file}"]
+    process, run_pid, stdout, stderr = stop_once_the_run_trains(command, out / "hopper-test-dc-release-s12",
+                                                                cwd=tmp_path, env=env)
     assert process.returncode == 128 + signal.SIGTERM, stdout + stderr
     assert not alive(run_pid), "the run's process outlived the table script"
     assert "interrupted (SIGTERM): the sweep stopped 1 running" in stderr and "Traceback" not in stderr
