@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from decision_mamba import protocols
@@ -167,8 +167,10 @@ def load_config(schema: type[Config], path: str | Path | None = None,
     protocol = str(merged.protocol)
     try:
         protocol_values = protocols.overlay(protocol, kind, env)
-    except ValueError as err:
-        raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
+    except ValueError as err:  # blame the layer that set the protocol: the overrides win over the file
+        where = ("key=value overrides" if any(o.strip().startswith("protocol=") for o in overrides or [])
+                 else path or "defaults")
+        raise ConfigError(f"invalid config ({where}): {err}") from None
     merged = _merged(defaults, [*from_file, (f"protocol={protocol}", protocol_values), *from_overrides])
     cfg = _parsed(lambda: OmegaConf.to_object(merged), str(path or "defaults"), defaults)
     validate(cfg)
@@ -208,6 +210,9 @@ def _config_error(err: OmegaConfBaseException, where: str, defaults: DictConfig)
                 f"the keys of {parent or 'the config'} are: {', '.join(known)}" if known else "")
         return ConfigError(f"invalid config ({where}): unknown key {key}" + (f"; {hint}" if hint else ""))
     default = OmegaConf.select(defaults, str(key), default=None)
+    if isinstance(default, ListConfig):  # OmegaConf's "AnyNode is not a ListConfig": a list needs brackets
+        example = ",".join(str(x) for x in default) if len(default) else "..."
+        return ConfigError(f"invalid config ({where}): {key} takes a list, in brackets: {key}=[{example}]")
     like = f"; expected a value like its default, {default}" if default is not None else ""
     return ConfigError(f"invalid config ({where}): {key}: {message}{like}")
 

@@ -42,7 +42,7 @@ from decision_mamba.video import check_rendering
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
-    run_dir = run_directory(cfg, run_name(cfg))
+    run_dir = run_directory(cfg, run_name(cfg, ablation(cfg)))
     preflight(cfg, run_dir, args.resume)  # device, folders, renderer: before the data is read
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         "random_policy": scored(evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed).returns),
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
-                             group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
+                             group=run_group(cfg, variant=ablation(cfg)), resume=args.resume, tags=run_tags(cfg),
                              extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
                              identity=run_identity("gym", traj, env_id=data.env["env_id"], obs_shape=(obs_dim,),
                                                    act_dim=act_dim, discrete=False, state_mean=state_mean,
@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
     envs.close()
     print(report(summary, paper_name(cfg.model.mixer)))
     return summary
+
+
+def ablation(cfg: GymConfig) -> str:
+    """The variant in a hand run's name: Table 3's ablation without the channel-mixing MLP
+    ("RC"), with its depth, so that it never takes the default model's run directory (the
+    sweep names its own runs: rc, rc-2l)."""
+    return "" if cfg.model.channel_mlp else f"rc-{cfg.model.n_layer}l"
 
 
 def report(summary: dict, model_name: str) -> str:

@@ -1,0 +1,69 @@
+"""Error messages that say what to type: no config-library jargon, no placeholders, no other
+library's API hints, and the blame on the layer that set the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from decision_mamba.config import ConfigError, GymConfig, load_config
+from decision_mamba.data.d4rl import load_dataset
+from decision_mamba.errors import MissingFileError
+
+HOPPER = "configs/gym/hopper-medium.yaml"
+
+
+def test_a_list_given_without_brackets_says_how_to_write_it():
+    with pytest.raises(ConfigError) as caught:
+        load_config(GymConfig, HOPPER, ["eval.targets=3600"])
+    assert str(caught.value) == ("invalid config (key=value overrides): eval.targets takes a list, in brackets: "
+                                 "eval.targets=[3600.0]")
+    assert load_config(GymConfig, HOPPER, ["eval.targets=[3600]"]).eval.targets == [3600.0]
+
+
+def test_an_unknown_protocol_is_blamed_on_where_it_was_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"^invalid config \(key=value overrides\): protocol must be one of"):
+        load_config(GymConfig, HOPPER, ["protocol=paper"])
+    config = tmp_path / "paper.yaml"
+    config.write_text("protocol: paper\n")
+    with pytest.raises(ConfigError, match=rf"^invalid config \({config}\): protocol must be one of"):
+        load_config(GymConfig, config, ["seed=1"])
+
+
+def test_a_missing_file_gets_a_command_only_where_a_download_brings_it(tmp_path):
+    with pytest.raises(MissingFileError) as caught:
+        load_dataset(tmp_path / "my-data.hdf5")
+    message = str(caught.value)
+    assert "<" not in message and "check the path" in message and "no D4RL file name" in message
+    with pytest.raises(MissingFileError) as caught:
+        load_dataset(tmp_path / "hopper_medium-v2.hdf5")  # a D4RL file's name: its command
+    assert str(caught.value).endswith(f"download it with: python -m decision_mamba.data.download d4rl "
+                                      f"hopper-medium-v2 --data-dir {tmp_path}")
+
+
+def test_a_missing_minari_dataset_gets_our_command_not_minaris_api_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(MissingFileError) as caught:
+        load_dataset("minari:nobody/nothing/none-v0")
+    message = str(caught.value)
+    assert "download=True" not in message and f"looked under {tmp_path}" in message
+    assert message.endswith("python -m decision_mamba.data.download minari nobody/nothing/none-v0")
+
+
+def test_a_hand_run_of_the_ablation_gets_a_name_of_its_own():
+    """Table 3's RC ablation set in the YAML (model.channel_mlp: false) must not take the
+    default model's run directory."""
+    import importlib.util
+    from pathlib import Path
+
+    from decision_mamba.naming import run_name
+
+    path = Path(__file__).resolve().parents[1] / "gym" / "experiment.py"
+    spec = importlib.util.spec_from_file_location("gym_experiment", path)
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    default = load_config(GymConfig, HOPPER)
+    rc = load_config(GymConfig, HOPPER, ["model.channel_mlp=false"])
+    rc_2l = load_config(GymConfig, HOPPER, ["model.channel_mlp=false", f"model.n_layer={2 * rc.model.n_layer}"])
+    names = [run_name(cfg, experiment.ablation(cfg)) for cfg in (default, rc, rc_2l)]
+    assert names[0] == "hopper-medium-dmamba-clean-s12" and len(set(names)) == 3
+    assert names[1] == f"hopper-medium-dmamba-rc-{rc.model.n_layer}l-clean-s12"
