@@ -48,7 +48,7 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        retain, save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute, keep_freed_memory
 from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
-from decision_mamba.confighelp import describe_config
+from decision_mamba.confighelp import config_rows, describe_config
 from decision_mamba.errors import UserError, interrupted_again
 from decision_mamba.protocols import protocol_label
 from decision_mamba.runlock import LOCK_FILE, run_lock
@@ -84,9 +84,23 @@ def parse_args(description: str, argv: list[str] | None = None,
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 seed=23")
     args = parser.parse_intermixed_args(argv)  # `... key=value --resume key=value` too
     if args.show_config and schema is not None:
-        print(describe_config(load_config(schema, args.config, args.overrides), f"{args.config} with {args.overrides}:"))
+        print(show_config(schema, args.config, args.overrides))
         raise SystemExit(0)
     return args
+
+
+def show_config(schema: type[GymConfig] | type[AtariConfig], path: str, overrides: list[str]) -> str:
+    """Every key with its value, marked where it differs from the default: `*` set by the YAML
+    file (or the protocol it names), `+` by the key=value overrides."""
+    layers = [schema(), load_config(schema, path), load_config(schema, path, overrides)]
+    values = [dict((key, value) for key, value, _ in config_rows(layer)) for layer in layers]
+    lines = describe_config(layers[-1], f"{path} with {overrides or 'no overrides'} (* set by the YAML file or "
+                                        f"its protocol, + by the overrides; unmarked: the default):").splitlines()
+    marked = [lines[0]]
+    for (key, value), line in zip(values[2].items(), lines[1:]):
+        mark = "+" if value != values[1][key] else "*" if value != values[0][key] else " "
+        marked.append(f"{mark}{line[1:]}")
+    return "\n".join(marked)
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:

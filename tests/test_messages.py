@@ -67,3 +67,26 @@ def test_a_hand_run_of_the_ablation_gets_a_name_of_its_own():
     names = [run_name(cfg, experiment.ablation(cfg)) for cfg in (default, rc, rc_2l)]
     assert names[0] == "hopper-medium-dmamba-clean-s12" and len(set(names)) == 3
     assert names[1] == f"hopper-medium-dmamba-rc-{rc.model.n_layer}l-clean-s12"
+
+
+def test_show_config_marks_what_the_yaml_and_the_overrides_changed():
+    import dataclasses
+
+    import yaml
+
+    from decision_mamba.run import show_config
+
+    lines = {line.split("=")[0][1:].strip(): line for line in
+             show_config(GymConfig, HOPPER, ["seed=7", "train.batch_size=16"]).splitlines()[1:]}
+    assert lines["seed"].startswith("+ seed = 7") and lines["train.batch_size"].startswith("+ ")
+    # the reference: the YAML file read as plain YAML, against the dataclass defaults
+    written = yaml.safe_load(open(HOPPER))
+    defaults = GymConfig()
+    for section, values in written.items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            name = f"{section}.{key}" if key else section
+            default = getattr(getattr(defaults, section), key) if key else getattr(defaults, section)
+            if name in ("seed", "train.batch_size"):
+                continue
+            assert lines[name][0] == ("*" if value != default else " "), (name, value, default, lines[name])
+    assert lines["eval.every"].startswith("  ") and dataclasses.is_dataclass(defaults)
