@@ -173,6 +173,7 @@ def preflight(cfg: GymConfig | AtariConfig, run_dir: Path, resume: bool) -> None
         if (run_dir / name).exists() and not os.access(run_dir / name, os.W_OK):
             raise UserError(f"cannot write {run_dir / name} (no write permission); fix its permissions, "
                             f"or choose another run.name / run.out_dir")
+    check_relative_data_paths(cfg)
     if isinstance(cfg, GymConfig) and str(cfg.dataset).startswith("minari:"):
         local = Path(str(cfg.dataset).removeprefix("minari:"))
         if local.exists() and not any((folder / "metadata.json").is_file() for folder in (local, local / "data")):
@@ -187,6 +188,26 @@ def preflight(cfg: GymConfig | AtariConfig, run_dir: Path, resume: bool) -> None
             raise UserError(f"cannot import mujoco with MUJOCO_GL={gl} ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else 'its library is missing'}); MuJoCo draws "
                             f"with MUJOCO_GL=egl (libegl1), osmesa (libosmesa6) or glfw, or leave it unset") from None
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def check_relative_data_paths(cfg: GymConfig | AtariConfig) -> None:
+    """Relative data paths (dataset=FILE, data_dir), in a YAML file or an override alike, are
+    read from the current folder, as a shell reads them. Run from elsewhere, the configs'
+    paths (data/..., written from the repository's root) miss; say so, naming both folders."""
+    from decision_mamba.data.d4rl import is_file_dataset
+
+    paths = {"data_dir": cfg.data_dir}  # Atari's replay folder, gym's D4RL folder
+    if isinstance(cfg, GymConfig):
+        minari = str(cfg.dataset).startswith("minari:")
+        paths = {} if minari else {"dataset": cfg.dataset} if is_file_dataset(cfg.dataset) else paths
+    for key, value in paths.items():
+        path = Path(value)
+        if not path.is_absolute() and not path.exists() and (REPOSITORY / path).exists():
+            raise UserError(f"{key}={value} is read from the current folder, {Path.cwd()}, where it is not; the "
+                            f"repository has it: run from {REPOSITORY}, or set {key}={REPOSITORY / path}")
 
 
 def warn_if_warmup_outlasts(cfg: GymConfig | AtariConfig, total_steps: int) -> None:

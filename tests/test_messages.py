@@ -90,3 +90,16 @@ def test_show_config_marks_what_the_yaml_and_the_overrides_changed():
                 continue
             assert lines[name][0] == ("*" if value != default else " "), (name, value, default, lines[name])
     assert lines["eval.every"].startswith("  ") and dataclasses.is_dataclass(defaults)
+
+
+def test_relative_data_paths_are_read_from_the_current_folder_and_say_so(tmp_path, monkeypatch):
+    from decision_mamba.errors import UserError
+    from decision_mamba.run import REPOSITORY, check_relative_data_paths
+
+    cfg = load_config(GymConfig, REPOSITORY / "configs/gym/quickstart.yaml")  # dataset: data/...-gen.hdf5
+    monkeypatch.chdir(REPOSITORY)
+    check_relative_data_paths(cfg)  # from the repository's root: found
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"dataset={cfg.dataset} is read from the current folder, {tmp_path}, "
+                                        rf"where it is not; .* run from {REPOSITORY}, or set dataset={REPOSITORY}"):
+        check_relative_data_paths(cfg)
