@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -48,7 +49,7 @@ from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_res
                                        retain, save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute, keep_freed_memory
 from decision_mamba.config import AtariConfig, GymConfig, load_config, to_dict, to_yaml
-from decision_mamba.confighelp import config_rows, describe_config
+from decision_mamba.confighelp import config_rows, describe_config, show_value
 from decision_mamba.errors import UserError, interrupted_again
 from decision_mamba.protocols import protocol_label
 from decision_mamba.runlock import LOCK_FILE, run_lock
@@ -84,6 +85,7 @@ def parse_args(description: str, argv: list[str] | None = None,
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 seed=23")
     args = parser.parse_intermixed_args(argv)  # `... key=value --resume key=value` too
     if args.show_config and schema is not None:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--show-config | head` ends quietly, as other tools do
         print(show_config(schema, args.config, args.overrides))
         raise SystemExit(0)
     return args
@@ -93,14 +95,15 @@ def show_config(schema: type[GymConfig] | type[AtariConfig], path: str, override
     """Every key with its value, marked where it differs from the default: `*` set by the YAML
     file (or the protocol it names), `+` by the key=value overrides."""
     layers = [schema(), load_config(schema, path), load_config(schema, path, overrides)]
-    values = [dict((key, value) for key, value, _ in config_rows(layer)) for layer in layers]
-    lines = describe_config(layers[-1], f"{path} with {overrides or 'no overrides'} (* set by the YAML file or "
-                                        f"its protocol, + by the overrides; unmarked: the default):").splitlines()
-    marked = [lines[0]]
-    for (key, value), line in zip(values[2].items(), lines[1:]):
-        mark = "+" if value != values[1][key] else "*" if value != values[0][key] else " "
-        marked.append(f"{mark}{line[1:]}")
-    return "\n".join(marked)
+    default, from_file = ({key: value for key, value, _ in config_rows(layer)} for layer in layers[:2])
+    rows = []
+    for key, value, text in config_rows(layers[2]):
+        source = "override" if value != from_file[key] else "file" if value != default[key] else ""
+        rows.append((f"{key} = {show_value(value)}", source, text))
+    width = max(len(setting) for setting, _, _ in rows)
+    return "\n".join([f"{path} with {overrides or 'no overrides'} (file: set by the YAML file or its protocol; "
+                      f"override: by key=value; blank: the default):"]
+                     + [f"  {setting:<{width}}  {source:<8}  {text}".rstrip() for setting, source, text in rows])
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:
@@ -407,12 +410,16 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
     With `resume`, a run that has finished is not trained again: its summary is returned as it was."""
     run_dir = Path(run_dir)
     _refuse_existing(run_dir, resume)
+    config_yaml = to_yaml(cfg)
+    identity = {**(identity or {}), "threads": thread_counts(), "code": code_version()}
+    if resume and run_started(run_dir):  # a refusal touches nothing, not even the lock file
+        check_resume(run_dir, config_yaml, identity, say=lambda text: None)
     created = not run_dir.exists()
     try:
         with run_lock(run_dir):  # one writer at a time; a second gets an error naming the first's PID
             return _run_locked(cfg, trainer, evaluate, run_dir=run_dir, group=group, resume=resume,
                                steps_per_iteration=steps_per_iteration, extra_summary=extra_summary,
-                               identity=identity, data=data, tags=tags)
+                               config_yaml=config_yaml, identity=identity, data=data, tags=tags)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.cli_main): one line, naming --resume
         saved = list_checkpoints(run_dir / "checkpoints")
         n_iter = cfg.train.num_iterations
@@ -428,11 +435,9 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
 
 def _run_locked(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                 group: str, resume: bool, steps_per_iteration: int | None, extra_summary: dict | None,
-                identity: dict | None, data: str, tags: list[str] | None) -> dict:
+                config_yaml: str, identity: dict, data: str, tags: list[str] | None) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     _refuse_existing(run_dir, resume)  # again, now that no other process can start it meanwhile
-    config_yaml = to_yaml(cfg)
-    identity = {**(identity or {}), "threads": thread_counts(), "code": code_version()}
     found = None
     if resume and run_started(run_dir):  # else nothing was trained: start over, with this config
         check_resume(run_dir, config_yaml, identity)  # reads only: a refusal leaves the run as it was
