@@ -118,7 +118,7 @@ def exit_on_bad_thread_variables() -> None:
     at import, with a traceback, before cli_main could say anything."""
     for name in THREAD_VARIABLES:
         value = os.environ.get(name, "").strip()
-        if value and not (value.isdigit() and int(value) > 0):
+        if value and not all(part.strip().isdigit() and int(part) > 0 for part in value.split(",")):  # OpenMP: "4,2"
             print(f"error: {name}={value} is not a positive number of threads; unset it or set e.g. {name}=1",
                   file=sys.stderr)
             raise SystemExit(2)
