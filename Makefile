@@ -1,10 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate
+#   make run    create .venv, install, train DMamba on the bundled hopper data, evaluate;
+#               again: prints the finished run's scores, or continues a run stopped by Ctrl-C
 #   make test   create .venv, install, run the test suite (make test-fast: the unit tests only)
 #   make run-atari  record a small DQN-replay-format dataset from the real emulator, train and evaluate DMamba on it
 # On a GPU machine: make install GPU=1 (README, "GPU install")
 #   make gpu-wheels  (with internet) the wheels the GPU check installs, into $(GPU_WHEELS)
 #   make gpu-check   (on the GPU machine, no internet) scripts/gpu_check.sh: tests, benchmark, results/gpu-check-*
+#   make clean  delete .venv and .pytest_cache; never runs/, data/ or results/ (delete runs by hand)
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -44,13 +46,15 @@ ifneq ($(GPU),)
 endif
 	touch $@
 
+# --resume: starts the run the first time, continues it after Ctrl-C, and once it has
+# finished only prints its scores, so `make run` can be typed again.
 run: install
-	$(PY) gym/experiment.py --config configs/gym/quickstart.yaml
+	$(PY) gym/experiment.py --config configs/gym/quickstart.yaml --resume
 
 # No download: ~15 s of recording random play, then ~2 min of training and evaluation on a CPU.
 run-atari: install
 	$(PY) tools/record_atari.py --game Breakout --out data/dqn_replay_recorded --buffers 2 --transitions 3000
-	$(PY) atari/train_atari.py --config configs/atari/quickstart.yaml
+	$(PY) atari/train_atari.py --config configs/atari/quickstart.yaml --resume
 
 test: install
 	$(PY) -m pytest -n 2 -q
@@ -72,4 +76,4 @@ gpu-check:
 	scripts/gpu_check.sh $(wildcard $(GPU_WHEELS)) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .pytest_cache

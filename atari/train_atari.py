@@ -11,14 +11,19 @@ but the data, the environment and the config is shared with gym/experiment.py.
 
 from __future__ import annotations
 
-import math
 import sys
+
+if __name__ == "__main__":  # before numba is imported: it fails on NUMBA_NUM_THREADS=0 with a traceback
+    from decision_mamba.errors import exit_on_bad_thread_variables
+
+    exit_on_bad_thread_variables()
+
+    from decision_mamba.cpu import configure_process
+
+    configure_process()  # the process settings, before torch loads (decision_mamba/cpu)
+
+import math
 from collections.abc import Callable
-
-from decision_mamba.cpu import configure_process
-
-if __name__ == "__main__":  # the process settings, before torch loads (decision_mamba/cpu)
-    configure_process()
 
 import numpy as np
 
@@ -30,14 +35,17 @@ from decision_mamba.errors import DataError, cli_main
 from decision_mamba.evaluation import evaluate_after, evaluation_envs, resolve_targets
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import paper_name, run_group, run_name, run_tags
-from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
+from decision_mamba.run import parse_args, preflight, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import check_rendering
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=AtariConfig)
     cfg = load_config(AtariConfig, args.config, args.overrides)
+    run_dir = run_directory(cfg, run_name(cfg, f"k{cfg.train.context_len}"))
+    preflight(cfg, run_dir, args.resume)  # device, folders: before the data is read
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                       final_tokens=final_tokens)
 
     envs = evaluation_envs(cfg, data.env)
-    run_dir = run_directory(cfg, run_name(cfg, f"k{K}"))
+    check_rendering(envs)  # eval.video_episodes: fails now, not after the first epoch
     evaluate = evaluate_after(cfg, model, envs, data.env, run_dir=run_dir)
 
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,

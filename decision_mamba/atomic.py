@@ -84,3 +84,28 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike, what: str = "folder") -> None:
+    """Raise UserError unless `path` (a folder, made if missing) can be written: the folder
+    itself if it exists, else the nearest folder above it that does. access(2) answers for
+    the file system too (EROFS), and for root as root can write."""
+    from decision_mamba.errors import UserError
+
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write the {what} {path}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "it is on a read-only file system" if _read_only_mount(existing) else "no write permission"
+        raise UserError(f"cannot write the {what} {path} ({existing}: {reason}); choose a writable folder "
+                        f"or fix its permissions")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

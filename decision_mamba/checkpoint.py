@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -154,9 +156,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write `state` plus its digest atomically; a full disk leaves the previous checkpoints as they were."""
     state = {**state, "format": FORMAT}
     state["digest"] = _digest(state)
+    # Serialized in memory, then written by Python: a full disk is an OSError with its errno
+    # (torch's own writer reports it as a RuntimeError without one).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        with atomic_path(path, nameless=True) as tmp:  # a kill while saving leaves no .tmp file
-            torch.save(state, tmp)
+        with atomic_path(path, nameless=True) as tmp, open(tmp, "wb") as f:  # a kill while saving leaves no .tmp file
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise CheckpointError(f"no space left on the device while writing {path}; nothing was half-written "

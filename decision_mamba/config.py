@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from decision_mamba import protocols
@@ -257,8 +257,10 @@ def load_config(schema: type[Config], path: str | Path | None = None,
     protocol = str(merged.protocol)
     try:
         protocol_values = protocols.overlay(protocol, kind, env)
-    except ValueError as err:
-        raise ConfigError(f"invalid config ({path or 'defaults'}): {err}") from None
+    except ValueError as err:  # blame the layer that set the protocol: the overrides win over the file
+        where = ("key=value overrides" if any(o.strip().startswith("protocol=") for o in overrides or [])
+                 else path or "defaults")
+        raise ConfigError(f"invalid config ({where}): {err}") from None
     merged = _merged(defaults, [*from_file, (f"protocol={protocol}", protocol_values), *from_overrides])
     cfg = _parsed(lambda: OmegaConf.to_object(merged), str(path or "defaults"), defaults)
     validate(cfg)
@@ -298,6 +300,9 @@ def _config_error(err: OmegaConfBaseException, where: str, defaults: DictConfig)
                 f"the keys of {parent or 'the config'} are: {', '.join(known)}" if known else "")
         return ConfigError(f"invalid config ({where}): unknown key {key}" + (f"; {hint}" if hint else ""))
     default = OmegaConf.select(defaults, str(key), default=None)
+    if isinstance(default, ListConfig):  # OmegaConf's "AnyNode is not a ListConfig": a list needs brackets
+        example = ",".join(str(x) for x in default) if len(default) else "..."
+        return ConfigError(f"invalid config ({where}): {key} takes a list, in brackets: {key}=[{example}]")
     like = f"; expected a value like its default, {default}" if default is not None else ""
     return ConfigError(f"invalid config ({where}): {key}: {message}{like}")
 
@@ -326,6 +331,8 @@ def validate(cfg: GymConfig | AtariConfig) -> None:
     for name in ("batch_size", "context_len", "num_iterations"):
         _check(getattr(t, name) > 0, f"train.{name} must be positive, got {getattr(t, name)}")
     _check(t.steps_per_iteration >= 0, "train.steps_per_iteration must be >= 0")
+    _check(t.num_threads >= 0, f"train.num_threads must be 0 (torch's and numba's defaults) or a positive "
+                               f"number of threads, got {t.num_threads}")
     _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
     _check(t.lr_schedule in ("linear_warmup", "warmup_cosine_tokens"),
            f"train.lr_schedule must be linear_warmup or warmup_cosine_tokens, got {t.lr_schedule!r}")

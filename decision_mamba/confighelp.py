@@ -29,7 +29,7 @@ def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
     return rows
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, str):
@@ -39,7 +39,7 @@ def _show(value: Any) -> str:
 
 def describe_config(cfg: Any, title: str) -> str:
     """The rows as aligned text: `key = value   description`."""
-    rows = [(key, _show(value), text) for key, value, text in config_rows(cfg)]
+    rows = [(key, show_value(value), text) for key, value, text in config_rows(cfg)]
     width = max(len(f"{k} = {v}") for k, v, _ in rows)
     lines = [title]
     for key, value, text in rows:

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from decision_mamba.atomic import write_text_atomic
+from decision_mamba.atomic import check_writable, write_text_atomic
 from decision_mamba.checkpoint import CheckpointError, checkpoint_path, list_checkpoints
 from decision_mamba.config import EVAL_MODES
-from decision_mamba.errors import cli_main
+from decision_mamba.errors import UserError, cli_main
 from decision_mamba.evaluation import evaluate_checkpoint
 
 
@@ -91,8 +91,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_outputs(json_path: Path | None, video_dir: Path | None) -> None:
+    """Refuse, before evaluating, a --json that cannot be written and a --video folder that
+    already holds videos (this evaluation's files would replace them: same names)."""
+    if json_path is not None:
+        if json_path.is_dir():
+            raise UserError(f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'eval.json'}")
+        check_writable(json_path.parent, "folder of --json")
+    if video_dir is not None:
+        earlier = sorted(video_dir.glob("*.mp4")) if video_dir.is_dir() else []
+        if earlier:
+            raise UserError(f"--video {video_dir} already holds {len(earlier)} video(s) (e.g. {earlier[0].name}), "
+                            f"which this evaluation would replace; choose another folder or delete them")
+        check_writable(video_dir, "--video folder")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_outputs(args.json, args.video)  # before the evaluation, which may take hours
     path = resolve_checkpoint(args.target, args.which)
     report = evaluate_checkpoint(path, episodes=args.episodes, targets=args.targets, mode=args.mode,
                                  seed=args.seed, device=args.device, video=args.video,

@@ -327,6 +327,8 @@ def evaluate_batched(
                 elif following[0] >= max_ep_len:
                     break
                 t, g = following
+        bar.total = bar.n  # every episode ended before max_ep_len: the bar ends full, not at e.g. 378/1000
+        bar.refresh()
     finally:
         bar.close()
         model.train(was_training)

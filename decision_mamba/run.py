@@ -12,11 +12,18 @@ A run directory holds
     summary.json         the last and the best evaluation, saying which is which
     run_info.json, train_steps.jsonl   code, packages, device; the curve every run.log_every steps (runlog.py)
 
-`--resume` first compares the config and the identity with the run's and refuses any
+`--resume` continues the run in its run directory, starts it when there is none, and only
+prints the scores of a run that has finished (so `make run` can pass it every time). It first compares the config and the identity with the run's and refuses any
 difference (but those run.resume_allow_changes names; never other data); then it reloads
 the newest intact checkpoint, drops metrics written after it (and a torn last line), and goes on;
 on the CPU a resumed run ends with the same numbers as an uninterrupted one, because the
 checkpoint carries every random state and each evaluation is seeded from (seed, iteration).
+
+One process writes a run directory at a time (runlock.py: a second gets one line naming the
+first's PID). `preflight` checks, before data is read or anything written, what would
+otherwise fail later with a traceback or a half-made run: devices, thread counts, folders
+that cannot be written, the renderer; Ctrl-C or SIGTERM ends a run with one line naming
+--resume (errors.cli_main).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import argparse
 import json
 import os
 import random
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -35,18 +44,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from decision_mamba.atomic import write_text_atomic
+from decision_mamba.atomic import check_writable, write_text_atomic
 from decision_mamba.checkpoint import (IDENTITY_FILE, CheckpointError, check_resume, checkpoint_path, code_version,
-                                       compact_finished, newest_intact, remove_leftovers, resumable, retain,
-                                       save_checkpoint, thread_counts)
+                                       compact_finished, list_checkpoints, newest_intact, remove_leftovers, resumable,
+                                       retain, save_checkpoint, thread_counts)
 from decision_mamba.compute import describe_compute, format_compute
 from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config, to_dict, to_yaml
-from decision_mamba.confighelp import describe_config
-from decision_mamba.errors import UserError
+from decision_mamba.confighelp import config_rows, describe_config, show_value
+from decision_mamba.errors import UserError, interrupted_again
 from decision_mamba.protocols import protocol_label
+from decision_mamba.runlock import LOCK_FILE, run_lock
 from decision_mamba.runlog import StepLog, banner, format_eval, iteration_times, run_info, write_run_info
 from decision_mamba.scores import run_score
-from decision_mamba.trainer import Trainer
+from decision_mamba.trainer import Trainer, linear_warmup
 from decision_mamba.video import iteration_video_dir
 
 
@@ -67,16 +77,34 @@ def parse_args(description: str, argv: list[str] | None = None,
         if schema is not None else None
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument("--resume", action="store_true", help="continue the run in its run directory")
+    parser.add_argument("--config", required=True, help="a YAML config file (those of the paper are under configs/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in its run directory (start it if there is none; a finished run "
+                             "prints its scores); may come anywhere, also between overrides")
     parser.add_argument("--show-config", action="store_true",
                         help="print every key as the YAML file and overrides set it, then exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=32 seed=23")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `... key=value --resume key=value` too
     if args.show_config and schema is not None:
-        print(describe_config(load_config(schema, args.config, args.overrides), f"{args.config} with {args.overrides}:"))
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `--show-config | head` ends quietly, as other tools do
+        print(show_config(schema, args.config, args.overrides))
         raise SystemExit(0)
     return args
+
+
+def show_config(schema: type[GymConfig] | type[AtariConfig], path: str, overrides: list[str]) -> str:
+    """Every key with its value, marked where it differs from the default: `*` set by the YAML
+    file (or the protocol it names), `+` by the key=value overrides."""
+    layers = [schema(), load_config(schema, path), load_config(schema, path, overrides)]
+    default, from_file = ({key: value for key, value, _ in config_rows(layer)} for layer in layers[:2])
+    rows = []
+    for key, value, text in config_rows(layers[2]):
+        source = "override" if value != from_file[key] else "file" if value != default[key] else ""
+        rows.append((f"{key} = {show_value(value)}", source, text))
+    width = max(len(setting) for setting, _, _ in rows)
+    return "\n".join([f"{path} with {overrides or 'no overrides'} (file: set by the YAML file or its protocol; "
+                      f"override: by key=value; blank: the default):"]
+                     + [f"  {setting:<{width}}  {source:<8}  {text}".rstrip() for setting, source, text in rows])
 
 
 def seed_everything(seed: int, num_threads: int = 0) -> None:
@@ -98,6 +126,102 @@ def seed_everything(seed: int, num_threads: int = 0) -> None:
 
 def run_directory(cfg: GymConfig | AtariConfig, default_name: str) -> Path:
     return Path(cfg.run.out_dir) / (cfg.run.name or default_name)
+
+
+def run_started(run_dir: Path) -> bool:
+    """Whether training in `run_dir` has begun: a metrics line, a checkpoint (intact or
+    damaged) or a summary. A run that failed while starting leaves at most its config and
+    identity; it blocks neither a new run of the corrected command nor its --resume."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    checkpoints = run_dir / "checkpoints"
+    return ((run_dir / "summary.json").is_file() or (metrics.is_file() and metrics.stat().st_size > 0)
+            or (checkpoints.is_dir() and any(checkpoints.iterdir())))
+
+
+def _refuse_existing(run_dir: Path, resume: bool) -> None:
+    if run_started(run_dir) and not resume:
+        raise RunExistsError(f"run directory {run_dir} already holds a run; pass --resume to continue it (or to "
+                             f"print its scores if it has finished), or choose another run.name / run.out_dir")
+
+
+def preflight(cfg: GymConfig | AtariConfig, run_dir: Path, resume: bool) -> None:
+    """What would fail later with a traceback, or after writing half a run: checked before the
+    data is read. The device and scan backend, the run directory (free, or --resume; writable)
+    and, for MuJoCo, the renderer variable MUJOCO_GL that importing mujoco reads."""
+    from decision_mamba.selective_scan import resolve_scan_backend
+    from decision_mamba.trainer import resolve_device
+
+    try:
+        device = resolve_device(cfg.train.device)
+    except RuntimeError as err:  # no CUDA here, or a device name torch does not know
+        message = str(err).splitlines()[0]
+        raise UserError(message if "train.device" in message else f"train.device={cfg.train.device}: {message}") from None
+    try:
+        resolve_scan_backend(cfg.model.scan_backend, device)
+    except ValueError as err:
+        raise UserError(f"model.scan_backend={cfg.model.scan_backend} cannot run on {device} "
+                        f"({str(err).removeprefix('selective_scan: ').split(';')[0]}); model.scan_backend=auto "
+                        f"picks the one that runs (fused on the CPU)") from None
+    _refuse_existing(run_dir, resume)
+    check_writable(run_dir, "run directory")
+    for name in ("metrics.jsonl", "checkpoints", "config.yaml"):
+        if (run_dir / name).exists() and not os.access(run_dir / name, os.W_OK):
+            raise UserError(f"cannot write {run_dir / name} (no write permission); fix its permissions, "
+                            f"or choose another run.name / run.out_dir")
+    check_relative_data_paths(cfg)
+    if isinstance(cfg, GymConfig) and str(cfg.dataset).startswith("minari:"):
+        local = Path(str(cfg.dataset).removeprefix("minari:"))
+        if local.exists() and not any((folder / "metadata.json").is_file() for folder in (local, local / "data")):
+            raise UserError(f"dataset={cfg.dataset}: {local} is no Minari dataset (a Minari dataset folder holds "
+                            f"data/metadata.json and data/main_data.hdf5); give its folder, or its id (minari:"
+                            f"namespace/env/name-v0) after python -m decision_mamba.data.download minari <id>")
+    if isinstance(cfg, GymConfig):
+        try:
+            import mujoco  # noqa: F401  (reads MUJOCO_GL when imported, and loads that renderer's library)
+        except Exception as err:  # RuntimeError: an unknown value; AttributeError, ImportError: no such library
+            gl = os.environ.get("MUJOCO_GL", "")
+            raise UserError(f"cannot import mujoco with MUJOCO_GL={gl} ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'its library is missing'}); MuJoCo draws "
+                            f"with MUJOCO_GL=egl (libegl1), osmesa (libosmesa6) or glfw, or leave it unset") from None
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def check_relative_data_paths(cfg: GymConfig | AtariConfig) -> None:
+    """Relative data paths (dataset=FILE, data_dir), in a YAML file or an override alike, are
+    read from the current folder, as a shell reads them. Run from elsewhere, the configs'
+    paths (data/..., written from the repository's root) miss; say so, naming both folders."""
+    from decision_mamba.data.d4rl import is_file_dataset
+
+    paths = {"data_dir": cfg.data_dir}  # Atari's replay folder, gym's D4RL folder
+    if isinstance(cfg, GymConfig):
+        minari = str(cfg.dataset).startswith("minari:")
+        paths = {} if minari else {"dataset": cfg.dataset} if is_file_dataset(cfg.dataset) else paths
+    for key, value in paths.items():
+        path = Path(value)
+        if not path.is_absolute() and not path.exists() and (REPOSITORY / path).exists():
+            raise UserError(f"{key}={value} is read from the current folder, {Path.cwd()}, where it is not; the "
+                            f"repository has it: run from {REPOSITORY}, or set {key}={REPOSITORY / path}")
+
+
+def warn_if_warmup_outlasts(cfg: GymConfig | AtariConfig, total_steps: int) -> None:
+    """One line when the learning-rate warm-up is longer than the run: a paper config shortened
+    by overrides keeps its 10,000-step warm-up, and its few updates all run at a small
+    fraction of train.learning_rate."""
+    t = cfg.train
+    if t.lr_schedule == "linear_warmup":
+        warmup, length = f"train.warmup_steps={t.warmup_steps}", t.warmup_steps
+        peak = linear_warmup(total_steps - 1, t.warmup_steps)
+    else:  # tokens: at most batch_size x context_len per update
+        most_tokens = total_steps * t.batch_size * t.context_len
+        warmup, length = f"train.warmup_tokens={t.warmup_tokens}", t.warmup_tokens / (t.batch_size * t.context_len)
+        peak = most_tokens / max(1, t.warmup_tokens)
+    if peak < 1.0:
+        print(f"warning: the warm-up ({warmup}, about {length:,.0f} updates) is longer than this run's "
+              f"{total_steps:,} updates: the learning rate stays below {peak * t.learning_rate:.2g} "
+              f"(train.learning_rate={t.learning_rate:g}); shorten the warm-up for a short run", file=sys.stderr)
 
 
 # --------------------------------------------------------------------- logging
@@ -209,6 +333,68 @@ def best_and_last(records: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------ main loop
+def _finished_summary(run_dir: Path, num_iterations: int) -> dict | None:
+    """The stored summary of a run that trained all its iterations, else None."""
+    records = read_records(run_dir / "metrics.jsonl")
+    summary = run_dir / "summary.json"
+    if summary.is_file() and records and records[-1]["iteration"] >= num_iterations:
+        return json.loads(summary.read_text())
+    return None
+
+
+def _iteration(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, log: MetricsLog,
+               step_log: StepLog, bar: Any, run_dir: Path, iteration: int, steps: int, config_yaml: str,
+               identity: dict, clock: dict[str, float]) -> None:
+    """Train one iteration, evaluate if it is time, log it and checkpoint it. clock: the run's
+    wall time so far ("elapsed_s") and the perf_counter reading it was taken at ("mark")."""
+    n_iter, ckpt_dir = cfg.train.num_iterations, run_dir / "checkpoints"
+    losses, grad_norms, train_time, sample_time = [], [], 0.0, 0.0
+    tokens_before = trainer.tokens
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        tokens = trainer.tokens
+        stats = trainer.train_step()
+        dt = time.perf_counter() - t0
+        train_time += dt
+        sample_time += stats.sample_s
+        losses.append(stats.loss)
+        grad_norms.append(stats.grad_norm)
+        step_log.add(step=trainer.step, loss=stats.loss, lr=stats.lr, grad_norm=stats.grad_norm,
+                     tokens=trainer.tokens - tokens, seconds=dt)
+        bar.update(1)
+        if trainer.step % 50 == 0:
+            bar.set_postfix(iter=f"{iteration}/{n_iter}", loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
+    step_log.flush(trainer.step)  # the iteration's tail, so each record below has its curve
+    record: dict[str, Any] = {
+        "iteration": iteration,
+        "step": trainer.step,
+        "train": {
+            "loss_mean": sum(losses) / max(1, len(losses)),
+            "loss_last": losses[-1] if losses else float("nan"),
+            "lr": trainer.cfg.learning_rate * trainer.lr_multiplier(),
+            "grad_norm_mean": sum(grad_norms) / max(1, len(grad_norms)),
+            "time_s": train_time,
+            "steps_per_s": len(losses) / max(train_time, 1e-9),
+            "tokens_per_s": (trainer.tokens - tokens_before) / max(train_time, 1e-9),
+        },
+    }
+    if iteration % cfg.eval.every == 0 or iteration == n_iter:
+        t1 = time.perf_counter()
+        record["eval"] = evaluate(iteration)
+        record["eval_time_s"] = time.perf_counter() - t1
+        log.log_videos(iteration_video_dir(run_dir, iteration), trainer.step)
+        bar.write(format_eval(iteration, n_iter, record))
+    now = time.perf_counter()
+    clock["elapsed_s"], clock["mark"] = clock["elapsed_s"] + now - clock["mark"], now
+    record["time"] = iteration_times(record, updates=len(losses), sample_s=sample_time, episodes=cfg.eval.episodes,
+                                     elapsed_s=clock["elapsed_s"])
+    log.log(record)
+    save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),
+                                                           "config": config_yaml, "identity": identity})
+    best = best_and_last(log.records())["best"]
+    retain(ckpt_dir, cfg.run.keep_checkpoints, best["iteration"] if best else None)
+
+
 def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
                    group: str, resume: bool = False, steps_per_iteration: int | None = None,
                    extra_summary: dict | None = None, identity: dict | None = None, data: str = "",
@@ -217,19 +403,47 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
 
     `identity` (checkpoint.run_identity) makes the checkpoints self-contained and is what
     --resume compares besides the config; `data` is one line describing the training data,
-    for the banner and run_info.json; `tags` go to wandb and the summary."""
+    for the banner and run_info.json; `tags` go to wandb and the summary.
+
+    With `resume`, a run that has finished is not trained again: its summary is returned as it was."""
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise RunExistsError(
-            f"run directory {run_dir} already exists; pass --resume to continue it, "
-            f"or choose another run.name / run.out_dir"
-        )
+    _refuse_existing(run_dir, resume)
     config_yaml = to_yaml(cfg)
     identity = {**(identity or {}), "threads": thread_counts(), "code": code_version()}
+    if resume and run_started(run_dir):  # a refusal touches nothing, not even the lock file
+        check_resume(run_dir, config_yaml, identity, say=lambda text: None)
+    created = not run_dir.exists()
+    try:
+        with run_lock(run_dir):  # one writer at a time; a second gets an error naming the first's PID
+            return _run_locked(cfg, trainer, evaluate, run_dir=run_dir, group=group, resume=resume,
+                               steps_per_iteration=steps_per_iteration, extra_summary=extra_summary,
+                               config_yaml=config_yaml, identity=identity, data=data, tags=tags)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.cli_main): one line, naming --resume
+        saved = list_checkpoints(run_dir / "checkpoints")
+        n_iter = cfg.train.num_iterations
+        where = (f"its newest checkpoint is iteration {saved[-1][0]} of {n_iter}" if saved
+                 else f"it stopped before its first checkpoint (iteration 1 of {n_iter})")
+        raise interrupted_again(interrupt, f"{run_dir}: {where}; continue it with the same command and "
+                                           f"--resume") from None
+    finally:  # a run refused before it wrote anything leaves no folder behind
+        if created and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+
+
+def _run_locked(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evaluate, *, run_dir: Path,
+                group: str, resume: bool, steps_per_iteration: int | None, extra_summary: dict | None,
+                config_yaml: str, identity: dict, data: str, tags: list[str] | None) -> dict:
+    ckpt_dir = run_dir / "checkpoints"
+    _refuse_existing(run_dir, resume)  # again, now that no other process can start it meanwhile
     found = None
-    if resume:
+    if resume and run_started(run_dir):  # else nothing was trained: start over, with this config
         check_resume(run_dir, config_yaml, identity)  # reads only: a refusal leaves the run as it was
+        finished = _finished_summary(run_dir, cfg.train.num_iterations)
+        if finished is not None:
+            print(f"{run_dir} finished earlier (iteration {cfg.train.num_iterations} of "
+                  f"{cfg.train.num_iterations}); its scores, as in summary.json:")
+            return finished
         remove_leftovers(run_dir)
         found = newest_intact(ckpt_dir)
         if found is None and any(ckpt_dir.glob("iter_*.pt.damaged")):
@@ -266,6 +480,7 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
 
     steps = steps_per_iteration if steps_per_iteration is not None else cfg.train.steps_per_iteration
     n_iter = cfg.train.num_iterations
+    warn_if_warmup_outlasts(cfg, n_iter * steps)
     info = write_run_info(run_dir, run_info(cfg.model, trainer.device, data=data,
                                             num_parameters=sum(p.numel() for p in trainer.model.parameters())))
     print(banner(run_dir, info.get("resumes", [info])[-1], total_steps=n_iter * steps, start_step=trainer.step))
@@ -276,54 +491,14 @@ def run_experiment(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Eva
                disable=not cfg.run.progress, dynamic_ncols=True, mininterval=2.0)
     # The run's wall-clock so far (a resumed run goes on from its last record's), for the curves against time.
     previous = log.records()
-    elapsed, mark = (previous[-1].get("time", {}).get("elapsed_s", 0.0) if previous else 0.0), time.perf_counter()
-    for iteration in range(start_iteration, n_iter + 1):
-        losses, grad_norms, train_time, sample_time = [], [], 0.0, 0.0
-        tokens_before = trainer.tokens
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            tokens = trainer.tokens
-            stats = trainer.train_step()
-            dt = time.perf_counter() - t0
-            train_time += dt
-            sample_time += stats.sample_s
-            losses.append(stats.loss)
-            grad_norms.append(stats.grad_norm)
-            step_log.add(step=trainer.step, loss=stats.loss, lr=stats.lr, grad_norm=stats.grad_norm,
-                         tokens=trainer.tokens - tokens, seconds=dt)
-            bar.update(1)
-            if trainer.step % 50 == 0:
-                bar.set_postfix(iter=f"{iteration}/{n_iter}", loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.2e}")
-        step_log.flush(trainer.step)  # the iteration's tail, so each record below has its curve
-        record: dict[str, Any] = {
-            "iteration": iteration,
-            "step": trainer.step,
-            "train": {
-                "loss_mean": sum(losses) / max(1, len(losses)),
-                "loss_last": losses[-1] if losses else float("nan"),
-                "lr": trainer.cfg.learning_rate * trainer.lr_multiplier(),
-                "grad_norm_mean": sum(grad_norms) / max(1, len(grad_norms)),
-                "time_s": train_time,
-                "steps_per_s": len(losses) / max(train_time, 1e-9),
-                "tokens_per_s": (trainer.tokens - tokens_before) / max(train_time, 1e-9),
-            },
-        }
-        if iteration % cfg.eval.every == 0 or iteration == n_iter:
-            t1 = time.perf_counter()
-            record["eval"] = evaluate(iteration)
-            record["eval_time_s"] = time.perf_counter() - t1
-            log.log_videos(iteration_video_dir(run_dir, iteration), trainer.step)
-            bar.write(format_eval(iteration, n_iter, record))
-        now = time.perf_counter()
-        elapsed, mark = elapsed + now - mark, now
-        record["time"] = iteration_times(record, updates=len(losses), sample_s=sample_time,
-                                         episodes=cfg.eval.episodes, elapsed_s=elapsed)
-        log.log(record)
-        save_checkpoint(checkpoint_path(ckpt_dir, iteration), {"iteration": iteration, "trainer": trainer.state_dict(),
-                                                               "config": config_yaml, "identity": identity})
-        best = best_and_last(log.records())["best"]
-        retain(ckpt_dir, cfg.run.keep_checkpoints, best["iteration"] if best else None)
-    bar.close()
+    clock = {"elapsed_s": previous[-1].get("time", {}).get("elapsed_s", 0.0) if previous else 0.0,
+             "mark": time.perf_counter()}
+    try:
+        for iteration in range(start_iteration, n_iter + 1):
+            _iteration(cfg, trainer, evaluate, log, step_log, bar, run_dir, iteration, steps, config_yaml, identity,
+                       clock)
+    finally:
+        bar.close()
 
     compact_finished(ckpt_dir, cfg.run.keep_checkpoints)
     records = log.records()

@@ -33,6 +33,12 @@ Launchers
                     `--array-parallelism` tasks at a time; returns once submitted. A task that
                     hits its time limit is requeued and resumes from its last checkpoint.
 
+The console shows each run as it starts and ends, `[k/N]` with its time and the sweep's,
+and a failed run's own one-line error from its log. Missing data files stop the sweep
+before it launches anything (--dry-run lists the runs and names them). Ctrl-C or SIGTERM to
+the sweep stops its running runs too (they resume from their checkpoints when the same
+command is run again): no run is left training on its own.
+
 Re-launching the same command is safe: runs with a summary.json are skipped, runs with a
 run directory but no summary.json are continued with --resume, and a run directory made
 with other settings (say a smoke test's train.num_iterations=1) is an error, not a skip.
@@ -54,6 +60,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +73,7 @@ from decision_mamba import naming
 from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import RESUME_MAY_DIFFER
-from decision_mamba.errors import UserError, cli_main
+from decision_mamba.errors import UserError, cli_main, interrupted_again
 from decision_mamba.protocols import PROTOCOLS
 
 GYM_ENTRY = "gym/experiment.py"
@@ -380,7 +387,99 @@ def plan(runs: list[Run]) -> dict[str, list[Run]]:
     return states
 
 
+def missing_data(runs: list[Run]) -> str | None:
+    """One line naming the data files the runs need that are not here and the commands that
+    download them; None when everything is here. Looks at paths only (reading is the run's)."""
+    from decision_mamba.data.atari_replay import replay_dir
+    from decision_mamba.data.d4rl import d4rl_download_command, d4rl_source_files, is_file_dataset
+
+    missing: dict[str, str] = {}  # file or folder -> how to get it
+    for run in runs:
+        cfg = run.resolved_config()
+        if isinstance(cfg, AtariConfig):
+            folder = replay_dir(cfg.data_dir, cfg.game)
+            if not (folder.is_dir() and any(folder.iterdir())):
+                missing[str(folder)] = f"python -m decision_mamba.data.download dqn-replay {cfg.game} " \
+                                       f"--num-buffers {cfg.num_buffers} --data-dir {cfg.data_dir}"
+        elif str(cfg.dataset).startswith("minari:"):
+            continue  # an id is found (or downloaded) by minari itself
+        elif is_file_dataset(cfg.dataset):
+            if not Path(cfg.dataset).is_file():
+                missing[str(cfg.dataset)] = "the file given as dataset=..."
+        else:
+            name = f"{cfg.env}-{cfg.dataset}-v2"
+            for file_name in d4rl_source_files(name):
+                if not (Path(cfg.data_dir) / file_name).is_file():
+                    missing[str(Path(cfg.data_dir) / file_name)] = d4rl_download_command(name, cfg.data_dir)
+    if not missing:
+        return None
+    files = list(missing)
+    commands = list(dict.fromkeys(missing.values()))
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return (f"{len(files)} data file(s) or folder(s) the runs read are missing: {shown}; get them with: "
+            + " && ".join(commands) + " (scripts/README.md says where each table's data comes from)")
+
+
 # --------------------------------------------------------------------- jobs
+class Children:
+    """The run processes this sweep has started and that still run, so that an interrupted
+    sweep can stop them (SIGTERM, then SIGKILL after `grace_s`) and start no more."""
+
+    def __init__(self, grace_s: float = 60.0):
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+        self.grace_s = grace_s
+
+    def run(self, command: list[str], **popen: Any) -> None:
+        """subprocess.run(command, check=True, **popen), unless the sweep is stopping."""
+        with self.lock:
+            if self.stopping:
+                raise SweepStopped(f"not started: the sweep is stopping ({shlex.join(command)})")
+            process = subprocess.Popen(command, **popen)
+            self.running.add(process)
+        try:
+            status = process.wait()
+        finally:
+            with self.lock:
+                self.running.discard(process)
+        if status != 0:
+            raise subprocess.CalledProcessError(status, command)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Stop every running child and wait for it; returns how many there were. Ctrl-C in a
+        terminal reaches the children too: they get a few seconds to stop on their own
+        before a SIGTERM (a second SIGINT would cut their clean-up short)."""
+        with self.lock:
+            self.stopping = True
+            processes = list(self.running)
+        if signum == signal.SIGINT:
+            deadline = time.monotonic() + 5.0
+            for process in processes:
+                try:
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()  # each ends in one line naming --resume (errors.cli_main)
+        deadline = time.monotonic() + self.grace_s
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return len(processes)
+
+
+class SweepStopped(RuntimeError):
+    """A run not started because the sweep was interrupted."""
+
+
+CHILDREN = Children()
+
+
 @dataclass
 class RunJob(submitit.helpers.Checkpointable):
     """One run as a picklable callable (for submitit) that is also called directly by the local launcher.
@@ -404,14 +503,13 @@ class RunJob(submitit.helpers.Checkpointable):
         # Unbuffered: a run's log file shows its progress as it goes, not only once it exits.
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.log_path is None:
-            subprocess.run(command, cwd=self.cwd, env=environment, check=True)
+            CHILDREN.run(command, cwd=self.cwd, env=environment)
         else:
             Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as log:
                 log.write(f"$ {shlex.join(command)}\n")
                 log.flush()
-                subprocess.run(command, cwd=self.cwd, env=environment, check=True, stdout=log,
-                               stderr=subprocess.STDOUT)
+                CHILDREN.run(command, cwd=self.cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
         if not summary.is_file():
             raise RuntimeError(f"{shlex.join(command)} exited without writing {summary}")
         return str(summary)
@@ -433,30 +531,75 @@ def _slot_env(slot: int, slots: int, gpus: list[int]) -> dict[str, str]:
     return {name: per_slot for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS") if name not in os.environ}
 
 
+def failure_line(error: BaseException, log_path: Path | None) -> str:
+    """What made a run fail, in one line: the `error: ...` (or `interrupted ...`) line the
+    run printed into its log, else the log's last line (a crash's exception), else `error`."""
+    lines = []
+    if log_path is not None and log_path.is_file():
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("error: ", "interrupted (")):
+            return line
+    if lines and not lines[-1].startswith("$ "):
+        return lines[-1][:300]
+    return f"{type(error).__name__}: {error}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def launch_local(runs: list[Run], slots: int, gpus: list[int], log_dir: Path) -> dict[str, str | None]:
-    """Run `slots` runs at a time; return {run name: None if it succeeded, else the error}."""
+    """Run `slots` runs at a time; return {run name: None if it succeeded, else the error}.
+
+    Prints `[k/N]` as each run starts and ends, with its time and the sweep's. Interrupted
+    (Ctrl-C, SIGTERM), it stops the running runs, starts no other, and re-raises."""
+    CHILDREN.stopping = False  # a sweep earlier in this process may have been stopped
     free_slots: queue.Queue[int] = queue.Queue()
     for slot in range(slots):
         free_slots.put(slot)
+    total, started_at = len(runs), time.monotonic()
+    counter, began = {"started": 0}, {}
+    counter_lock = threading.Lock()
 
     def work(run: Run) -> str:
         slot = free_slots.get()  # never blocks: the pool has exactly `slots` workers
         try:
-            print(f"[slot {slot}] start {run.name}", flush=True)
+            with counter_lock:
+                counter["started"] += 1
+                k = counter["started"]
+                began[run.name] = time.monotonic()
+            print(f"[{k}/{total}] start {run.name} (slot {slot}; sweep {_duration(time.monotonic() - started_at)} "
+                  f"so far)", flush=True)
             job = RunJob(run, env=_slot_env(slot, slots, gpus), log_path=str(log_dir / f"{run.name}.log"))
             return job()
         finally:
             free_slots.put(slot)
 
     outcome: dict[str, str | None] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=slots) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=slots)
+    try:
         futures = {pool.submit(work, run): run for run in runs}
         for future in concurrent.futures.as_completed(futures):
             run = futures[future]
             error = future.exception()
-            outcome[run.name] = None if error is None else f"{error} (log: {log_dir / (run.name + '.log')})"
-            print(f"{'done' if error is None else 'FAILED'}: {run.name}"
-                  + ("" if error is None else f": {outcome[run.name]}"), flush=True)
+            log = log_dir / f"{run.name}.log"
+            outcome[run.name] = None if error is None else f"{failure_line(error, log)} (log: {log})"
+            now = time.monotonic()
+            took = f"after {_duration(now - began[run.name])}; " if run.name in began else ""
+            print(f"[{len(outcome)}/{total}] {'done' if error is None else 'FAILED'} {run.name} ({took}sweep "
+                  f"{_duration(now - started_at)} so far)" + ("" if error is None else f": {outcome[run.name]}"),
+                  flush=True)
+    except KeyboardInterrupt as interrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stopped = CHILDREN.stop(getattr(interrupt, "signum", signal.SIGTERM))
+        raise interrupted_again(interrupt, f"the sweep stopped {stopped} running run(s) and started no other; run "
+                                           f"the same command again to continue (finished runs are skipped, "
+                                           f"stopped ones resume from their checkpoints)") from None
+    finally:
+        pool.shutdown(wait=True)
     return outcome
 
 
@@ -478,21 +621,28 @@ def launch_submitit_local(runs: list[Run], slots: int, gpus: list[int], folder: 
             outcome[run.name] = f"{type(error).__name__} (logs: {job.paths.stdout}, {job.paths.stderr})"
             print(f"FAILED: {run.name}: {outcome[run.name]}", flush=True)
 
-    for run in runs:
-        while len(running) >= slots:
-            finished = [slot for slot, (job, _) in running.items() if job.done()]
-            for slot in finished:
-                collect(slot)
-            if not finished:
-                time.sleep(poll_s)
-        slot = min(set(range(slots)) - set(running))
-        if gpus:
-            executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[slot % len(gpus)],))
-        job = executor.submit(RunJob(run, env=_slot_env(slot, slots, gpus)))
-        print(f"[slot {slot}] submitted {run.name} (submitit job {job.job_id})", flush=True)
-        running[slot] = (job, run)
-    for slot in list(running):
-        collect(slot)
+    try:
+        for run in runs:
+            while len(running) >= slots:
+                finished = [slot for slot, (job, _) in running.items() if job.done()]
+                for slot in finished:
+                    collect(slot)
+                if not finished:
+                    time.sleep(poll_s)
+            slot = min(set(range(slots)) - set(running))
+            if gpus:
+                executor.update_parameters(gpus_per_node=1, visible_gpus=(gpus[slot % len(gpus)],))
+            job = executor.submit(RunJob(run, env=_slot_env(slot, slots, gpus)))
+            print(f"[{len(outcome) + len(running) + 1}/{len(runs)}] [slot {slot}] submitted {run.name} "
+                  f"(submitit job {job.job_id})", flush=True)
+            running[slot] = (job, run)
+        for slot in list(running):
+            collect(slot)
+    except KeyboardInterrupt as interrupt:
+        for job, _ in running.values():
+            job.cancel(check=False)
+        raise interrupted_again(interrupt, f"the sweep cancelled {len(running)} running submitit job(s); run the "
+                                           f"same command again to continue") from None
     return outcome
 
 
@@ -586,10 +736,15 @@ def main(argv: list[str] | None = None) -> int:
                       protocol=args.protocol, smoke=args.smoke, suite=args.suite)
     for run in runs[:1]:
         run.resolved_config()  # a misspelt override fails here, before anything starts
+    if args.slots is not None and args.slots < 1:
+        raise SweepError(f"--slots must be at least 1 (runs at a time), got {args.slots}")
     if args.smoke and not args.dry_run:
         record_smoke_data(runs)
     states = plan(runs)
     todo = states["resume"] + states["new"]
+    absent = missing_data(todo)
+    if absent and not args.dry_run and args.launcher != "slurm":  # a cluster's nodes may see other files
+        raise SweepError(f"nothing launched: {absent}")
     out_dir = Path(runs[0].out_dir) if runs else Path(args.out_dir or f"runs/table{table}")
     print(f"# table {table}: {len(runs)} runs ({len(states['done'])} done and skipped, "
           f"{len(states['resume'])} to resume, {len(states['new'])} new)", flush=True)
@@ -601,12 +756,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# done, skipped: {run.run_dir}")
         for run in todo:
             print(shlex.join(run.command(_shown(Path(sys.executable)), resume=run in states["resume"])))
+        if absent:
+            print(f"warning: these runs would not start here: {absent}", file=sys.stderr)
         return 0
     if not todo:
         return 0
     recorded_argv = own + (["--", *overrides] if overrides else [])
 
     if args.launcher == "slurm":
+        if absent:
+            print(f"warning: not on this machine, so the cluster's nodes must see them: {absent}", file=sys.stderr)
         ids = launch_slurm(todo, out_dir / "submitit", table=table, partition=args.partition,
                            gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                            timeout_min=args.time, array_parallelism=args.array_parallelism, account=args.account)
@@ -616,8 +775,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     gpus = visible_gpus()
     slots = args.slots or max(1, len(gpus))
-    if slots < 1:
-        raise SweepError(f"--slots must be at least 1, got {slots}")
     _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"])
     if args.launcher == "local":
         outcome = launch_local(todo, slots, gpus, out_dir / "logs")

@@ -17,7 +17,9 @@ MP4 written by imageio-ffmpeg, whose wheel ships an ffmpeg binary.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,11 +86,7 @@ class EpisodeFrames(gym.Wrapper):
         try:
             frame = self.env.render()
         except Exception as err:  # OpenGL (EGL / OSMesa / GLFW) missing or unusable
-            raise VideoError(
-                f"could not render {self.env.spec.id if self.env.spec else 'the environment'} offscreen "
-                f"(MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): {type(err).__name__}: {err}; install the EGL "
-                f"library (Debian/Ubuntu: apt-get install libegl1) or OSMesa (libosmesa6, then MUJOCO_GL=osmesa), "
-                f"or turn videos off (eval.video_episodes=0)") from None
+            raise _render_error(self.env, err) from None
         self.frames.append(np.asarray(frame, dtype=np.uint8))
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -172,3 +170,40 @@ def read_mp4(path: Path) -> tuple[np.ndarray, float]:
     width, height = meta["size"]
     frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
     return np.stack(frames) if frames else np.zeros((0, height, width, 3), np.uint8), float(meta["fps"])
+
+
+def check_rendering(envs: gym.vector.VectorEnv) -> None:
+    """Draw one frame of the first filmed sub-environment (if any), so that a machine that
+    cannot render (no usable EGL or OSMesa) is found before training, not after its first
+    iteration. Drawn by the unwrapped environment (the wrappers refuse a frame before the
+    first reset); rendering reads the simulator's state and changes nothing."""
+    for env in getattr(envs, "envs", ()):
+        if isinstance(env, EpisodeFrames):
+            error = _first_frame_error(env)
+            if error is not None:
+                raise error
+            return
+
+
+def _first_frame_error(env: gym.Env) -> VideoError | None:
+    # A renderer half-made by the failure (gymnasium's OffScreenViewer without its GL context)
+    # fails again when it is freed, printing a traceback nobody can act on: silenced here.
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        try:
+            env.unwrapped.render()
+        except Exception as err:
+            return _render_error(env, err)
+        return None
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
+
+
+def _render_error(env: gym.Env, err: Exception) -> VideoError:
+    return VideoError(
+        f"could not render {env.spec.id if env.spec else 'the environment'} offscreen "
+        f"(MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}): {type(err).__name__}: {err}; install the EGL "
+        f"library (Debian/Ubuntu: apt-get install libegl1) or OSMesa (libosmesa6, then MUJOCO_GL=osmesa), "
+        f"or turn videos off (eval.video_episodes=0)")

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import sys
 
-from decision_mamba.cpu import configure_process
+if __name__ == "__main__":  # before numba is imported: it fails on NUMBA_NUM_THREADS=0 with a traceback
+    from decision_mamba.errors import exit_on_bad_thread_variables
 
-if __name__ == "__main__":  # the process settings, before torch loads (decision_mamba/cpu)
-    configure_process()
+    exit_on_bad_thread_variables()
+
+    from decision_mamba.cpu import configure_process
+
+    configure_process()  # the process settings, before torch loads (decision_mamba/cpu)
 
 import numpy as np
 
@@ -30,14 +34,17 @@ from decision_mamba.errors import cli_main
 from decision_mamba.evaluation import evaluate_after, evaluate_random_policy, evaluation_envs, resolve_targets
 from decision_mamba.model import DecisionModel
 from decision_mamba.naming import dataset_name, paper_name, run_group, run_name, run_tags
-from decision_mamba.run import parse_args, run_directory, run_experiment, seed_everything
+from decision_mamba.run import parse_args, preflight, run_directory, run_experiment, seed_everything
 from decision_mamba.suites import suite_of
 from decision_mamba.trainer import Trainer, resolve_device
+from decision_mamba.video import check_rendering
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__.splitlines()[0], argv, schema=GymConfig)
     cfg = load_config(GymConfig, args.config, args.overrides)
+    run_dir = run_directory(cfg, run_name(cfg, ablation(cfg)))
+    preflight(cfg, run_dir, args.resume)  # device, folders, renderer: before the data is read
     seed_everything(cfg.seed, cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
 
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_targets(cfg, suite, traj)
     obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
     envs = evaluation_envs(cfg, data.env, obs_dim=obs_dim, act_dim=act_dim)
+    check_rendering(envs)  # eval.video_episodes: a missing EGL shows now, not after the first iteration
     state_mean, state_std = state_normalization(traj)
     score = suite.score(cfg, data.env)
 
@@ -61,7 +69,6 @@ def main(argv: list[str] | None = None) -> dict:
                             padding=cfg.train.padding)
 
     trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
-    run_dir = run_directory(cfg, run_name(cfg))
     evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std, run_dir=run_dir)
 
     def scored(returns: np.ndarray) -> dict:
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "random_policy": scored(evaluate_random_policy(envs, max_ep_len=cfg.eval.max_ep_len, seed=cfg.seed).returns),
     }
     summary = run_experiment(cfg, trainer, evaluate, run_dir=run_dir,
-                             group=run_group(cfg), resume=args.resume, tags=run_tags(cfg),
+                             group=run_group(cfg, variant=ablation(cfg)), resume=args.resume, tags=run_tags(cfg),
                              extra_summary={"reference": reference, "dataset_name": dataset_name(cfg)},
                              identity=run_identity("gym", traj, env_id=data.env["env_id"], obs_shape=(obs_dim,),
                                                    act_dim=act_dim, discrete=False, state_mean=state_mean,
@@ -83,6 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     envs.close()
     print(report(summary, paper_name(cfg.model.mixer)))
     return summary
+
+
+def ablation(cfg: GymConfig) -> str:
+    """The variant in a hand run's name: Table 3's ablation without the channel-mixing MLP
+    ("RC"), with its depth, so that it never takes the default model's run directory (the
+    sweep names its own runs: rc, rc-2l)."""
+    return "" if cfg.model.channel_mlp else f"rc-{cfg.model.n_layer}l"
 
 
 def report(summary: dict, model_name: str) -> str:

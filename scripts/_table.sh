@@ -32,8 +32,19 @@ fi
 OUT="${OUT:-results/table${TABLE}}"
 PRODUCED_BY="$(printf '%q ' "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
 
+# The sweep runs in the background so that a SIGTERM or Ctrl-C to this script reaches it (bash
+# runs no trap while it waits for a foreground command); the sweep then stops its own runs.
+# A background command ignores SIGINT, so both arrive as SIGTERM.
 status=0
-"$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" || status=$?
+"$PYTHON" -m decision_mamba.sweep "table${TABLE}" --out-dir "$RUNS" "$@" &
+sweep_pid=$!
+trap 'kill -TERM "$sweep_pid" 2>/dev/null' TERM INT
+wait "$sweep_pid" || status=$?
+while kill -0 "$sweep_pid" 2>/dev/null; do  # a trapped signal ends `wait` early: wait for the sweep itself
+  status=0
+  wait "$sweep_pid" || status=$?
+done
+trap - TERM INT
 # 1 means some runs failed (the table lists them as unfinished); anything else (2: a user
 # error, nothing launched; 126/127: no interpreter; a signal) ends the script with it.
 if [[ $status -ne 0 && $status -ne 1 ]]; then exit $status; fi

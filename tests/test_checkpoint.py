@@ -242,7 +242,8 @@ def test_resume_removes_our_temporary_leftovers_only(reference_run, tmp_path, ca
 
 @pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="nameless temporary files are Linux's O_TMPFILE")
 def test_a_kill_while_saving_a_checkpoint_leaves_no_file_behind(tmp_path):
-    """kill -9 in the middle of torch.save (1 MB written): no .tmp is left, with no --resume to clean up."""
+    """kill -9 in the middle of writing a checkpoint (1 MB written, not yet synced): no .tmp is
+    left, with no --resume to clean up."""
     ckpt_dir = tmp_path / "checkpoints"
     script = f"""if True:
         import os, signal, torch
@@ -250,13 +251,8 @@ def test_a_kill_while_saving_a_checkpoint_leaves_no_file_behind(tmp_path):
         from decision_mamba.checkpoint import save_checkpoint
         path = Path({str(ckpt_dir / "iter_001.pt")!r})
         save_checkpoint(path, {{"iteration": 1, "trainer": {{}}}})  # a finished one: it stays
-        def dying_save(state, f):
-            with open(f, "wb") as out:
-                out.write(b"PK" + bytes(1_000_000))
-                out.flush()
-                os.fsync(out.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.save = dying_save
+        torch.save = lambda state, f: f.write(b"PK" + bytes(1_000_000))
+        os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # once the bytes are in the file
         save_checkpoint(path.with_name("iter_002.pt"), {{"iteration": 2, "trainer": {{}}}})
     """
     repo = Path(__file__).resolve().parents[1]
@@ -289,21 +285,22 @@ def enospc_after(limit_bytes):
 
 
 def test_disk_full_while_saving_a_checkpoint_leaves_the_previous_state(reference_run, tmp_path, monkeypatch):
-    real_save, calls = torch.save, {"n": 0}
+    real_fsync, calls = os.fsync, {"n": 0}
 
-    def save_on_a_full_disk(obj, path, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] < 2:
-            return real_save(obj, path, *args, **kwargs)
-        with open(path, "wb") as f:  # the disk fills half-way through the second checkpoint
-            f.write(b"PK\x03\x04" + b"\0" * 5000)
-        raise enospc_after(5004)
+    def fsync_on_a_full_disk(fd):
+        # the disk fills while the second checkpoint's bytes go out (a file system with delayed
+        # allocation reports it at the sync); tests/test_user_errors.py fills a real small one
+        if "/checkpoints/" in os.readlink(f"/proc/self/fd/{fd}"):
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                raise enospc_after(5004)
+        return real_fsync(fd)
 
-    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk)
     cfg, trainer, evaluate = tiny_setup(tmp_path, KEEP_ALL)
     with pytest.raises(CheckpointError, match="no space left on the device while writing .*iter_002.pt"):
         run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="g")
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["iter_001.pt"]  # no .tmp, no half file
     assert load_checkpoint(checkpoints / "iter_001.pt")["iteration"] == 1

@@ -3,6 +3,9 @@
 import copy
 import json
 import math
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,11 @@ from decision_mamba.data.sampler import sample_batch
 from decision_mamba.data.trajectories import Trajectories
 from decision_mamba.model import DecisionModel
 from decision_mamba.checkpoint import load_checkpoint
-from decision_mamba.run import best_and_last, run_experiment
+from decision_mamba.run import best_and_last, parse_args, run_experiment
 from decision_mamba.trainer import Trainer, configure_optimizer, linear_warmup, warmup_cosine_tokens
 from decision_mamba.video import iteration_video_dir, write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_dataset(seed=0, episodes=6, obs_dim=4, act_dim=2):
@@ -186,3 +191,65 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
     assert files and files[0].stat().st_size > 0
     run_id = (tmp_path / "run" / "wandb_id.txt").read_text().strip()
     assert run_id in runs[0].name
+
+
+def test_a_warmup_longer_than_the_run_warns_in_one_line(tmp_path, capsys):
+    cfg, trainer, evaluate = tiny_setup(tmp_path / "long", ["train.warmup_steps=100"])  # 3 x 5 = 15 updates
+    run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "long" / "run", group="g")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: the warm-up")]
+    assert len(warnings) == 1 and "train.warmup_steps=100" in warnings[0] and "15 updates" in warnings[0]
+    # the last of the 15 updates runs at 15/100 of the LR
+    assert "stays below 0.0015 (train.learning_rate=0.01)" in warnings[0]
+    cfg, trainer, evaluate = tiny_setup(tmp_path / "short")  # warm-up 4 of 15 updates
+    run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "short" / "run", group="g")
+    assert "warm-up" not in capsys.readouterr().err
+
+
+def test_resume_may_come_anywhere_between_the_overrides():
+    args = parse_args("d", ["--config", "c.yaml", "seed=1", "--resume", "train.batch_size=2"])
+    assert args.resume and args.overrides == ["seed=1", "train.batch_size=2"]
+
+
+def test_a_run_that_failed_while_starting_blocks_no_corrected_command(tmp_path):
+    """A run refused after writing its config (before any metrics or checkpoint) leaves a
+    folder that neither a new run nor --resume with another config is refused by."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model: {scan_backend: cuda}\n")  # what the failed start wrote
+    for resume in (False, True):
+        cfg, trainer, evaluate = tiny_setup(tmp_path, ["train.num_iterations=1"])
+        run_experiment(cfg, trainer, evaluate, run_dir=run_dir, group="g", resume=resume)
+        assert json.loads((run_dir / "summary.json").read_text())["last"]["iteration"] == 1
+        if not resume:
+            (run_dir / "summary.json").unlink()
+            (run_dir / "metrics.jsonl").unlink()
+            for path in (run_dir / "checkpoints").iterdir():
+                path.unlink()
+
+
+def test_resume_of_a_finished_run_shows_its_scores_and_writes_nothing(tmp_path, capsys):
+    cfg, trainer, evaluate = tiny_setup(tmp_path, ["train.num_iterations=2"])
+    finished = run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="g")
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+
+    cfg, trainer, evaluate = tiny_setup(tmp_path, ["train.num_iterations=2"])
+    trained = []
+    trainer.train_step = lambda: trained.append(1)  # must not be called
+    again = run_experiment(cfg, trainer, evaluate, run_dir=tmp_path / "run", group="g", resume=True)
+    assert again == json.loads(json.dumps(finished)) and not trained
+    assert "finished earlier" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"} == files
+
+
+def test_make_run_can_be_typed_twice_and_make_clean_keeps_the_runs():
+    """The Makefile's recipes (make -n prints them without running them)."""
+    recipes = {}
+    for target in ("run", "run-atari", "clean"):
+        done = subprocess.run(["make", "-n", "-W", "pyproject.toml", "--no-print-directory", target], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, "VENV": "/nonexistent-venv"})
+        assert done.returncode == 0, done.stderr
+        recipes[target] = done.stdout
+    assert "gym/experiment.py --config configs/gym/quickstart.yaml --resume" in recipes["run"]
+    assert "atari/train_atari.py --config configs/atari/quickstart.yaml --resume" in recipes["run-atari"]
+    assert "rm -rf /nonexistent-venv" in recipes["clean"] and "runs" not in recipes["clean"]

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission
 
@@ -412,3 +413,33 @@ def test_a_run_log_shows_progress_while_the_run_goes(tmp_path, monkeypatch):
         go.touch()
         assert finished.result(timeout=120) == str(run_dir / "summary.json")
     assert "MARK: iteration 1 done" in shown_while_running
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="train.device=cuda runs here")
+def test_a_failed_run_shows_its_own_error_line_and_the_count(tmp_path, hopper_file, capsys):
+    out = tmp_path / "runs"
+    code, stdout, stderr = run_sweep(tiny_sweep_args(out, hopper_file, overrides=("train.device=cuda",)), capsys)
+    assert code == 1, stdout + stderr
+    failed = [line for line in stdout.splitlines() if " FAILED " in line]
+    assert len(failed) == 2 and all(line.startswith(("[1/2] FAILED", "[2/2] FAILED")) for line in failed), stdout
+    # the run's own one line, from its log, not "returned non-zero exit status 2"
+    assert all("error: train.device=cuda" in line and "no CUDA device" in line for line in failed), stdout
+    assert "non-zero exit status" not in stdout
+    assert "[1/2] start" in stdout and "[2/2] start" in stdout and "so far)" in stdout
+
+
+def test_missing_data_stops_the_sweep_before_it_launches_and_dry_run_names_it(tmp_path, capsys):
+    args = ["table1", "--out-dir", str(tmp_path / "runs"), "--models", "dc", "--datasets", "hopper-medium-replay",
+            "--seeds", "12", "--", f"data_dir={tmp_path}"]
+    code, stdout, stderr = run_sweep([*args[:1], "--dry-run", *args[1:]], capsys)
+    assert code == 0 and len([line for line in stdout.splitlines() if not line.startswith("#")]) == 1
+    assert "warning: these runs would not start here" in stderr and "hopper_medium_replay-v2.hdf5" in stderr
+    code, stdout, stderr = run_sweep(args, capsys)
+    assert code == 2 and stderr.startswith("error: nothing launched") and "d4rl hopper-medium-replay-v2" in stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("slots", ["0", "-2"])
+def test_slots_below_one_are_refused(tmp_path, capsys, slots):
+    code, _, stderr = run_sweep(["table1", "--dry-run", "--slots", slots, "--out-dir", str(tmp_path)], capsys)
+    assert code == 2 and f"--slots must be at least 1 (runs at a time), got {slots}" in stderr

@@ -6,12 +6,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from decision_mamba.config import AtariConfig, GymConfig, to_dict
 from decision_mamba.data.d4rl import load_dataset, write_d4rl_hdf5
@@ -24,17 +26,20 @@ GYM = ["gym/experiment.py", "--config", "configs/gym/hopper-medium.yaml"]
 ATARI = ["atari/train_atari.py", "--config", "configs/atari/breakout.yaml"]
 QUICK = ["eval.episodes=1", "eval.targets=[3600]", "eval.max_ep_len=5", "train.num_iterations=1",
          "train.steps_per_iteration=1", "model.d_model=8", "model.n_layer=1", "model.n_head=1",
-         "run.progress=false", "train.num_threads=1"]
+         "run.progress=false", "train.num_threads=1", "train.warmup_steps=1"]
 
 
-def run_cli(args: list[str], cwd: Path = REPO, debug: bool = False) -> subprocess.CompletedProcess:
-    """`python ARGS` as a user would type it, with this checkout's package first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
-           "PYTHONWARNINGS": "ignore"}
-    env.pop("DM_DEBUG", None)
+def run_cli(args: list[str], cwd: Path = REPO, debug: bool = False, env: dict[str, str] | None = None,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python ARGS` as a user would type it, with this checkout's package first on the path
+    (`env`: more variables; `prefix`: a command that runs python, e.g. in a mount namespace)."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1",
+                   "PYTHONWARNINGS": "ignore", **(env or {})}
+    environment.pop("DM_DEBUG", None)
     if debug:
-        env["DM_DEBUG"] = "1"
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        environment["DM_DEBUG"] = "1"
+    return subprocess.run([*prefix, sys.executable, *args], cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=300)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -119,8 +124,19 @@ def test_minari_data_without_reference_scores_is_refused(hopper_recording, tmp_p
 
 def _existing_run(tmp_path: Path) -> Path:
     (tmp_path / "runs" / "taken").mkdir(parents=True)
-    (tmp_path / "runs" / "taken" / "metrics.jsonl").write_text("")
+    (tmp_path / "runs" / "taken" / "metrics.jsonl").write_text('{"iteration": 1}\n')  # a run that has begun
     return tmp_path / "runs"
+
+
+def _a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("")
+    return tmp_path / "a-file"
+
+
+def _earlier_video(tmp_path: Path) -> Path:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "target3600_episode0.mp4").write_bytes(b"")
+    return tmp_path / "videos"
 
 
 def _pickle(tmp_path: Path) -> Path:
@@ -128,7 +144,10 @@ def _pickle(tmp_path: Path) -> Path:
     return tmp_path / "x.pkl"
 
 
-# (arguments given the data files and a scratch folder, fragments the one line must hold)
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+SWEEP_ONE = ["-m", "decision_mamba.sweep", "table1", "--models", "dc", "--datasets", "hopper-medium", "--seeds", "12"]
+
+# (arguments given the data files and a scratch folder, fragments the one line must hold[, variables])
 CASES = {
     "gym: missing data file": (lambda d, t: [*GYM, f"dataset={t / 'nope.hdf5'}"], ["nope.hdf5 not found", "download"]),
     "gym: missing D4RL file": (lambda d, t: [*GYM, f"data_dir={t}"],
@@ -150,32 +169,69 @@ CASES = {
                                          "--data-dir", str(t)], ["not a D4RL MuJoCo v2 dataset name"]),
     "generate: unknown env": (lambda d, t: [str(REPO / "tools" / "generate_dataset.py"), "--env", "Ant-v4", "--out", str(t)],
                               ["unknown environment 'Ant-v4'"]),
+    "gym: CUDA scan on the CPU": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK, "model.scan_backend=cuda",
+                                                "train.device=cpu", f"run.out_dir={t}"],
+                                  ["model.scan_backend=cuda cannot run on cpu", "model.scan_backend=auto"]),
+    "gym: CUDA device without a GPU": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK, "train.device=cuda",
+                                                     f"run.out_dir={t}"], ["train.device=cuda", "no CUDA device"]),
+    "gym: negative thread count": (lambda d, t: [*GYM, *QUICK, "train.num_threads=-1"],
+                                   ["train.num_threads must be 0", "got -1"]),
+    "gym: NUMBA_NUM_THREADS=0": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK, f"run.out_dir={t}"],
+                                 ["NUMBA_NUM_THREADS=0 is not a positive number"], {"NUMBA_NUM_THREADS": "0"}),
+    "atari: NUMBA_NUM_THREADS=0": (lambda d, t: [*ATARI, f"run.out_dir={t}"],
+                                   ["NUMBA_NUM_THREADS=0 is not a positive number"], {"NUMBA_NUM_THREADS": "0"}),
+    "gym: bad MUJOCO_GL": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK, f"run.out_dir={t}"],
+                           ["MUJOCO_GL=bogus", "egl"], {"MUJOCO_GL": "bogus"}),
+    "gym: no renderer for videos": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK, "eval.video_episodes=1",
+                                                  f"run.out_dir={t}"], ["could not render", "eval.video_episodes=0"],
+                                    # EGL's loader finds no driver: importing works, drawing fails
+                                    {"MUJOCO_GL": "egl", "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json"}),
+    "gym: minari folder that is no dataset": (lambda d, t: [*GYM, f"dataset=minari:{t}", *QUICK],
+                                              ["is no Minari dataset", "data/metadata.json"]),
+    "gym: run folder under a file": (lambda d, t: [*GYM, f"dataset={d['hopper']}", *QUICK,
+                                                   f"run.out_dir={_a_file(t)}/runs"], ["is a file, not a folder"]),
+    "evaluate: --json under a file": (lambda d, t: ["-m", "decision_mamba.evaluate", str(t / "no-run"), "--json",
+                                                    str(_a_file(t) / "eval.json")], ["a-file is a file"]),
+    "evaluate: --video over earlier videos": (lambda d, t: ["-m", "decision_mamba.evaluate", str(t / "no-run"),
+                                                            "--video", str(_earlier_video(t))],
+                                              ["already holds 1 video", "choose another folder"]),
+    "sweep: --slots 0": (lambda d, t: [*SWEEP_ONE, "--slots", "0", "--out-dir", str(t)], ["--slots must be at least 1"]),
+    "sweep: missing data": (lambda d, t: [*SWEEP_ONE, "--out-dir", str(t / "runs"), "--", f"data_dir={t}"],
+                            ["nothing launched", "hopper_medium-v2.hdf5",
+                             "decision_mamba.data.download d4rl hopper-medium-v2"]),
 }
+NEEDS_NO_GPU = {"gym: CUDA scan on the CPU", "gym: CUDA device without a GPU"}
 
 
 @pytest.fixture(scope="module")
 def outcomes(data, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Every case run at once (each is a fresh interpreter: mostly import time)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {case: pool.submit(run_cli, make_args(data, tmp_path_factory.mktemp("case")))
-                   for case, (make_args, _) in CASES.items()}
-        return {case: future.result() for case, future in futures.items()}
+        folders = {case: tmp_path_factory.mktemp("case") for case in CASES}
+        futures = {case: pool.submit(run_cli, make_args(data, folders[case]), env=(extra or [None])[0])
+                   for case, (make_args, _, *extra) in CASES.items()}
+        return {case: (future.result(), folders[case]) for case, future in futures.items()}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=NO_GPU) if case in NEEDS_NO_GPU else case
+                                  for case in CASES])
 def test_user_errors_are_one_line_with_status_2(case, outcomes):
-    assert_one_line_error(outcomes[case], *CASES[case][1])
+    done, folder = outcomes[case]
+    assert_one_line_error(done, *CASES[case][1])
+    if case.startswith("gym:"):  # refused before anything was written: no run folder blocks the corrected command
+        assert not [p for p in folder.rglob("*") if p.is_file() and p.name not in ("a-file", "x.pkl")
+                    and "runs/taken" not in str(p)], case
 
 
 def test_hints_name_only_config_keys(outcomes):
     """A `key=value` a hint suggests is a key of the config (the Atari hint once named
     max_buffer_index, which is none); the Atari one suggests num_buffers when some buffers do."""
     keys = {key for schema in (GymConfig, AtariConfig) for key in _flat_keys(to_dict(schema()))}
-    for case, done in outcomes.items():
+    for case, (done, _) in outcomes.items():
         if case.startswith(("gym:", "atari:")) and case != "gym: misspelt override":  # that one quotes the typo
             suggested = re.findall(r"(?<![\w$./-])([a-z_]+(?:\.[a-z_]+)*)=", done.stderr)
             assert set(suggested) <= keys, (case, done.stderr)
-    assert "max_buffer_index" not in outcomes["atari: missing replay files"].stderr
+    assert "max_buffer_index" not in outcomes["atari: missing replay files"][0].stderr
 
 
 def _flat_keys(d: dict, prefix: str = "") -> set[str]:
@@ -186,3 +242,47 @@ def _flat_keys(d: dict, prefix: str = "") -> set[str]:
 def test_debug_switch_shows_the_traceback(tmp_path):
     done = run_cli([*GYM, f"dataset={tmp_path / 'nope.hdf5'}"], debug=True)
     assert done.returncode == 1 and "Traceback" in done.stderr and "MissingFileError" in done.stderr
+
+
+# ----- the machine: a full disk, a read-only folder ---------------------------------------------
+
+
+def _can_mount() -> bool:
+    """Whether this user may mount a tmpfs in a mount namespace of its own (root, or user namespaces)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt"],
+                          capture_output=True).returncode == 0
+
+
+CAN_MOUNT = _can_mount()
+
+
+def in_own_tmpfs(folder: Path, options: str) -> tuple[str, ...]:
+    """A run_cli prefix: python runs with a fresh tmpfs (mount `options`) on `folder`, seen by it alone."""
+    return ("unshare", "-m", "sh", "-c", 'mount -t tmpfs -o "$1" tmpfs "$0" && shift && exec "$@"',
+            str(folder), options)
+
+
+@pytest.mark.skipif(not CAN_MOUNT, reason="cannot mount a small file system here (needs root or user namespaces)")
+def test_a_full_disk_during_a_checkpoint_write_is_one_line(data, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # 256 KiB hold the config, the metrics and the logs, but not a checkpoint of a width-128 model (MBs)
+    done = run_cli([*GYM, f"dataset={data['hopper']}", *QUICK, "model.d_model=128", "model.n_layer=2",
+                    f"run.out_dir={disk}"], prefix=in_own_tmpfs(disk, "size=256k"))
+    assert_one_line_error(done, "no space left on the device while writing", "iter_001.pt", "--resume")
+
+
+def test_a_read_only_run_folder_is_refused_before_the_data_is_read(data, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    args = [*GYM, f"dataset={data['hopper']}", *QUICK, f"run.out_dir={folder / 'runs'}"]
+    if CAN_MOUNT:
+        done = run_cli(args, prefix=in_own_tmpfs(folder, "size=64k,ro"))
+        assert_one_line_error(done, f"cannot write the run directory {folder / 'runs'}", "read-only file system")
+    elif os.geteuid() != 0:  # root writes into any folder: only a read-only mount stops it
+        folder.chmod(0o555)
+        assert_one_line_error(run_cli(args), f"cannot write the run directory {folder / 'runs'}", "no write permission")
+    else:
+        pytest.skip("root cannot be refused by permissions, and no mount namespace here")

@@ -87,14 +87,17 @@ def d4rl_download_command(name: str, data_dir: str | os.PathLike | None = None) 
 
 
 def _download_hint(path: Path) -> str:
-    # Recover the dataset name from a D4RL file name so the hint is a command to copy.
+    """How to get the file: for a D4RL file name the command (to copy), else where data comes from."""
     match = re.fullmatch(r"([a-z0-9]+)_([a-z_]+)-v2\.hdf5", path.name)
     if match:
         try:
-            return d4rl_download_command(f"{match[1]}-{match[2]}-v2", path.parent)
+            return f"download it with: {d4rl_download_command(f'{match[1]}-{match[2]}-v2', path.parent)}"
         except ValueError:
             pass
-    return f"{DOWNLOAD_MODULE} d4rl <env>-<dataset>-v2 --data-dir {path.parent}"
+    # Not a name D4RL uses: no download brings it; say so rather than print a command with blanks.
+    return (f"check the path ({path.name} is no D4RL file name, so no download brings it; D4RL's files come "
+            f"with e.g. {d4rl_download_command('hopper-medium-v2', path.parent)}, and "
+            f"python -m decision_mamba.data.generate makes data without one)")
 
 
 # ----- writer ------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def read_d4rl_arrays(path: str | os.PathLike, *, next_observations: bool = False
         raise MissingFileError(
             f"D4RL dataset file {path} not found"
             + (" (it is a directory)" if path.is_dir() else "")
-            + f"; download it with: {_download_hint(path)}"
+            + f"; {_download_hint(path)}"
         )
     try:
         with h5py.File(path, "r") as f:
@@ -221,7 +224,7 @@ def read_d4rl_arrays(path: str | os.PathLike, *, next_observations: bool = False
     except OSError as error:
         raise CorruptFileError(
             f"cannot read {path} as an hdf5 file ({error}); it is truncated or corrupt. "
-            f"Delete it and download it again with: {_download_hint(path)}"
+            f"Delete it and get it again: {_download_hint(path)}"
         ) from error
     return arrays, metadata
 
@@ -333,10 +336,12 @@ def load_minari(dataset_id_or_path: str | os.PathLike) -> tuple[Trajectories, di
         try:
             dataset = minari.load_dataset(dataset_id)
         except FileNotFoundError as error:
+            # minari's own text suggests its API's download=True, which means nothing here
+            where = os.environ.get("MINARI_DATASETS_PATH") or "~/.minari/datasets"
             raise MissingFileError(
-                f"Minari dataset {dataset_id!r} not found locally ({error}); download it with: "
+                f"Minari dataset {dataset_id!r} not found locally (looked under {where}); download it with: "
                 f"{DOWNLOAD_MODULE} minari {dataset_id}"
-            ) from error
+            ) from None
 
     space = dataset.observation_space
     episodes = []
