@@ -305,6 +305,17 @@ def _expected_cells(table: int, protocols: Sequence[str] = ("release",), suite: 
     return [(dataset, column, protocol) for dataset in datasets for column in columns for protocol in protocols]
 
 
+def _paper_rank(table: int, dataset: str, column: str) -> tuple[int, int]:
+    """Where the paper's table puts a row: its dataset's place (a file or a recording named after a
+    paper dataset, hopper-medium-v4-gen, sits with hopper-medium), then its column's place."""
+    spec = TABLES[table]
+    datasets = [*spec.datasets, *(f"mujoco-{d}-v0" for d in MINARI_DATASETS if table == 1)]
+    matches = [d for d in datasets if dataset == d or dataset.startswith(f"{d}-")]
+    place = datasets.index(max(matches, key=len)) if matches else len(datasets)
+    columns = spec.models if table in (1, 2) else spec.variants
+    return place, columns.index(column) if column in columns else len(columns)
+
+
 def _protocols(runs: list[RunRecord]) -> list[str]:
     found = {r.protocol for r in runs}
     return [p for p in PROTOCOL_ORDER if p in found] + sorted(found - set(PROTOCOL_ORDER))
@@ -326,7 +337,9 @@ def table_frame(runs: list[RunRecord], table: int, suite: str = "d4rl") -> pd.Da
     )
     # Every cell of the paper's table, in its order, then any cell the paper does not have.
     cells = _expected_cells(table, _protocols(runs) or ["release"], suite)
-    cells += [cell for cell in stats.index if cell not in cells]
+    protocols = _protocols(runs)
+    cells += sorted((cell for cell in stats.index if cell not in cells),
+                    key=lambda c: (*_paper_rank(table, c[0], c[1]), protocols.index(c[2]), c))
     paper = PAPER_NUMBERS[table]
     rows = []
     for dataset, column, protocol in cells:
@@ -517,7 +530,8 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     for fmt in ("png", "svg"):
         # svg.fonttype none: the SVG keeps its text as text (searchable, editable), not outlines
         with atomic_path(path.with_suffix(f".{fmt}")) as tmp, plt.rc_context({"svg.fonttype": "none"}):
-            fig.savefig(tmp, dpi=120, format=fmt)  # the temporary name does not end in .png
+            # bbox tight: the file grows to hold every title and tick label, none is cut off
+            fig.savefig(tmp, dpi=120, format=fmt, bbox_inches="tight", pad_inches=0.1)  # tmp does not end in .png
     plt.close(fig)
 
 
@@ -525,11 +539,12 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path, table_label
     """One PNG and one SVG per dataset: the score against updates (left) and against the run's
     wall-clock time (right); returns {dataset: PNG file name} for the Markdown."""
     files = {}
-    order = {cell: i for i, cell in enumerate(_expected_cells(table, _protocols(runs)))}
-    for dataset in dict.fromkeys(r.dataset for r in runs if r.curve):
+    protocols = _protocols(runs)
+    datasets = sorted({r.dataset for r in runs if r.curve}, key=lambda d: (_paper_rank(table, d, ""), d))
+    for dataset in datasets:
         fig, (ax, ax_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         cells = sorted({(r.column, r.protocol) for r in runs if r.dataset == dataset and r.curve},
-                       key=lambda c: (order.get((dataset, *c), len(order)), c))
+                       key=lambda c: (_paper_rank(table, dataset, c[0]), protocols.index(c[1]), c))
         papers_drawn: set[str] = set()  # one paper line per column, whatever the protocols
         for column, protocol in cells:
             cell_runs = [r for r in runs
@@ -553,12 +568,13 @@ def plot_curves(runs: list[RunRecord], table: int, out_prefix: Path, table_label
                 if std_p is not None:
                     ax.axhspan(mean_p - std_p, mean_p + std_p, color=line.get_color(), alpha=0.08, linewidth=0)
         data = ", ".join(sorted({r.data for r in runs if r.dataset == dataset and r.curve}))
-        protocols = ", ".join(dict.fromkeys(protocol for _, protocol in cells))
+        shown = ", ".join(dict.fromkeys(protocol for _, protocol in cells))
+        paper_key = "; dotted: the paper, band ± its std" if papers_drawn else ""
         ax.set_xlabel("training step")
         ax_time.set_xlabel("wall-clock minutes of the run (training, evaluation, checkpoints)")
         ax.set_ylabel("normalized score" if table in (1, 3) else "gamer-normalized score")
         fig.suptitle(f"{table_label or TABLE_TITLES[table].split(':')[0]}, {dataset}: trained on {data}\n"
-                     f"protocol {protocols}; mean ± std over seeds; dotted: the paper, band ± its std", fontsize=9)
+                     f"protocol {shown}; mean ± std over seeds{paper_key}", fontsize=9)
         for axis in (ax, ax_time):
             axis.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -696,6 +712,7 @@ def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_
                     ax.errorbar([row.value], [y], xerr=[[row.value - row.low], [row.high - row.value]],
                                 fmt="o", capsize=3, color=f"C{y}")
             ax.set_yticks(range(len(groups)), [_label(c, p) for p, c in groups] if j == 0 else [""] * len(groups))
+            ax.invert_yaxis()  # the first row on top, as in the paper's tables
             ax.set_title(f"{which}: {'IQM' if name == 'iqm' else 'mean'}", fontsize=9)
             ax.set_xlabel(unit, fontsize=8)
             ax.grid(alpha=0.3, axis="x")
@@ -746,6 +763,7 @@ def plot_statistics(frame: pd.DataFrame, done: list[RunRecord], table: int, out_
             ax.axvline(0.5, color="grey", linestyle=":")
             ax.set_xlim(0, 1)
             ax.set_yticks(range(len(pairs)), [f"{reference} > {display_name(v)}, {p}" for p, v in pairs])
+            ax.invert_yaxis()
             ax.set_title(f"{which} score", fontsize=9)
             ax.set_xlabel("probability of improvement", fontsize=8)
             ax.grid(alpha=0.3, axis="x")
@@ -822,7 +840,9 @@ def cost_lines(runs: list[RunRecord], table: int) -> list[str]:
     header = ["Protocol", COLUMN_HEADERS[table], "Runs", "Wall time (all runs)", "Per run", "Per update",
               "Per batch draw", "Per evaluation step"]
     rows = []
-    for (protocol, column) in dict.fromkeys((r.protocol, r.column) for r in timed):
+    protocols = _protocols(timed)
+    for (protocol, column) in sorted(dict.fromkeys((r.protocol, r.column) for r in timed),
+                                     key=lambda c: (protocols.index(c[0]), _paper_rank(table, "", c[1]), c)):
         group = [r for r in timed if (r.protocol, r.column) == (protocol, column)]
         mean = lambda key: np.mean([r.times[key] for r in group if key in r.times]) if any(key in r.times for r in group) else None
         rows.append([protocol, display_name(column), str(len(group)), _duration(sum(r.wall_s for r in group)),

@@ -184,13 +184,14 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
 
 
 def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], dataset: str = "hopper-medium",
-                   config: str = "configs/gym/{dataset}.yaml", protocol: str = "release") -> None:
+                   config: str = "configs/gym/{dataset}.yaml", protocol: str = "release",
+                   overrides: tuple[str, ...] = ()) -> None:
     """A finished Table 1 run on a D4RL dataset whose evaluations scored `curve` (steps 10, 20, ...)."""
     from decision_mamba import naming
     from decision_mamba.config import GymConfig, load_config, to_yaml
 
     cfg = load_config(GymConfig, REPO / config.format(dataset=dataset),
-                      [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}"])
+                      [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}", *overrides])
     cfg.run.wandb_group = naming.run_group(cfg, table=1)
     run_dir = root / naming.run_name(cfg)
     run_dir.mkdir(parents=True)
@@ -235,6 +236,36 @@ def test_per_seed_csv_rows_one_seed_cells_and_the_paper_in_the_plot(tmp_path):
     assert "DMamba, release (2 seeds)" in text and "trained on D4RL hopper-medium-v2" in text
     assert "protocol release" in text
     assert "([SVG](t1-hopper-medium.svg))" in markdown
+
+
+def test_rows_plots_and_legends_follow_the_papers_order_and_say_paper_only_where_drawn(tmp_path):
+    """The paper's Table 1 reads halfcheetah, hopper, walker2d per level (medium, then medium-replay) and
+    DMamba, DT, DC, DS4; run folders sort otherwise (alphabetically: dc before dmamba, hopper-medium-replay
+    before walker2d-medium). A generated file's row has no paper line, so its plot must not mention one."""
+    runs = tmp_path / "runs"
+    generated = tmp_path / "hopper-medium-v4-gen.hdf5"
+    generated.touch()
+    for mixer in ("s4", "conv", "attention", "mamba"):
+        _hand_made_run(runs, mixer, 12, [1.0, 2.0], overrides=(f"dataset={generated}",))
+    _hand_made_run(runs, "mamba", 12, [70.0, 75.0], dataset="walker2d-medium")
+    _hand_made_run(runs, "mamba", 12, [80.0, 85.0], dataset="hopper-medium-replay")
+    prefix = tmp_path / "out" / "t1"
+    assert aggregate.main([str(runs), "--table", "1", "--out", str(prefix)]) == 0
+
+    markdown = Path(f"{prefix}.md").read_text().splitlines()
+    generated_rows = [line.split(" | ")[1] for line in markdown if line.startswith("| hopper-medium-v4-gen |")]
+    assert generated_rows == ["DMamba", "DT", "DC", "DS4"]
+    plots = [line for line in markdown if line.startswith("![") and "-intervals" not in line
+             and "-profiles" not in line and "-improvement" not in line]
+    assert [line.split("]")[0][2:] for line in plots] == ["hopper-medium-v4-gen", "walker2d-medium",
+                                                          "hopper-medium-replay"]
+
+    generated_svg = (tmp_path / "out" / "t1-hopper-medium-v4-gen.svg").read_text()
+    assert "dotted" not in generated_svg and "paper DMamba" not in generated_svg
+    legend = [generated_svg.index(f"{name}, release (1 seed)") for name in ("DMamba", "DT", "DC", "DS4")]
+    assert legend == sorted(legend)
+    walker_svg = (tmp_path / "out" / "t1-walker2d-medium.svg").read_text()
+    assert "dotted: the paper" in walker_svg and "paper DMamba: 78.2" in walker_svg
 
 
 def test_interval_statistics_of_hand_made_runs(tmp_path):
