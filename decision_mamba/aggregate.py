@@ -54,13 +54,15 @@ from omegaconf import OmegaConf  # noqa: E402
 from decision_mamba import naming, stats  # noqa: E402
 from decision_mamba.atomic import atomic_path, write_text_atomic  # noqa: E402
 from decision_mamba.config import AtariConfig, GymConfig  # noqa: E402
+from decision_mamba.data.atari_replay import ReplayFileError, read_replay_buffer  # noqa: E402
 from decision_mamba.data.d4rl import is_file_dataset  # noqa: E402
+from decision_mamba.data.download_atari import NUM_BUFFERS  # noqa: E402
 from decision_mamba.errors import UserError, cli_main  # noqa: E402
 from decision_mamba.protocols import protocol_label  # noqa: E402
 from decision_mamba.checkpoint import IDENTITY_FILE  # noqa: E402
 from decision_mamba.runlog import RUN_INFO_FILE  # noqa: E402
 from decision_mamba.scores import run_score  # noqa: E402
-from decision_mamba.sweep import MINARI_DATASETS, SUITES, TABLES  # noqa: E402
+from decision_mamba.sweep import MINARI_DATASETS, REPO_ROOT, SUITES, TABLES  # noqa: E402
 
 # --------------------------------------------------------------------------
 # The paper's numbers (its Tables 1-4; docs/protocol.md), keyed by table, then (dataset, column):
@@ -171,12 +173,14 @@ class RunRecord:
     times: dict = field(default_factory=dict)  # metrics.jsonl's "time": mean update_s, sample_s, eval_step_s; elapsed_s
     info: dict = field(default_factory=dict)  # run_info.json (commit, device, ...); {} for runs without one
     identity: dict = field(default_factory=dict)  # identity.json (data fingerprint, ...)
+    recorded: bool = False  # an Atari run on data recorded from the emulator, not the DQN-replay
 
     @property
     def data(self) -> str:
         """Where the run's training data came from: a D4RL / DQN-replay name or a file's name."""
         if "game" in self.config:
-            return f"DQN-replay ({self.config['data_dir']})"
+            kind = "recorded from the emulator" if self.recorded else "DQN-replay"
+            return f"{kind} ({self.config['data_dir']})"
         dataset = str(self.config["dataset"])
         if dataset.startswith("minari:"):
             return dataset
@@ -192,6 +196,29 @@ class RunRecord:
     def wall_s(self) -> float | None:
         """The run's wall-clock so far: its last metrics record's; None for runs that predate it."""
         return self.times.get("elapsed_s")
+
+
+# Every buffer of the published DQN-replay is dopamine's full replay memory (add_count at least its
+# capacity, 1,000,000 transitions); tools/record_atari.py (make run-atari, the sweep's --smoke)
+# writes buffers of a few thousand random-play transitions in the same layout.
+DQN_REPLAY_BUFFER_ROWS = 1_000_000
+RECORDED_SUFFIX = "-recorded"  # the row of a game's runs on recorded data: breakout-recorded
+
+
+def _atari_data_recorded(cfg: dict) -> bool:
+    """Whether an Atari run trained on data other than the published DQN-replay: a --smoke run
+    (always on a recording) or a data folder whose newest buffer is smaller than a published one.
+    A folder that is gone counts as the DQN-replay its config names."""
+    if cfg.get("run", {}).get("wandb_project") == naming.SMOKE_WANDB_PROJECT:
+        return True
+    data_dir = Path(str(cfg["data_dir"]))
+    if not data_dir.is_absolute() and not data_dir.is_dir():
+        data_dir = REPO_ROOT / data_dir
+    try:
+        newest = read_replay_buffer(data_dir, str(cfg["game"]), NUM_BUFFERS - 1, max_rows=1)
+    except (ReplayFileError, OSError):
+        return False
+    return newest.add_count < DQN_REPLAY_BUFFER_ROWS
 
 
 def _column_from_config(table: int, cfg: dict) -> str:
@@ -276,13 +303,17 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
         column = label.removeprefix(f"{model}-") if run_table in (3, 4) else model
     else:
         run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)
+    recorded = "game" in cfg and _atari_data_recorded(cfg)
+    if recorded:  # never in the paper's row, as a gym run on a file is not (naming.dataset_name)
+        dataset += RECORDED_SUFFIX
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     metrics = _read_metrics(run_dir / "metrics.jsonl")
     return RunRecord(run_dir=run_dir, table=run_table, dataset=dataset, column=column, seed=int(cfg["seed"]),
                      config=cfg, summary=summary, curve=metrics.curve, iterations_done=metrics.iterations,
                      protocol=_protocol_from_config(cfg), time_curve=metrics.time_curve, times=metrics.times,
-                     info=_read_json(run_dir / RUN_INFO_FILE), identity=_read_json(run_dir / IDENTITY_FILE))
+                     info=_read_json(run_dir / RUN_INFO_FILE), identity=_read_json(run_dir / IDENTITY_FILE),
+                     recorded=recorded)
 
 
 def find_runs(roots: Sequence[Path], table: int) -> list[RunRecord]:

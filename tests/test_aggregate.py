@@ -363,3 +363,49 @@ def test_table1_on_minari_has_its_own_cells_and_says_it_is_not_d4rls(tmp_path):
     assert "Paper: DMamba is the paper's own" not in markdown
     assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-intervals.svg").read_text()
     assert "Table 1 on Minari (not comparable with D4RL's)" in (tmp_path / "out" / "t1-minari-mujoco-hopper-medium-v0.svg").read_text()
+
+
+def _replay_buffer(root: Path, add_count: int) -> None:
+    """Breakout's newest buffer (49) in the DQN-replay layout: a few rows, claiming add_count."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from dqn_replay_writer import write_replay_buffer
+
+    rows = 8
+    write_replay_buffer(root, "Breakout", 49, np.zeros((rows, 84, 84), np.uint8), np.zeros(rows, np.int32),
+                        np.zeros(rows, np.float32), np.eye(1, rows, rows - 1, dtype=np.uint8)[0], add_count=add_count)
+
+
+def test_atari_runs_on_recorded_data_get_their_own_row_not_the_papers(tmp_path):
+    """A published DQN-replay buffer holds 1,000,000 transitions; a recording (tools/record_atari.py,
+    the sweep's --smoke) a few thousand. Runs on a recording are kept out of the paper's breakout row,
+    as gym runs on a generated file are kept out of hopper-medium."""
+    from decision_mamba import naming
+    from decision_mamba.config import AtariConfig, load_config, to_yaml
+
+    published, recorded = tmp_path / "dqn_replay", tmp_path / "somewhere"
+    _replay_buffer(published, add_count=1_000_000)
+    _replay_buffer(recorded, add_count=3_000)
+    runs = tmp_path / "runs"
+    # a --smoke run always trains on a recording, also once its folder is gone
+    smoke = [f"data_dir={tmp_path / 'gone'}", f"run.wandb_project={naming.SMOKE_WANDB_PROJECT}"]
+    for overrides, seed in (([f"data_dir={published}"], 12), ([f"data_dir={recorded}"], 23), (smoke, 34)):
+        cfg = load_config(AtariConfig, REPO / "configs/atari/breakout.yaml", [*overrides, f"seed={seed}"])
+        cfg.run.wandb_group = naming.run_group(cfg, table=2)
+        run_dir = runs / naming.run_name(cfg)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        view = {"iteration": 1, "step": 10, "score": float(seed)}
+        evaluation = {"iteration": 1, "step": 10, "eval": {"90": {"score_mean": float(seed)}}}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(evaluation) + "\n")
+        (run_dir / "summary.json").write_text(json.dumps({"last": view, "best": view}))
+    prefix = tmp_path / "out" / "t2"
+    assert aggregate.main([str(runs), "--table", "2", "--out", str(prefix)]) == 0
+
+    rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(open(f"{prefix}.csv")) if r["seed"] == ""}
+    paper_row, own_row = rows[("breakout", "dmamba")], rows[("breakout-recorded", "dmamba")]
+    assert (paper_row["seeds"], paper_row["paper_mean"]) == ("12", "239.2")
+    assert (own_row["seeds"], own_row["paper_mean"]) == ("23 34", "")
+    assert f"recorded from the emulator ({recorded})" in own_row["data"]
+    assert paper_row["data"] == f"DQN-replay ({published})"
