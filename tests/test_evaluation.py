@@ -50,6 +50,30 @@ def test_batched_episodes_equal_episodes_run_one_at_a_time():
     assert model.training  # the caller's mode is restored
 
 
+def test_the_progress_bar_ends_full_when_every_episode_ends_early(monkeypatch):
+    """An untrained policy falls over within tens of steps of the 1000 allowed: the bar must end
+    at n == total (the steps the longest episode took), not stop part-way at e.g. 38/1000."""
+    from decision_mamba import evaluation
+
+    closed = []
+
+    class RecordingBar(evaluation.tqdm):
+        def close(self):
+            closed.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(evaluation, "tqdm", RecordingBar)
+    envs = make_gym_vector_env("Hopper-v4", num_envs=2, max_episode_steps=1000)
+    try:
+        stats = evaluate_batched(hopper_model(), envs, np.array([3600.0, 1800.0]), context_len=5, rtg_scale=100.0,
+                                 max_ep_len=1000, seed=7, state_mean=MEAN, state_std=STD, progress=True)
+    finally:
+        envs.close()
+    assert stats.lengths.max() < 1000  # the case under test: every episode ended early
+    longest = int(stats.lengths.max())
+    assert closed and set(closed) == {(longest, longest)}  # (n, total) whenever it is closed
+
+
 def test_window_and_recurrent_agree_when_the_window_covers_the_episode():
     model = hopper_model()
     targets = [3600.0, 1000.0]
