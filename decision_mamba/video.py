@@ -83,10 +83,9 @@ class EpisodeFrames(gym.Wrapper):
         return frames
 
     def _capture(self) -> None:
-        try:
-            frame = self.env.render()
-        except Exception as err:  # OpenGL (EGL / OSMesa / GLFW) missing or unusable
-            raise _render_error(self.env, err) from None
+        frame, error = _draw(self.env, self.env.render)
+        if error is not None:
+            raise error
         self.frames.append(np.asarray(frame, dtype=np.uint8))
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -186,19 +185,26 @@ def check_rendering(envs: gym.vector.VectorEnv) -> None:
 
 
 def _first_frame_error(env: gym.Env) -> VideoError | None:
-    # A renderer half-made by the failure (gymnasium's OffScreenViewer without its GL context)
-    # fails again when it is freed, printing a traceback nobody can act on: silenced here.
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
+    return _draw(env, env.unwrapped.render)[1]
+
+
+def _draw(env: gym.Env, render: Callable[[], Any]) -> tuple[Any, VideoError | None]:
+    """(render(), None), or (None, the one-line error) where OpenGL (EGL / OSMesa / GLFW) is
+    missing or unusable, at the first frame or any later one. A renderer half-made by the
+    failure (gymnasium's OffScreenViewer without its GL context) fails again when it is freed,
+    printing a traceback nobody can act on: it is freed here, silenced, before the error is
+    raised (raised inside the except block, the error would keep it alive as its context)."""
     try:
-        try:
-            env.unwrapped.render()
-        except Exception as err:
-            return _render_error(env, err)
-        return None
+        return render(), None
+    except Exception as err:
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
+        error = _render_error(env, err)
+    try:
+        gc.collect()  # err and its traceback are gone; what they held is freed now
     finally:
-        gc.collect()
         sys.unraisablehook = hook
+    return None, error
 
 
 def _render_error(env: gym.Env, err: Exception) -> VideoError:

@@ -4,6 +4,7 @@ and filming changes no number of the evaluation."""
 
 import gc
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -121,3 +122,58 @@ def test_an_unusable_opengl_is_one_user_error_naming_the_fix(monkeypatch):
     gc.collect()  # now, while the filter above applies
     assert "\n" not in message and "MUJOCO_GL=glfw" in message
     assert "apt-get install libegl1" in message and "eval.video_episodes=0" in message
+
+
+class _HalfMadeRenderer:
+    """A renderer whose context never opened, as gymnasium's OffScreenViewer without EGL: its
+    __init__ fails, and its __del__ fails again when the half-made object is freed."""
+
+    def __init__(self):
+        raise RuntimeError("cannot initialize EGL")
+
+    def __del__(self):
+        raise AttributeError("'OffScreenViewer' object has no attribute 'con'")
+
+
+class _RendersThenFails(gym.Env):
+    """Draws `frames` frames, then its renderer fails (a later episode, not the first frame)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    render_mode = "rgb_array"
+
+    def __init__(self, frames: int):
+        self.frames = frames
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+    def render(self):
+        if self.frames == 0:
+            _HalfMadeRenderer()
+        self.frames -= 1
+        return np.zeros((2, 2, 3), np.uint8)
+
+
+def test_a_renderer_failing_mid_episode_is_one_error_without_a_stray_traceback(monkeypatch):
+    import sys
+
+    from decision_mamba.video import VideoError
+
+    stray = []  # what Python would print as "Exception ignored in: <function ...__del__>" and a traceback
+    monkeypatch.setattr(sys, "unraisablehook", stray.append)
+    filmed = EpisodeFrames(_RendersThenFails(frames=2), fps=30)
+    filmed.arm()
+    filmed.reset(seed=0)
+    filmed.step(np.zeros(1, np.float32))
+    with pytest.raises(VideoError) as err:
+        filmed.step(np.zeros(1, np.float32))
+    message = str(err.value)
+    del err
+    gc.collect()  # whatever the error kept alive is freed by now
+    assert "cannot initialize EGL" in message and "\n" not in message
+    assert stray == []
