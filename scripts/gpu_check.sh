@@ -7,13 +7,17 @@
 #       marked gpu (tests/test_gpu.py), then benchmarks/bench_gpu.py, and writes
 #       DIR/gpu-check-<host>-<UTC time>.json, .md and .log (DIR default results/).
 #   scripts/gpu_check.sh --prepare WHEEL_DIR [--python-version 3.12] [--torch SPEC]
-#           [--torch-index URL] [--no-torch] [--have FILE] [--mamba SPEC] [--mamba-wheel FILE] [--no-mamba]
-#           [--python PY]
+#           [--torch-index URL] [--no-torch] [--have FILE] [--mamba SPEC] [--mamba-wheel FILE]
+#           [--mamba-source] [--no-mamba] [--python PY]
 #       on a machine WITH internet: downloads into WHEEL_DIR the wheels the check needs
 #       for Linux x86_64 and that CPython version (default: this python's), a CUDA torch
-#       (default the Makefile's TORCH; PyPI's Linux torch is a CUDA build; --torch-index for
-#       another CUDA), and mamba-ssm's source release (the Makefile's MAMBA_SSM; or
-#       --mamba-wheel FILE, a prebuilt wheel from mamba-ssm's GitHub release).
+#       (default the Makefile's GPU_TORCH, 2.10.0; PyPI's Linux torch is a CUDA build;
+#       --torch-index for another CUDA), and the prebuilt mamba-ssm wheel for that torch from
+#       mamba-ssm's GitHub release (tools/mamba_ssm_wheel.py names it), so the GPU machine
+#       needs no nvcc. Without such a wheel (another torch or Python, --no-torch, or
+#       --mamba-source): mamba-ssm's source release (--mamba SPEC, default the Makefile's
+#       MAMBA_SSM), which the check compiles only with --build-mamba. --mamba-wheel FILE: a
+#       wheel fetched by hand.
 #       --have FILE (`python -m pip freeze` of the GPU machine) leaves out what it has.
 #
 # Installing: a virtual environment (.venv-gpu-check) that sees every package of PY (the
@@ -37,11 +41,11 @@ if [[ -z "$PY" ]]; then [[ -x .venv/bin/python ]] && PY=.venv/bin/python || PY=p
 
 # ------------------------------------------------------------------ the half with internet
 prepare() {
-    # Defaults: the Makefile's TORCH and MAMBA_SSM (the one home of those versions).
+    # Defaults: the Makefile's GPU_TORCH and MAMBA_SSM (the one home of those versions).
     local torch_spec mamba
-    torch_spec="$(sed -n 's/^TORCH *?= *//p' Makefile)" mamba="$(sed -n 's/^MAMBA_SSM *?= *//p' Makefile)"
+    torch_spec="$(sed -n 's/^GPU_TORCH *?= *//p' Makefile)" mamba="$(sed -n 's/^MAMBA_SSM *?= *//p' Makefile)"
     local dir="" pyver="" torch_index="" no_torch=0 have=""
-    local mamba_wheel="" no_mamba=0
+    local mamba_wheel="" no_mamba=0 mamba_source=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --python-version) pyver="$2"; shift 2 ;;
@@ -51,6 +55,7 @@ prepare() {
             --have) have="$2"; shift 2 ;;
             --mamba) mamba="$2"; shift 2 ;;
             --mamba-wheel) mamba_wheel="$2"; shift 2 ;;
+            --mamba-source) mamba_source=1; shift ;;
             --no-mamba) no_mamba=1; shift ;;
             --python) PY="$2"; shift 2 ;;
             -h|--help) usage ;;
@@ -85,9 +90,19 @@ prepare() {
         || die "pip download failed (above)"
     rm -f "$dir/.requirements.txt"
     if [[ $no_mamba == 0 ]]; then
+        local torch_wheel status
+        torch_wheel="$(ls "$dir"/torch-*.whl 2>/dev/null | tail -1)"
         if [[ -n "$mamba_wheel" ]]; then
             cp "$mamba_wheel" "$dir/"
+        elif [[ $mamba_source == 0 && -n "$torch_wheel" ]]; then  # the release's prebuilt wheel for that torch
+            "$PY" tools/mamba_ssm_wheel.py --torch-wheel "$torch_wheel" --python "$pyver" --download "$dir"
+            status=$?
+            [[ $status == 2 ]] && die "no mamba-ssm wheel (above); --mamba-source takes its source release instead"
+            [[ $status == 0 ]] || mamba_source=1
         else
+            mamba_source=1
+        fi
+        if [[ $mamba_source == 1 ]]; then
             # Its setup.py imports torch even to say its name: no build isolation, no kernel build.
             MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PY" -m pip download --no-deps --no-binary :all: \
                 --no-build-isolation -d "$dir" "$mamba" \
