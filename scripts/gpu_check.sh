@@ -25,7 +25,8 @@
 # used as it is and only what is missing is installed; PY itself is never changed. Without
 # WHEEL_DIR nothing is installed: PY must have everything (e.g. after `make install GPU=1`).
 # mamba-ssm: a wheel in WHEEL_DIR is installed; its source release is compiled only with
-# --build-mamba (nvcc for this GPU only; that can take longer than the 10 minutes);
+# --build-mamba (nvcc, for every architecture its setup.py lists: TORCH_CUDA_ARCH_LIST
+# does not narrow them; that takes longer than the 10 minutes);
 # without it the check runs the no-build parallel scan and says why the kernel is absent.
 # --device cpu runs the whole check on the CPU (tests on the CPU, the benchmark tiny): a
 # dry run of this script where no GPU is, not a GPU result.
@@ -193,11 +194,10 @@ install() {
     "$VPY" -m pip install --no-index --find-links "$WHEELS" -c "$cons" -r "$reqs" || return 1
     if ls "$WHEELS"/mamba_ssm-*.whl >/dev/null 2>&1; then
         "$VPY" -m pip install --no-index --no-deps "$(ls "$WHEELS"/mamba_ssm-*.whl | tail -1)" || return 1
-    elif [[ ${#mamba[@]} -gt 0 ]]; then  # --build-mamba: nvcc compiles the kernel for this GPU only
-        local arch
-        arch="$("$VPY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" || return 1
-        echo "compiling mamba-ssm's kernel for sm $arch (MAX_JOBS=$(nproc))"
-        MAMBA_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+    elif [[ ${#mamba[@]} -gt 0 ]]; then  # --build-mamba: nvcc compiles the kernel
+        echo "compiling mamba-ssm's kernel (MAX_JOBS=$(nproc); 15-35 minutes on many cores)"
+        "$VPY" tools/mamba_ssm_wheel.py  # the nvcc and torch CUDA versions, which must share their major
+        MAMBA_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE MAX_JOBS="$(nproc)" \
             "$VPY" -m pip install --no-index --no-deps --no-build-isolation "$(ls "$WHEELS"/mamba_ssm-*.tar.gz | tail -1)" \
             || return 1
     elif ls "$WHEELS"/mamba_ssm-*.tar.gz >/dev/null 2>&1; then

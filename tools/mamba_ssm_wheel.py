@@ -118,8 +118,8 @@ def verdict(torch: str, cuda: str | None, python: str, abi: str, arch: str, nvcc
         nvcc_line += ", a different major: the build will fail"
     return False, "\n".join([
         f"mamba-ssm {RELEASE}: no prebuilt wheel {name}; none for {' and '.join(why)}.",
-        "  pip will COMPILE it with nvcc: 15-35 minutes on many cores (TORCH_CUDA_ARCH_LIST=9.0, your GPU's",
-        "  compute capability, builds for one GPU only, much faster; MAX_JOBS=4 bounds the memory).",
+        "  pip will COMPILE it with nvcc for every GPU architecture it knows: 15-35 minutes on many",
+        "  cores, longer on few (ninja runs MAX_JOBS compilers at once; MAX_JOBS=4 bounds the memory).",
         f"  nvcc's CUDA major must equal torch's (torch: CUDA {cuda}{nvcc_line}).",
         f"  Back on the wheel path (Python 3.10-3.13, x86_64 or aarch64): {back}",
     ])
