@@ -43,7 +43,8 @@ if [[ "${1:-}" == "--suite" ]]; then
     "$VENV/bin/pip" install --quiet -c "$VENV/torch-pin.txt" -e ".[dev,robotics]"
     "$VENV/bin/pip" check
     "$VENV/bin/python" -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ['torch', 'numpy', 'stable-baselines3', 'gymnasium', 'mujoco']))"
-    OMP_WAIT_POLICY=PASSIVE "$VENV/bin/python" -m pytest -n "${JOBS:-2}" -q -p no:cacheprovider
+    # PYTHON: the table scripts the tests run default to .venv/bin/python, absent here.
+    PYTHON="$VENV/bin/python" OMP_WAIT_POLICY=PASSIVE "$VENV/bin/python" -m pytest -n "${JOBS:-2}" -q -p no:cacheprovider
     exit
 fi
 if [[ "${1:-}" == "--existing" ]]; then
@@ -52,7 +53,7 @@ if [[ "${1:-}" == "--existing" ]]; then
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip setuptools wheel
     "$VENV/bin/pip" install --quiet "torch==$2"
-    MAMBA_SKIP_CUDA_BUILD=TRUE "$VENV/bin/pip" install --quiet --no-build-isolation "$MAMBA_SSM"
+    MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$VENV/bin/pip" install --quiet --no-build-isolation "$MAMBA_SSM"
     versions() { "$VENV/bin/python" -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in ['torch', 'mamba-ssm', 'triton']))"; }
     before="$(versions)"
     echo "before: $before"
