@@ -3,21 +3,34 @@
 #               again: prints the finished run's scores, or continues a run stopped by Ctrl-C
 #   make test   create .venv, install, run the test suite (make test-fast: the unit tests only)
 #   make run-atari  record a small DQN-replay-format dataset from the real emulator, train and evaluate DMamba on it
-# On a GPU machine: make install GPU=1 (README, "GPU install")
+# On a GPU machine: make install GPU=1 (docs/gpu.md)
 #   make gpu-wheels  (with internet) the wheels the GPU check installs, into $(GPU_WHEELS)
 #   make gpu-check   (on the GPU machine, no internet) scripts/gpu_check.sh: tests, benchmark, results/gpu-check-*
 #   make clean  delete .venv and .pytest_cache; never runs/, data/ or results/ (delete runs by hand)
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,robotics,tools,tables
-# GPU=1: after torch (PyPI's Linux wheel is a CUDA build), mamba-ssm's kernel. Its setup.py
-# imports torch, so no build isolation; --no-deps so that pip never swaps torch. A release
-# without a prebuilt wheel for this torch compiles with nvcc (README: troubleshooting).
+# GPU=1: torch 2.10.0, the newest torch that mamba-ssm 2.3.2.post1 publishes prebuilt wheels
+# for, then mamba-ssm's kernel. Its setup.py imports torch and downloads the wheel named
+# after torch's CUDA major, torch's major.minor, its C++ ABI and the Python version
+# (tools/mamba_ssm_wheel.py says which, before pip runs); with no such wheel it compiles
+# with nvcc. No build isolation (setup.py needs this torch); the torch pin as a constraint,
+# so that pip never swaps torch. MAMBA_KEEP_CUDA_BUILD=TRUE: mamba-ssm's next release
+# builds (and fetches) the Mamba-1 kernel only with it. MAMBA_PIP_ARGS=--no-deps for torch
+# 2.6-2.8, whose triton mamba-ssm 2.3.2.post1's requirements refuse.
+# Without GPU=1: torch 2.13.0, a local CPU wheel on our CI machines. TORCH= overrides both.
 GPU    ?=
-MAMBA_SSM ?= mamba-ssm>=2.2.2,<2.4
+GPU_TORCH ?= torch==2.10.0
+ifneq ($(GPU),)
+TORCH  ?= $(GPU_TORCH)
+else
+TORCH  ?= torch==2.13.0
+endif
+EXTRAS ?= dev,robotics,tools,tables
+comma  := ,
+MAMBA_SSM ?= mamba-ssm==2.3.2.post1
+MAMBA_PIP_ARGS ?=
 PY      = $(VENV)/bin/python
-# The GPU check (README, "GPU check"). GPU_WHEELS_ARGS e.g. "--python-version 3.12 --no-torch
+# The GPU check (docs/gpu.md, "The GPU check"). GPU_WHEELS_ARGS e.g. "--python-version 3.12 --no-torch
 # --have have.txt"; GPU_CHECK_ARGS e.g. "--quick", "--out DIR", "--build-mamba".
 GPU_WHEELS ?= .gpu-wheels
 GPU_WHEELS_ARGS ?=
@@ -37,11 +50,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-ifneq ($(GPU),)
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
-	$(PY) -m pip install --quiet -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS),gpu]"
-	$(PY) -m pip install --no-build-isolation --no-deps "$(MAMBA_SSM)"
+	$(PY) -m pip install --quiet -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)$(if $(GPU),$(comma)gpu)]"
+ifneq ($(GPU),)
+	-$(PY) tools/mamba_ssm_wheel.py
+	MAMBA_KEEP_CUDA_BUILD=TRUE $(PY) -m pip install --no-build-isolation -c $(VENV)/torch-pin.txt $(MAMBA_PIP_ARGS) "$(MAMBA_SSM)"
 	$(PY) -c "from decision_mamba.selective_scan import resolve_scan_backend as r; print('scan backend:', r('auto', 'cuda'))"
 endif
 	touch $@
@@ -68,8 +81,9 @@ bench: install
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"  # HF transformers' DT, measured beside ours
 	$(PY) benchmarks/bench.py
 
+# GPU_TORCH and its prebuilt mamba-ssm wheel, unless TORCH is given (make gpu-wheels TORCH=...).
 gpu-wheels:
-	scripts/gpu_check.sh --prepare $(GPU_WHEELS) --torch "$(TORCH)" --mamba "$(MAMBA_SSM)" $(GPU_WHEELS_ARGS)
+	scripts/gpu_check.sh --prepare $(GPU_WHEELS) --torch "$(if $(filter-out file,$(origin TORCH)),$(TORCH),$(GPU_TORCH))" --mamba "$(MAMBA_SSM)" $(GPU_WHEELS_ARGS)
 
 # No install step: the machine has no internet; the wheels (if any) are all it gets.
 gpu-check:

@@ -96,7 +96,7 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, backend) -> None:
 # --------------------------------------------------------------------------- backend choice
 
 CUDA_SCAN_MODULE = "mamba_ssm.ops.selective_scan_interface"
-CUDA_SCAN_FIX = ("install mamba-ssm with its kernel as the README's 'GPU install' says (make install GPU=1; "
+CUDA_SCAN_FIX = ("install mamba-ssm with its kernel as docs/gpu.md says (make install GPU=1; "
                  "if the build fails see its troubleshooting), or set model.scan_backend=parallel")
 _warned: set[str] = set()
 
@@ -125,7 +125,8 @@ def _cuda_kernel_status(device: str) -> tuple[bool, str]:
     extension = getattr(interface, "selective_scan_cuda", None)
     if extension is None or not hasattr(extension, "fwd"):
         return False, ("mamba_ssm is installed without its compiled kernel (selective_scan_cuda is missing; "
-                       "on mamba-ssm's main branch build it with MAMBA_KEEP_CUDA_BUILD=TRUE)")
+                       "reinstall it with MAMBA_KEEP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm, "
+                       "which make install GPU=1 sets)")
     if torch.device(device).type != "cuda":
         return False, f"mamba_ssm's kernel runs on CUDA devices, not {device}"
     try:

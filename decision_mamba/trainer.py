@@ -45,11 +45,9 @@ def configure_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW
               {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for the whole update instead of ~10 tensor ops per parameter (on
     # the CPU the optimiser step went from 15.6 to 5.8 ms at the gym size); the same AdamW
-    # formula, deterministic (same bits at 1 and 2 threads). Only for CPU/CUDA floats, and
-    # on the CPU only from torch 2.4 (the first with a CPU kernel; older ones raise): below
-    # that, torch's loop AdamW, equal to the fused one to float32 round-off (tests/test_run.py).
-    devices = ("cpu", "cuda") if torch.__version__ >= (2, 4) else ("cuda",)
-    fused = all(p.device.type in devices and p.is_floating_point() for g in groups for p in g["params"])
+    # formula, deterministic (same bits at 1 and 2 threads). Only for CPU/CUDA floats (torch
+    # has had a CPU kernel since 2.4, below our floor of 2.6); otherwise torch's loop AdamW.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas), fused=fused)
 
 

@@ -7,13 +7,17 @@
 #       marked gpu (tests/test_gpu.py), then benchmarks/bench_gpu.py, and writes
 #       DIR/gpu-check-<host>-<UTC time>.json, .md and .log (DIR default results/).
 #   scripts/gpu_check.sh --prepare WHEEL_DIR [--python-version 3.12] [--torch SPEC]
-#           [--torch-index URL] [--no-torch] [--have FILE] [--mamba SPEC] [--mamba-wheel FILE] [--no-mamba]
-#           [--python PY]
+#           [--torch-index URL] [--no-torch] [--have FILE] [--mamba SPEC] [--mamba-wheel FILE]
+#           [--mamba-source] [--no-mamba] [--python PY]
 #       on a machine WITH internet: downloads into WHEEL_DIR the wheels the check needs
 #       for Linux x86_64 and that CPython version (default: this python's), a CUDA torch
-#       (default the Makefile's TORCH; PyPI's Linux torch is a CUDA build; --torch-index for
-#       another CUDA), and mamba-ssm's source release (the Makefile's MAMBA_SSM; or
-#       --mamba-wheel FILE, a prebuilt wheel from mamba-ssm's GitHub release).
+#       (default the Makefile's GPU_TORCH, 2.10.0; PyPI's Linux torch is a CUDA build;
+#       --torch-index for another CUDA), and the prebuilt mamba-ssm wheel for that torch from
+#       mamba-ssm's GitHub release (tools/mamba_ssm_wheel.py names it), so the GPU machine
+#       needs no nvcc. Without such a wheel (another torch or Python, --no-torch, or
+#       --mamba-source): mamba-ssm's source release (--mamba SPEC, default the Makefile's
+#       MAMBA_SSM), which the check compiles only with --build-mamba. --mamba-wheel FILE: a
+#       wheel fetched by hand.
 #       --have FILE (`python -m pip freeze` of the GPU machine) leaves out what it has.
 #
 # Installing: a virtual environment (.venv-gpu-check) that sees every package of PY (the
@@ -21,7 +25,8 @@
 # used as it is and only what is missing is installed; PY itself is never changed. Without
 # WHEEL_DIR nothing is installed: PY must have everything (e.g. after `make install GPU=1`).
 # mamba-ssm: a wheel in WHEEL_DIR is installed; its source release is compiled only with
-# --build-mamba (nvcc for this GPU only; that can take longer than the 10 minutes);
+# --build-mamba (nvcc, for every architecture its setup.py lists: TORCH_CUDA_ARCH_LIST
+# does not narrow them; that takes longer than the 10 minutes);
 # without it the check runs the no-build parallel scan and says why the kernel is absent.
 # --device cpu runs the whole check on the CPU (tests on the CPU, the benchmark tiny): a
 # dry run of this script where no GPU is, not a GPU result.
@@ -37,11 +42,11 @@ if [[ -z "$PY" ]]; then [[ -x .venv/bin/python ]] && PY=.venv/bin/python || PY=p
 
 # ------------------------------------------------------------------ the half with internet
 prepare() {
-    # Defaults: the Makefile's TORCH and MAMBA_SSM (the one home of those versions).
+    # Defaults: the Makefile's GPU_TORCH and MAMBA_SSM (the one home of those versions).
     local torch_spec mamba
-    torch_spec="$(sed -n 's/^TORCH *?= *//p' Makefile)" mamba="$(sed -n 's/^MAMBA_SSM *?= *//p' Makefile)"
+    torch_spec="$(sed -n 's/^GPU_TORCH *?= *//p' Makefile)" mamba="$(sed -n 's/^MAMBA_SSM *?= *//p' Makefile)"
     local dir="" pyver="" torch_index="" no_torch=0 have=""
-    local mamba_wheel="" no_mamba=0
+    local mamba_wheel="" no_mamba=0 mamba_source=0
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --python-version) pyver="$2"; shift 2 ;;
@@ -51,6 +56,7 @@ prepare() {
             --have) have="$2"; shift 2 ;;
             --mamba) mamba="$2"; shift 2 ;;
             --mamba-wheel) mamba_wheel="$2"; shift 2 ;;
+            --mamba-source) mamba_source=1; shift ;;
             --no-mamba) no_mamba=1; shift ;;
             --python) PY="$2"; shift 2 ;;
             -h|--help) usage ;;
@@ -85,9 +91,19 @@ prepare() {
         || die "pip download failed (above)"
     rm -f "$dir/.requirements.txt"
     if [[ $no_mamba == 0 ]]; then
+        local torch_wheel status
+        torch_wheel="$(ls "$dir"/torch-*.whl 2>/dev/null | tail -1)"
         if [[ -n "$mamba_wheel" ]]; then
             cp "$mamba_wheel" "$dir/"
+        elif [[ $mamba_source == 0 && -n "$torch_wheel" ]]; then  # the release's prebuilt wheel for that torch
+            "$PY" tools/mamba_ssm_wheel.py --torch-wheel "$torch_wheel" --python "$pyver" --download "$dir"
+            status=$?
+            [[ $status == 2 ]] && die "no mamba-ssm wheel (above); --mamba-source takes its source release instead"
+            [[ $status == 0 ]] || mamba_source=1
         else
+            mamba_source=1
+        fi
+        if [[ $mamba_source == 1 ]]; then
             # Its setup.py imports torch even to say its name: no build isolation, no kernel build.
             MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE "$PY" -m pip download --no-deps --no-binary :all: \
                 --no-build-isolation -d "$dir" "$mamba" \
@@ -178,11 +194,10 @@ install() {
     "$VPY" -m pip install --no-index --find-links "$WHEELS" -c "$cons" -r "$reqs" || return 1
     if ls "$WHEELS"/mamba_ssm-*.whl >/dev/null 2>&1; then
         "$VPY" -m pip install --no-index --no-deps "$(ls "$WHEELS"/mamba_ssm-*.whl | tail -1)" || return 1
-    elif [[ ${#mamba[@]} -gt 0 ]]; then  # --build-mamba: nvcc compiles the kernel for this GPU only
-        local arch
-        arch="$("$VPY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')" || return 1
-        echo "compiling mamba-ssm's kernel for sm $arch (MAX_JOBS=$(nproc))"
-        MAMBA_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+    elif [[ ${#mamba[@]} -gt 0 ]]; then  # --build-mamba: nvcc compiles the kernel
+        echo "compiling mamba-ssm's kernel (MAX_JOBS=$(nproc); 15-35 minutes on many cores)"
+        "$VPY" tools/mamba_ssm_wheel.py  # the nvcc and torch CUDA versions, which must share their major
+        MAMBA_FORCE_BUILD=TRUE MAMBA_KEEP_CUDA_BUILD=TRUE MAX_JOBS="$(nproc)" \
             "$VPY" -m pip install --no-index --no-deps --no-build-isolation "$(ls "$WHEELS"/mamba_ssm-*.tar.gz | tail -1)" \
             || return 1
     elif ls "$WHEELS"/mamba_ssm-*.tar.gz >/dev/null 2>&1; then

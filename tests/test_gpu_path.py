@@ -140,6 +140,7 @@ def test_a_kernel_module_that_is_none_makes_auto_take_the_parallel_scan_and_warn
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
     assert "selective_scan_cuda" in message and "make install GPU=1" in message and "scan_backend=parallel" in message
+    assert "MAMBA_KEEP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm" in message and "\n" not in message
 
 
 def test_an_explicit_cuda_backend_without_a_working_kernel_is_an_error_naming_the_fix(stand_in_mamba_ssm):
