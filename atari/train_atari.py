@@ -3,7 +3,7 @@
     python atari/train_atari.py --config configs/atari/breakout.yaml [key=value ...] [--resume]
 
 Mirrors the Decision Transformer codebase's atari/run_dt_atari.py: load 1% of the
-DQN-replay transitions (REFERENCE §5), train with cross-entropy for `num_iterations`
+DQN-replay transitions (docs/data.md), train with cross-entropy for `num_iterations`
 epochs with the minGPT schedule, and evaluate with the DT protocol (sticky actions off,
 4-frame stacks, actions sampled from the softmax), all episodes batched. Everything
 but the data, the environment and the config is shared with gym/experiment.py.

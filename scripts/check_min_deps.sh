@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the lowest versions pyproject.toml allows into a fresh virtual environment and
 # run a fast subset of the tests there: the declared lower bounds must be versions that
-# work together (issue 12, item 10).
+# work together.
 #
 #   scripts/check_min_deps.sh                      # torch at its floor from the package index
 #   TORCH=/path/to/torch-2.13.0+cpu-....whl scripts/check_min_deps.sh
