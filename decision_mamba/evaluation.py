@@ -406,7 +406,7 @@ def check_evaluation(cfg: GymConfig | AtariConfig, model: DecisionModel) -> None
     if cfg.eval.mode == "recurrent" and not model.recurrent:
         raise UserError(f"eval.mode=recurrent needs a mixer with a recurrent step; {cfg.model.mixer} has none "
                         f"(no init_state and step): use eval.mode=window")
-    if getattr(cfg.train, "window_start", "random") == "episode" and cfg.eval.mode == "window" and model.recurrent:
+    if cfg.train.window_start == "episode" and cfg.eval.mode == "window" and model.recurrent:
         raise UserError(f"train.window_start=episode trains {cfg.model.mixer} on windows from an episode's start; "
                         f"evaluate it with eval.mode=recurrent (the policy trained), not window (other windows, "
                         f"padded before the steps)")
