@@ -140,9 +140,29 @@ def table_title(table: int) -> str:
 
 
 def display_name(column: str) -> str:
-    """A column as the paper prints it: a model's paper name (naming.MODEL_NAMES) or a variant's."""
+    """A column as the paper prints it: a model's paper name (naming.MODEL_NAMES) or a variant's;
+    a variant of a model beyond the paper (Tables 3 and 4: dmamba2-rc) as both, "DMamba-2 RC"."""
     mixer = naming.mixer_of_model(column)
-    return naming.paper_name(mixer) if mixer is not None else VARIANT_NAMES.get(column, column)
+    if mixer is not None:
+        return naming.paper_name(mixer)
+    model, _, variant = column.partition("-")  # model names have no "-"; variants may (rc-2l)
+    if naming.mixer_of_model(model) is not None and variant in VARIANT_NAMES:
+        return f"{naming.paper_name(naming.mixer_of_model(model))} {VARIANT_NAMES[variant]}"
+    return VARIANT_NAMES.get(column, column)
+
+
+def variant_column(table: int, model: str, variant: str) -> str:
+    """The column of a Table 3 / 4 run: its variant for the paper's model (rc, k30), the model
+    and its variant for a model beyond the paper (dmamba2-rc), so the two never share a cell."""
+    return variant if model in TABLES[table].models else f"{model}-{variant}"
+
+
+def column_order(table: int) -> list[str]:
+    """The table's columns in order: the paper's, then those of the models beyond it."""
+    spec = TABLES[table]
+    if table in (1, 2):
+        return list(spec.all_models)
+    return [variant_column(table, model, variant) for model in spec.all_models for variant in spec.variants]
 
 
 # table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group); older runs lack the protocol.
@@ -226,10 +246,11 @@ def _column_from_config(table: int, cfg: dict) -> str:
     model = naming.model_name(cfg["model"]["mixer"])
     if table == 3:
         if cfg["model"].get("channel_mlp", True):
-            return "default"
-        return "rc-2l" if cfg["model"]["n_layer"] > 3 else "rc"  # Table 5's gym depth is 3
+            return variant_column(table, model, "default")
+        # Table 5's gym depth is 3
+        return variant_column(table, model, "rc-2l" if cfg["model"]["n_layer"] > 3 else "rc")
     if table == 4:
-        return f"k{cfg['train']['context_len']}"
+        return variant_column(table, model, f"k{cfg['train']['context_len']}")
     return model
 
 
@@ -300,7 +321,8 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
     if match:  # made by decision_mamba.sweep: table<N>/<dataset>/<model>[-<variant>]
         run_table, dataset, label = int(match["table"]), match["dataset"], match["label"]
         model = naming.model_name(cfg["model"]["mixer"])
-        column = label.removeprefix(f"{model}-") if run_table in (3, 4) else model
+        column = (variant_column(run_table, model, label.removeprefix(f"{model}-")) if run_table in (3, 4)
+                  else model)
     else:
         run_table, dataset, column = None, _dataset_from_config(cfg), _column_from_config(table, cfg)
     recorded = "game" in cfg and _atari_data_recorded(cfg)
@@ -343,7 +365,7 @@ def _paper_rank(table: int, dataset: str, column: str) -> tuple[int, int]:
     datasets = [*spec.datasets, *(f"mujoco-{d}-v0" for d in MINARI_DATASETS if table == 1)]
     matches = [d for d in datasets if dataset == d or dataset.startswith(f"{d}-")]
     place = datasets.index(max(matches, key=len)) if matches else len(datasets)
-    columns = spec.models if table in (1, 2) else spec.variants
+    columns = column_order(table)
     return place, columns.index(column) if column in columns else len(columns)
 
 
@@ -489,6 +511,11 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
     if table == 1 and any((r.dataset, r.column) in PAPER_NUMBERS[1] for r in runs):
         lines.append("- Paper: DMamba is the paper's own (5 seeds); DT, DS4 and DC are quoted by the paper "
                      "from the Decision ConvFormer paper.")
+    beyond = [m for m in TABLES[table].extra_models
+              if any(r.column == m or r.column.startswith(f"{m}-") for r in runs)]
+    if beyond:
+        lines.append(f"- Beyond the paper (after its columns, no paper number): "
+                     f"{', '.join(display_name(m) for m in beyond)} (docs/architecture.md).")
     if produced_by:
         lines.append(f"- Produced by: `{produced_by}`")
     for command in _sweep_commands(roots):
@@ -631,7 +658,7 @@ def _scores_by_dataset(done: list[RunRecord], column: str, protocol: str, which:
 
 
 def _columns(done: list[RunRecord], table: int, protocol: str) -> list[str]:
-    order = list(dict.fromkeys(column for _, column, _ in _expected_cells(table)))
+    order = column_order(table)
     found = {r.column for r in done if r.protocol == protocol}
     return [c for c in order if c in found] + sorted(found - set(order))
 

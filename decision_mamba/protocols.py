@@ -12,6 +12,10 @@ line, so `protocol=release train.lr_clamp=true` is the release with one switch c
 `protocol_label` then calls that run "release+lr_clamp=true", so that run names, wandb
 groups and the aggregator's cells never pass such a run off as either protocol.
 
+A mixer the release never had (DMamba-2, model.mixer=mamba2) gets each switch as the release's
+code would apply it to that block (docs/protocol.md, "Release and clean"): nothing here is
+per mixer.
+
 docs/protocol.md, "The switches", has one row per switch (a test keeps the two lists
 equal), and each table YAML lists the keys a protocol sets over it (tested too).
 """

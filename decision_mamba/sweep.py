@@ -182,17 +182,28 @@ def record_smoke_data(runs: list[Run]) -> None:
 class TableSpec:
     number: int
     datasets: tuple[str, ...]  # gym datasets or Atari games
-    models: tuple[str, ...]
+    models: tuple[str, ...]  # the paper's columns, run by default
     variants: tuple[str, ...]  # ("",) when the table has no variants
     seeds: tuple[int, ...]
+    # Models beyond the paper: run only when --models names them, never by default; the
+    # aggregator puts them after the paper's columns, with no paper number.
+    extra_models: tuple[str, ...] = ()
 
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        return (*self.models, *self.extra_models)
+
+
+# DMamba-2 (model.mixer=mamba2) is in no table of the paper; every table runs it on request.
+BEYOND_PAPER = ("dmamba2",)
 
 TABLES: dict[int, TableSpec] = {
     # Each table's models (naming.MODEL_NAMES), in the paper's column order.
-    1: TableSpec(1, GYM_DATASETS, ("dmamba", "dt", "dc", "ds4"), ("",), GYM_SEEDS),
-    2: TableSpec(2, ATARI_GAMES, ("dmamba", "dt", "dc"), ("",), ATARI_SEEDS),
-    3: TableSpec(3, MEDIUM_DATASETS, ("dmamba",), TABLE3_VARIANTS, GYM_SEEDS),
-    4: TableSpec(4, ("breakout", "qbert"), ("dmamba",), tuple(f"k{k}" for k in TABLE4_CONTEXTS), ATARI_SEEDS),
+    1: TableSpec(1, GYM_DATASETS, ("dmamba", "dt", "dc", "ds4"), ("",), GYM_SEEDS, BEYOND_PAPER),
+    2: TableSpec(2, ATARI_GAMES, ("dmamba", "dt", "dc"), ("",), ATARI_SEEDS, BEYOND_PAPER),
+    3: TableSpec(3, MEDIUM_DATASETS, ("dmamba",), TABLE3_VARIANTS, GYM_SEEDS, BEYOND_PAPER),
+    4: TableSpec(4, ("breakout", "qbert"), ("dmamba",), tuple(f"k{k}" for k in TABLE4_CONTEXTS), ATARI_SEEDS,
+                 BEYOND_PAPER),
 }
 
 
@@ -239,13 +250,17 @@ def _shown(path: Path) -> str:
 
 
 # ------------------------------------------------------------------ run lists
-def _pick(kind: str, requested: list | None, available: tuple, table: int) -> tuple:
+def _pick(kind: str, requested: list | None, available: tuple, table: int, on_request: tuple = ()) -> tuple:
+    """The requested names in the table's order; all of `available` when none is requested.
+    `on_request`: names the table runs only when asked for (models beyond the paper)."""
     if not requested:
         return available
-    unknown = [r for r in requested if r not in available]
+    known = (*available, *on_request)
+    unknown = [r for r in requested if r not in known]
     if unknown:
-        raise SweepError(f"table {table} has no {kind} {unknown}; choose from {list(available)}")
-    return tuple(r for r in available if r in requested)  # keep the table's order
+        beyond = f", or beyond the paper {list(on_request)}" if on_request else ""
+        raise SweepError(f"table {table} has no {kind} {unknown}; choose from {list(available)}{beyond}")
+    return tuple(r for r in known if r in requested)  # keep the table's order
 
 
 def check_overrides(table: int, overrides: list[str]) -> None:
@@ -327,7 +342,7 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
 
     runs = []
     for dataset in _pick("dataset", datasets, spec.datasets, table):
-        for model in _pick("model", models, spec.models, table):
+        for model in _pick("model", models, spec.models, table, spec.extra_models):
             for variant in _pick("variant", variants, spec.variants, table):
                 config = _config_path(table, dataset, suite)
                 variant_overrides = _variant_overrides(table, config, variant)

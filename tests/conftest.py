@@ -62,6 +62,8 @@ SLOW_TESTS: dict[str, str | set[str]] = {
     "test_learning.py": "*", "test_mamba_ssm_package.py": "*", "test_protocols.py": "*",
     "test_record_atari.py": "*", "test_suites.py": "*", "test_sweep.py": "*", "test_user_errors.py": "*",
     "test_video.py": "*",
+    "test_aggregate.py": {"test_dmamba2_sits_after_the_papers_models_in_the_table_statistics_plots_and_index",
+                          "test_dmamba2_variants_have_their_own_cells_in_the_ablation_table"},
     "test_compute.py": {"test_configure_process_makes_large_blocks_come_from_the_heap_unless_the_user_says_no",
                         "test_configure_process_shortens_the_openmp_spin_before_torch_loads",
                         "test_importing_every_module_of_the_package_changes_nothing_global"},

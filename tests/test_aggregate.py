@@ -185,15 +185,16 @@ def test_paper_numbers_cover_every_cell_of_the_paper_tables():
 
 def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], dataset: str = "hopper-medium",
                    config: str = "configs/gym/{dataset}.yaml", protocol: str = "release",
-                   overrides: tuple[str, ...] = ()) -> None:
-    """A finished Table 1 run on a D4RL dataset whose evaluations scored `curve` (steps 10, 20, ...)."""
+                   overrides: tuple[str, ...] = (), table: int = 1, variant: str = "") -> None:
+    """A finished Table 1 (or `table`, `variant`) run on a D4RL dataset whose evaluations scored
+    `curve` (steps 10, 20, ...), grouped as the sweep groups it."""
     from decision_mamba import naming
     from decision_mamba.config import GymConfig, load_config, to_yaml
 
     cfg = load_config(GymConfig, REPO / config.format(dataset=dataset),
                       [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}", *overrides])
-    cfg.run.wandb_group = naming.run_group(cfg, table=1)
-    run_dir = root / naming.run_name(cfg)
+    cfg.run.wandb_group = naming.run_group(cfg, table=table, variant=variant)
+    run_dir = root / naming.run_name(cfg, variant)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     views = [{"iteration": i, "step": 10 * i, "score": score, "targets": {"3600": {"score_mean": score}}}
@@ -308,6 +309,67 @@ def test_interval_statistics_of_hand_made_runs(tmp_path):
         assert matplotlib.image.imread(tmp_path / "out" / f"t1-{name}.png").ndim == 3
         assert f"![{name}](t1-{name}.png)" in markdown
     assert "The runs record no wall time" in markdown  # made by hand, without timings
+
+
+def test_dmamba2_sits_after_the_papers_models_in_the_table_statistics_plots_and_index(tmp_path):
+    """DMamba-2, beyond the paper: its own cell after the paper's columns (DMamba, DT, ..., DS4), no
+    paper number, P(DMamba > DMamba-2) beside P(DMamba > DT), in the plots and the run index."""
+    runs = tmp_path / "runs"
+    last = {"mamba": [40.0, 50.0, 45.0], "mamba2": [30.0, 50.0, 35.0], "attention": [20.0, 60.0, 10.0],
+            "s4": [5.0, 6.0, 7.0]}
+    for mixer, scores in last.items():
+        for seed, score in zip((12, 23, 34), scores):
+            _hand_made_run(runs, mixer, seed, [score - 5, score])
+    prefix = tmp_path / "out" / "t1"
+    assert aggregate.main([str(runs), "--table", "1", "--out", str(prefix)]) == 0
+
+    markdown = Path(f"{prefix}.md").read_text()
+    rows = [line.split(" | ")[1] for line in markdown.splitlines() if line.startswith("| hopper-medium |")]
+    assert rows == ["DMamba", "DT", "DS4", "DMamba-2"]
+    dmamba2 = next(line for line in markdown.splitlines() if line.startswith("| hopper-medium | DMamba-2 |"))
+    assert dmamba2.endswith("| 3/5 (12 23 34) | 38.3 ± 8.5 | 38.3 ± 8.5 | — |")  # 30 50 35, np.std: 8.50
+    assert "Beyond the paper (after its columns, no paper number): DMamba-2" in markdown
+    stats_rows = {(r["score"], r["statistic"], r["model"], r["versus"]): r
+                  for r in csv.DictReader(open(f"{prefix}-stats.csv"))}
+    # P(DMamba > DMamba-2) by hand: 40 50 45 vs 30 50 35: 40 beats 30 and 35 (2), 50 beats both and ties 50
+    # (2.5), 45 beats 30 and 35 (2) -> 6.5 / 9
+    improvement = stats_rows[("last", "P(improvement)", "dmamba", "dmamba2")]
+    assert float(improvement["value"]) == pytest.approx(6.5 / 9) and improvement["low"] != ""
+    assert ("last", "P(improvement)", "dmamba", "dt") in stats_rows
+    versus = [line for line in markdown.splitlines() if line.startswith("| release | P(DMamba > ")]
+    assert [line.split(" | ")[1] for line in versus] == ["P(DMamba > DT)", "P(DMamba > DS4)", "P(DMamba > DMamba-2)"]
+    for name in ("intervals", "profiles"):
+        assert "DMamba-2, release" in (tmp_path / "out" / f"t1-{name}.svg").read_text()
+    assert "DMamba &gt; DMamba-2, release" in (tmp_path / "out" / "t1-improvement.svg").read_text()
+    index = [r for r in csv.DictReader(open(f"{prefix}-runs.csv")) if r["model"] == "dmamba2"]
+    assert sorted(r["run"] for r in index) == [f"hopper-medium-dmamba2-release-s{s}" for s in (12, 23, 34)]
+
+
+def test_dmamba2_variants_have_their_own_cells_in_the_ablation_table(tmp_path):
+    """Table 3 run on DMamba and DMamba-2: the same variant of the two models is two cells (DMamba's
+    carries the paper's number, DMamba-2's none), the paper's first; by group or by config alone."""
+    runs = tmp_path / "runs"
+    for seed in (12, 23):
+        _hand_made_run(runs, "mamba", seed, [50.0 + seed], table=3, variant="rc", overrides=("model.channel_mlp=false",))
+        _hand_made_run(runs, "mamba2", seed, [10.0 + seed], table=3, variant="rc", overrides=("model.channel_mlp=false",))
+        _hand_made_run(runs, "mamba2", seed, [20.0 + seed], table=3, variant="default")
+    by_hand = tmp_path / "by-hand"  # no sweep group: the column comes from the config
+    _hand_made_run(by_hand, "mamba2", 34, [7.0], overrides=("model.channel_mlp=false", "model.n_layer=6"))
+    run_dir = next(by_hand.iterdir())
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.run.wandb_group = ""
+    OmegaConf.save(config, run_dir / "config.yaml")
+    prefix = tmp_path / "out" / "t3"
+    assert aggregate.main([str(runs), str(by_hand), "--table", "3", "--out", str(prefix)]) == 0
+
+    cells = {(r["variant"], r["name"]): r for r in csv.DictReader(open(f"{prefix}.csv"))
+             if r["seed"] == "" and r["dataset"] == "hopper-medium" and r["seeds_done"] != "0"}
+    assert list(cells) == [("rc", "RC"), ("dmamba2-default", "DMamba-2 default"), ("dmamba2-rc", "DMamba-2 RC"),
+                           ("dmamba2-rc-2l", "DMamba-2 RC & 2L")]
+    assert (cells[("rc", "RC")]["last_mean"], cells[("rc", "RC")]["paper_mean"]) == ("67.5", "82.9")
+    assert (cells[("dmamba2-rc", "DMamba-2 RC")]["last_mean"], cells[("dmamba2-rc", "DMamba-2 RC")]["paper_mean"]) \
+        == ("27.5", "")
+    assert cells[("dmamba2-rc-2l", "DMamba-2 RC & 2L")]["seeds"] == "34"
 
 
 def test_run_index_protocol_and_cost_of_real_runs(table1_runs, tmp_path):

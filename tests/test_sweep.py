@@ -18,6 +18,7 @@ from submitit.core.utils import DelayedSubmission
 
 from decision_mamba import naming, sweep
 from decision_mamba.errors import cli_main
+from decision_mamba.model import DecisionModel
 from helpers import write_episodes_d4rl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,64 @@ def test_table4_script_lists_the_context_lengths(tmp_path):
     assert OmegaConf.load(REPO / run.config).train.context_len == 30  # Table 2's K
 
 
+def test_table1_script_runs_dmamba2_beside_the_papers_models_when_asked(tmp_path):
+    """DMamba-2 is in no paper table: never run by default (the 180-run test above), run on request."""
+    commands = dry_run_script("table1_gym.sh", tmp_path, "--models", "dmamba", "dmamba2", "dt")
+    check_common(commands, 1, tmp_path, "gym/experiment.py")
+    found = sorted((config_of(c), overrides_of(c)["model.mixer"], int(overrides_of(c)["seed"]),
+                    overrides_of(c)["run.wandb_group"]) for c in commands)
+    models = {"dmamba": "mamba", "dmamba2": "mamba2", "dt": "attention"}
+    expected = sorted((f"configs/gym/{d}.yaml", models[m], s, f"table1/{d}/{m}/release")
+                      for d, m, s in itertools.product(GYM_9, models, PAPER_GYM_SEEDS))
+    assert len(commands) == 135 and found == expected
+
+
+@pytest.mark.parametrize("table, variants", [
+    (3, {"default": (None, None), "rc": ("false", None), "rc-2l": ("false", "6")}),
+    (4, {f"k{k}": k for k in (10, 30, 40, 60)}),
+])
+def test_ablation_and_context_variants_apply_to_dmamba2(table, variants):
+    """Table 3's variants switch DMamba-2's block as they do DMamba's; Table 4's K is its context."""
+    runs = sweep.table_runs(table, models=["dmamba2"], seeds=[12])
+    datasets = ["halfcheetah-medium", "hopper-medium", "walker2d-medium"] if table == 3 else ["breakout", "qbert"]
+    assert sorted((r.dataset, r.variant) for r in runs) == sorted(itertools.product(datasets, variants))
+    for run in runs:
+        o = overrides_of(list(run.overrides))
+        assert o["model.mixer"] == "mamba2" and o["run.wandb_group"] == f"table{table}/{run.dataset}/dmamba2-{run.variant}/release"
+        cfg = run.resolved_config()
+        if table == 3:
+            assert (o.get("model.channel_mlp"), o.get("model.n_layer")) == variants[run.variant]
+            model = DecisionModel(cfg.model, (11,), 3, discrete=False)
+            assert len(model.layers) == (6 if run.variant == "rc-2l" else 3)
+            assert all((layer.mlp is None) == (run.variant != "default") for layer in model.layers)
+            assert all(type(layer.mixer).__name__ == "Mamba2" for layer in model.layers)
+        else:
+            assert cfg.train.context_len == variants[run.variant]
+
+
+def test_release_protocol_gives_dmamba2_the_releases_init_where_it_applies():
+    """The release never had a Mamba-2 block; --protocol release applies its GPT-2 init rule as the
+    release's GPT2Model would to one (docs/protocol.md): every Linear N(0, 0.02), while dt_bias, A_log,
+    D and conv1d, no Linear, keep mamba-ssm's init (so dt is not reset as DMamba's dt_proj.bias is)."""
+    built = {}
+    for protocol in ("release", "clean"):
+        [run] = sweep.table_runs(1, models=["dmamba2"], datasets=["hopper-medium"], seeds=[12], protocol=protocol)
+        cfg = run.resolved_config()
+        assert cfg.model.init == ("release" if protocol == "release" else "mamba")
+        torch.manual_seed(0)
+        built[protocol] = DecisionModel(cfg.model, (11,), 3, discrete=False).layers[0].mixer
+    release, clean = built["release"], built["clean"]
+    d_model = release.in_proj.in_features
+    # nn.Linear's own init, kept by clean: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
+    assert clean.in_proj.weight.std().item() == pytest.approx((3 * d_model) ** -0.5, rel=0.05)
+    assert release.in_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert release.out_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for name in ("dt_bias", "A_log", "D", "conv1d.weight", "conv1d.bias", "norm.weight"):
+        torch.testing.assert_close(release.get_parameter(name), clean.get_parameter(name), rtol=0, atol=0)
+    dt = torch.nn.functional.softplus(release.dt_bias)
+    assert 0.001 <= dt.min() and dt.max() <= 0.1 + 1e-6  # mamba-ssm's log-uniform dt, not softplus(0)
+
+
 def test_filters_and_pass_through_overrides(tmp_path, capsys):
     code = sweep.main(["table1", "--dry-run", "--out-dir", str(tmp_path), "--models", "dc", "dmamba", "--wandb", "offline",
                        "--datasets", "walker2d-medium-replay", "--seeds", "7", "--", "train.num_iterations=1",
@@ -137,7 +196,8 @@ def test_filters_and_pass_through_overrides(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["table2", "--models", "ds4"], "table 2 has no model ['ds4']"),
+    (["table2", "--models", "ds4"], "table 2 has no model ['ds4']; choose from ['dmamba', 'dt', 'dc'], or beyond "
+                                    "the paper ['dmamba2']"),
     (["table1", "--datasets", "hopper-expert"], "table 1 has no dataset ['hopper-expert']"),
     (["table1", "--variants", "rc"], "table 1 has no variants"),
     (["table1", "--", "seed=3"], "use --seeds"),
