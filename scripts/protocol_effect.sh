@@ -21,18 +21,9 @@ RUNS="${RUNS:-runs/protocol-effect-$BUDGET}"
 OUT="${OUT:-results/protocol-effect-$BUDGET}"
 SLOTS="${SLOTS:-1}"
 
-# The budget: everything but the protocol switches, identical for every run.
-case "$BUDGET" in
-  smoke)  # seconds per run: a tiny model, 20 updates, one short episode per target
-    SETTINGS=(model.d_model=16 model.n_layer=1 train.batch_size=8 train.context_len=5 train.warmup_steps=10
-              train.num_iterations=1 train.steps_per_iteration=20 eval.episodes=1 eval.max_ep_len=20
-              train.num_threads=1) ;;
-  hour)   # configs/gym/quickstart.yaml's model and optimiser, 900 updates, 5 episodes per target
-    SETTINGS=(model.d_model=128 model.n_layer=3 train.batch_size=32 train.context_len=20 train.learning_rate=1e-3
-              train.warmup_steps=200 train.num_iterations=3 train.steps_per_iteration=300 eval.episodes=5) ;;
-  *) echo "BUDGET must be smoke or hour, got '$BUDGET'" >&2; exit 2 ;;
-esac
-DATA=(dataset=data/hopper-medium-v4-gen.hdf5 env_version=v4)
+# The budget: everything but the protocol switches, identical for every run (shared with
+# scripts/compare_mixers.sh).
+source scripts/_budget.sh
 PRODUCED_BY="$(printf '%q ' "BUDGET=$BUDGET" "SEEDS=$SEEDS" "RUNS=$RUNS" "OUT=$OUT" "scripts/$(basename "$0")" "$@")"
 
 sweep() {  # sweep PROTOCOL MODELS... -- EXTRA OVERRIDES...
