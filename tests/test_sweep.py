@@ -135,6 +135,27 @@ def test_table1_script_runs_dmamba2_beside_the_papers_models_when_asked(tmp_path
     assert len(commands) == 135 and found == expected
 
 
+def test_compare_mixers_runs_three_models_at_protocol_effects_budget(tmp_path, monkeypatch):
+    """scripts/compare_mixers.sh: DMamba, DMamba-2 and DT under clean, 3 seeds; its DMamba and DT runs
+    are trained exactly as protocol_effect.sh's clean ones (one budget, scripts/_budget.sh)."""
+    monkeypatch.setenv("BUDGET", "hour")
+    compared = dry_run_script("compare_mixers.sh", tmp_path / "compare")
+    assert sorted((overrides_of(c)["model.mixer"], overrides_of(c)["seed"]) for c in compared) == sorted(
+        itertools.product(["mamba", "mamba2", "attention"], ["12", "23", "34"]))
+    protocol_effect = dry_run_script("protocol_effect.sh", tmp_path / "effect")
+
+    def settings(commands, protocol):
+        return {overrides_of(c)["run.name"]: {k: v for k, v in overrides_of(c).items() if k != "run.out_dir"}
+                for c in commands if overrides_of(c)["protocol"] == protocol}
+
+    clean = settings(protocol_effect, "clean")
+    shared = {name: o for name, o in settings(compared, "clean").items() if o["model.mixer"] != "mamba2"}
+    assert len(shared) == 6 and all(clean[name] == o for name, o in shared.items())
+    for c in compared:
+        o = overrides_of(c)
+        assert o["dataset"] == "data/hopper-medium-v4-gen.hdf5" and o["train.steps_per_iteration"] == "300"
+
+
 @pytest.mark.parametrize("table, variants", [
     (3, {"default": (None, None), "rc": ("false", None), "rc-2l": ("false", "6")}),
     (4, {f"k{k}": k for k in (10, 30, 40, 60)}),
