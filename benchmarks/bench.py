@@ -11,9 +11,9 @@ Measures, on whatever machine runs it (docs/benchmarks.md has dated runs on our 
      A bound beside them: the same DMamba step with its scan and conv kernels replaced by
      ones that only zero their outputs, the cost of everything else in the step;
   2. the peak memory of our training steps at width 128 (each in a fresh process);
-  3. choosing one action at K 20, width 128, at batch 1, 10, 100 and 400: DMamba's
-     recurrent step, DT's KV-cache step (a cache of the last K timesteps, 3K tokens) and
-     DMamba recomputing the K-step window (the paper's protocol);
+  3. choosing one action at K 20, width 128, at batch 1, 10, 100 and 400: DMamba's and
+     DMamba-2's recurrent steps, DT's KV-cache step (a cache of the last K timesteps, 3K
+     tokens) and DMamba recomputing the K-step window (the paper's protocol);
   4. a whole paper evaluation: 4 targets x 100 Hopper episodes of 1000 steps, all 400 at
      once, with the recurrent step (the simulators stepped in turn with the model, and
      overlapped with it: eval.overlap) and with the K-window, against stepping the same 400
@@ -67,6 +67,14 @@ CONTENDERS = {  # label -> ModelConfig overrides
     "DMamba (sequential PyTorch scan)": {"mixer": "mamba", "scan_backend": "reference"},
 }
 WIDE_CONTENDERS = ("DMamba (fused CPU scan)", "DT")  # also measured at width 256
+# Contenders whose one-token step (evaluation's recurrent mode) is timed in 3., with its
+# column there; the first is the baseline of that table's ratios.
+STEP_CONTENDERS = {
+    "DMamba (fused CPU scan)": "DMamba recurrent step",
+    "DT": "DT KV-cache step",
+    "DMamba-2 (chunked SSD)": "DMamba-2 recurrent step",
+}
+WINDOW = "DMamba K-window"  # the paper's protocol: DMamba re-run on the K-step window
 SLOW = "DMamba (sequential PyTorch scan)"
 BOUND = "bound: DMamba with free scan and conv"  # FREE_KERNELS, timed beside the others
 
@@ -256,8 +264,11 @@ def _warm_state(model: DecisionModel, b: dict, E: int, K: int):
 
 
 def bench_action_selection(reps: int, batch_sizes=(1, 10, 100, 400), K=20) -> list[dict]:
-    dmamba = build({"mixer": "mamba", "scan_backend": "auto"}).eval()
-    dt = build({"mixer": "attention"}).eval()
+    """Per batch size: median ms per call of each STEP_CONTENDERS step and of WINDOW, and the
+    median [min, max] of their per-round ratios to the first contender's step."""
+    models = {label: build(CONTENDERS[label]).eval() for label in STEP_CONTENDERS}
+    dmamba = models["DMamba (fused CPU scan)"]
+    baseline = STEP_CONTENDERS[next(iter(STEP_CONTENDERS))]
     rows = []
     for E in batch_sizes:
         b = random_batch(E, K, seed=1)
@@ -266,11 +277,12 @@ def bench_action_selection(reps: int, batch_sizes=(1, 10, 100, 400), K=20) -> li
             with torch.no_grad():
                 dmamba(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
 
-        fns = {"window": window}
+        fns = {}
         # Each timed call steps from the same state after K timesteps (a step leaves its
-        # input state untouched): the recurrent state's size is independent of K, the KV
+        # input state untouched): a recurrent state's size is independent of K, the KV
         # cache holds the 3K tokens a K-window DT attends to.
-        for label, model in (("recurrent", dmamba), ("kv", dt)):
+        for label, column in STEP_CONTENDERS.items():
+            model = models[label]
             state = _warm_state(model, b, E, K)
 
             def step(model=model, state=state):
@@ -278,12 +290,11 @@ def bench_action_selection(reps: int, batch_sizes=(1, 10, 100, 400), K=20) -> li
                     model.step(b["states"][:, -1], b["returns_to_go"][:, -1], b["timesteps"][:, -1],
                                b["actions"][:, -2], state)
 
-            fns[label] = step
-        res = summarise(interleaved(fns, reps if E < 400 else max(3, reps // 4)), "recurrent")
-        rows.append({"envs": E, "K": K, "recurrent_ms": res["recurrent"]["ms"], "kv_ms": res["kv"]["ms"],
-                     "window_ms": res["window"]["ms"], "kv_ratio": res["kv"]["ratio"],
-                     "window_ratio": res["window"]["ratio"], "window_ratio_lo": res["window"]["ratio_lo"]})
-        print("action selection:", {k: round(v, 2) for k, v in rows[-1].items()}, flush=True)
+            fns[column] = step
+        fns[WINDOW] = window
+        res = summarise(interleaved(fns, reps if E < 400 else max(3, reps // 4)), baseline)
+        rows.append({"envs": E, "K": K, **{column: res[column] for column in fns}})
+        print("action selection:", E, {column: round(res[column]["ms"], 2) for column in fns}, flush=True)
     return rows
 
 
@@ -348,14 +359,24 @@ def report(train: dict, memory: dict, actions: list[dict], evaluation: dict, arg
                          f"{r['ratio_hi']:.2f}] | |")
     if not any(HF_DT in rows for rows in train.values()):
         lines += ["", f"({HF_DT} not measured: install the bench extra, `pip install -e .[bench]`.)"]
-    lines += ["", "Choosing one action at K 20, width 128 (no gradient), median ms per call; ratios are "
-              "medians of per-round ratios to the recurrent step:", "",
-              "| episodes batched | DMamba recurrent step | DT KV-cache step | DMamba K-window | "
-              "KV step / recurrent | K-window / recurrent |", "|---|---|---|---|---|---|"]
-    for r in actions:
-        lines.append(f"| {r['envs']} | {r['recurrent_ms']:.2f} | {r['kv_ms']:.2f} | {r['window_ms']:.2f} | "
-                     f"{r['kv_ratio']:.2f}x | {r['window_ratio']:.1f}x |")
+    lines += ["", *action_selection_table(actions)]
     return "\n".join(lines + ["", *evaluation_table(evaluation)]) + "\n"
+
+
+def action_selection_table(actions: list[dict]) -> list[str]:
+    """3.'s rows: ms per call of every step and the window, then each one's ratio to the first step."""
+    columns = [*STEP_CONTENDERS.values(), WINDOW]
+    baseline, others = columns[0], columns[1:]
+    lines = [f"Choosing one action at K {actions[0]['K']}, width 128 (no gradient), median ms per call; ratios "
+             f"are medians [range] of per-round ratios to the {baseline}:", "",
+             "| episodes batched | " + " | ".join(columns) + " | "
+             + " | ".join(f"{c} / {baseline}" for c in others) + " |",
+             "|" + "---|" * (1 + len(columns) + len(others))]
+    for r in actions:
+        lines.append(f"| {r['envs']} | " + " | ".join(f"{r[c]['ms']:.2f}" for c in columns) + " | "
+                     + " | ".join(f"{r[c]['ratio']:.2f}x [{r[c]['ratio_lo']:.2f}-{r[c]['ratio_hi']:.2f}]"
+                                  for c in others) + " |")
+    return lines
 
 
 def evaluation_table(evaluation: dict) -> list[str]:
