@@ -235,11 +235,18 @@ def peak_memory_child(label: str, steps: int, B=64, K=20) -> None:
     # Compile numba's kernels on a tiny copy first: the compiler's memory is not the model's.
     train_step_fn(build(CONTENDERS[label], d_model=16, n_layer=1), random_batch(2, 2))()
     step = train_step_fn(build(CONTENDERS[label]), random_batch(B, K))
+    print(json.dumps(peak_growth(step, steps)))
+
+
+def peak_growth(step, steps: int) -> dict[str, float]:
+    """How far `steps` calls of `step` raise the resident set above its level before them (MiB),
+    and the peak itself. Meant for a fresh process: memory a previous step freed stays resident
+    (decision_mamba.cpu's malloc settings), so a step measured after another looks free."""
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _proc_status_mib("VmRSS")
     for _ in range(steps):
         step()
-    print(json.dumps({"peak_growth_mib": _proc_status_mib("VmHWM") - before, "peak_rss_mib": _proc_status_mib("VmHWM")}))
+    return {"peak_growth_mib": _proc_status_mib("VmHWM") - before, "peak_rss_mib": _proc_status_mib("VmHWM")}
 
 
 def bench_memory(steps: int, labels=tuple(CONTENDERS)) -> dict[str, dict]:

@@ -26,10 +26,12 @@ if __name__ == "__main__":  # before numba is imported: it fails on NUMBA_NUM_TH
     configure_process()  # the process settings, before torch loads (decision_mamba/cpu)
 
 import numpy as np
+import torch
 
 from decision_mamba.checkpoint import run_identity
 from decision_mamba.config import GymConfig, load_config
 from decision_mamba.data.sampler import sample_batch, state_normalization
+from decision_mamba.data.trajectories import Trajectories
 from decision_mamba.errors import cli_main
 from decision_mamba.evaluation import evaluate_after, evaluate_random_policy, evaluation_envs, resolve_targets
 from decision_mamba.model import DecisionModel
@@ -58,18 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     state_mean, state_std = state_normalization(traj)
     score = suite.score(cfg, data.env)
 
-    model = DecisionModel(cfg.model, (obs_dim,), act_dim, discrete=False).to(device)
-    model.zero_padded_tokens = cfg.train.padding == "masked"  # release: pads reach the model unmasked
-    K, rtg_scale = cfg.train.context_len, cfg.train.rtg_scale
-
-    def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return sample_batch(traj, cfg.train.batch_size, K, rng, state_mean=state_mean, state_std=state_std,
-                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len,
-                            mode="episode" if cfg.train.window_start == "episode" else "dt-gym",
-                            padding=cfg.train.padding)
-
-    trainer = Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
-    evaluate = evaluate_after(cfg, model, envs, data.env, state_mean, state_std, run_dir=run_dir)
+    trainer = build_trainer(cfg, traj, state_mean, state_std, device)
+    evaluate = evaluate_after(cfg, trainer.model, envs, data.env, state_mean, state_std, run_dir=run_dir)
 
     def scored(returns: np.ndarray) -> dict:
         return {"return_mean": float(np.mean(returns)), "score_mean": float(np.mean(score(returns)))}
@@ -90,6 +82,24 @@ def main(argv: list[str] | None = None) -> dict:
     envs.close()
     print(report(summary, paper_name(cfg.model.mixer)))
     return summary
+
+
+def build_trainer(cfg: GymConfig, traj: Trajectories, state_mean: np.ndarray, state_std: np.ndarray,
+                  device: torch.device) -> Trainer:
+    """The model and its update step, drawing windows of `traj` as the config says (also what
+    benchmarks/bench_context.py times, so that it measures this run's step)."""
+    obs_dim, act_dim = traj.observations.shape[1], traj.actions.shape[1]
+    model = DecisionModel(cfg.model, (obs_dim,), act_dim, discrete=False).to(device)
+    model.zero_padded_tokens = cfg.train.padding == "masked"  # release: pads reach the model unmasked
+    K, rtg_scale = cfg.train.context_len, cfg.train.rtg_scale
+
+    def draw_batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return sample_batch(traj, cfg.train.batch_size, K, rng, state_mean=state_mean, state_std=state_std,
+                            rtg_scale=rtg_scale, max_ep_len=cfg.model.max_ep_len,
+                            mode="episode" if cfg.train.window_start == "episode" else "dt-gym",
+                            padding=cfg.train.padding)
+
+    return Trainer(model, cfg.train, draw_batch, np.random.default_rng(cfg.seed), device)
 
 
 def ablation(cfg: GymConfig) -> str:
