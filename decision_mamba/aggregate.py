@@ -165,8 +165,8 @@ def column_order(table: int) -> list[str]:
     return [variant_column(table, model, variant) for model in spec.all_models for variant in spec.variants]
 
 
-# table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group); older runs lack the protocol.
-GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)(?:/(?P<protocol>[^/]+))?$")
+# table<N>/<dataset>/<model>[-<variant>]/<protocol> (naming.run_group)
+GROUP_PATTERN = re.compile(r"^table(?P<table>\d+)/(?P<dataset>[^/]+)/(?P<label>[^/]+)/(?P<protocol>[^/]+)$")
 PROTOCOL_ORDER = ("release", "clean")  # then any protocol with switches changed, by name
 STD_DDOF = 0  # numpy's np.std, as DT-style codebases print it
 
@@ -191,8 +191,8 @@ class RunRecord:
     iterations_done: int = 0
     time_curve: list[tuple[float, float]] = field(default_factory=list)  # (wall-clock s, score) per evaluation
     times: dict = field(default_factory=dict)  # metrics.jsonl's "time": mean update_s, sample_s, eval_step_s; elapsed_s
-    info: dict = field(default_factory=dict)  # run_info.json (commit, device, ...); {} for runs without one
-    identity: dict = field(default_factory=dict)  # identity.json (data fingerprint, ...)
+    info: dict = field(default_factory=dict)  # run_info.json (commit, device, ...); {} until the run writes it
+    identity: dict = field(default_factory=dict)  # identity.json (data fingerprint, ...); {} until the run writes it
     recorded: bool = False  # an Atari run on data recorded from the emulator, not the DQN-replay
 
     @property
@@ -214,7 +214,7 @@ class RunRecord:
 
     @property
     def wall_s(self) -> float | None:
-        """The run's wall-clock so far: its last metrics record's; None for runs that predate it."""
+        """The run's wall-clock so far: its last metrics record's; None before its first record."""
         return self.times.get("elapsed_s")
 
 
@@ -229,7 +229,7 @@ def _atari_data_recorded(cfg: dict) -> bool:
     """Whether an Atari run trained on data other than the published DQN-replay: a --smoke run
     (always on a recording) or a data folder whose newest buffer is smaller than a published one.
     A folder that is gone counts as the DQN-replay its config names."""
-    if cfg.get("run", {}).get("wandb_project") == naming.SMOKE_WANDB_PROJECT:
+    if cfg["run"]["wandb_project"] == naming.SMOKE_WANDB_PROJECT:
         return True
     data_dir = Path(str(cfg["data_dir"]))
     if not data_dir.is_absolute() and not data_dir.is_dir():
@@ -255,7 +255,7 @@ def _column_from_config(table: int, cfg: dict) -> str:
 
 
 def _structured(cfg: dict) -> GymConfig | AtariConfig:
-    """A config.yaml as its dataclass; keys it lacks (older runs) take their defaults."""
+    """A config.yaml as its dataclass."""
     schema = AtariConfig if "game" in cfg else GymConfig
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
@@ -277,12 +277,12 @@ class MetricsFile:
 
 
 def _read_metrics(path: Path) -> MetricsFile:
-    """The evaluations of metrics.jsonl against steps and against wall-clock time, and its timings.
-    Records older than the "time" entry count their training and evaluation time as the wall-clock."""
+    """The evaluations of metrics.jsonl against steps and against wall-clock time (each record's
+    "time", runlog.iteration_times), and its mean timings. No file: a run that has logged nothing yet."""
     found = MetricsFile([], [], 0, {})
     if not path.is_file():
         return found
-    elapsed, per = 0.0, {"update_s": [], "sample_s": [], "eval_step_s": []}
+    elapsed, per = None, {"update_s": [], "sample_s": [], "eval_step_s": []}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -292,21 +292,20 @@ def _read_metrics(path: Path) -> MetricsFile:
             # A run killed mid-write can leave half a line; --resume rewrites the file.
             print(f"warning: {path}:{number} is not JSON, skipped", file=sys.stderr)
             continue
+        if "time" not in record:
+            raise AggregateError(f"{path}:{number} has no \"time\" entry, which decision_mamba.run writes in every "
+                                 f"record: not a run of this code; move its folder out of the runs folder")
         found.iterations = max(found.iterations, int(record["iteration"]))
-        time = record.get("time")
-        if time is not None:
-            elapsed = time["elapsed_s"]
-            for key, values in per.items():
-                if time.get(key) is not None:
-                    values.append(time[key])
-        else:
-            elapsed += record.get("train", {}).get("time_s", 0.0) + record.get("eval_time_s", 0.0)
+        elapsed = record["time"]["elapsed_s"]
+        for key, values in per.items():
+            if record["time"][key] is not None:  # eval_step_s is null in an iteration without an evaluation
+                values.append(record["time"][key])
         if record.get("eval"):
             score = run_score(record["eval"])  # summary.json's score
             found.curve.append((int(record["step"]), score))
             found.time_curve.append((elapsed, score))
     found.times = {key: float(np.mean(values)) for key, values in per.items() if values}
-    if elapsed:
+    if elapsed is not None:
         found.times["elapsed_s"] = elapsed
     return found
 
@@ -315,9 +314,13 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+# What decision_mamba.run writes into a run folder before its first iteration; a finished run has all of them.
+RUN_FILES = ("metrics.jsonl", IDENTITY_FILE, RUN_INFO_FILE)
+
+
 def read_run(run_dir: Path, table: int) -> RunRecord:
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-    match = GROUP_PATTERN.match(cfg.get("run", {}).get("wandb_group", "") or "")
+    match = GROUP_PATTERN.match(cfg["run"]["wandb_group"] or "")
     if match:  # made by decision_mamba.sweep: table<N>/<dataset>/<model>[-<variant>]
         run_table, dataset, label = int(match["table"]), match["dataset"], match["label"]
         model = naming.model_name(cfg["model"]["mixer"])
@@ -330,6 +333,10 @@ def read_run(run_dir: Path, table: int) -> RunRecord:
         dataset += RECORDED_SUFFIX
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if summary is not None and missing:
+        raise AggregateError(f"{run_dir} has a summary.json but no {', '.join(missing)}, which decision_mamba.run "
+                             f"writes before it: not a run of this code; move the folder out of the runs folder")
     metrics = _read_metrics(run_dir / "metrics.jsonl")
     return RunRecord(run_dir=run_dir, table=run_table, dataset=dataset, column=column, seed=int(cfg["seed"]),
                      config=cfg, summary=summary, curve=metrics.curve, iterations_done=metrics.iterations,
@@ -466,12 +473,9 @@ def _reference_rows(done: list[RunRecord]) -> list[list[str]]:
     for dataset in dict.fromkeys(r.dataset for r in done):
         refs = [r.summary.get("reference", {}) for r in done if r.dataset == dataset]
         values = []
-        # (section, keys): the behaviour score's key was "behaviour_score" in earlier summaries
-        for section, keys in (("dataset", ("score_mean",)),
-                              ("behaviour_policy", ("behaviour_normalized_score", "behaviour_score")),
-                              ("random_policy", ("score_mean",))):
-            found = [next(ref[section][k] for k in keys if k in ref[section])
-                     for ref in refs if any(k in ref.get(section, {}) for k in keys)]
+        for section, key in (("dataset", "score_mean"), ("behaviour_policy", "behaviour_normalized_score"),
+                             ("random_policy", "score_mean")):
+            found = [ref[section][key] for ref in refs if key in ref.get(section, {})]
             values.append(f"{np.mean(found):.1f}" if found else "—")
         if any(v != "—" for v in values):
             rows.append([dataset, *values])
@@ -894,7 +898,7 @@ def cost_lines(runs: list[RunRecord], table: int) -> list[str]:
     """The wall time the table's runs took, in all and per run, per column and protocol."""
     timed = [r for r in runs if r.wall_s is not None]
     if not timed:
-        return ["## Cost", "", "The runs record no wall time (metrics.jsonl without `time` or training times).", ""]
+        return ["## Cost", "", "No run has logged an iteration yet, so there is no wall time to report.", ""]
     header = ["Protocol", COLUMN_HEADERS[table], "Runs", "Wall time (all runs)", "Per run", "Per update",
               "Per batch draw", "Per evaluation step"]
     rows = []
@@ -914,7 +918,8 @@ def cost_lines(runs: list[RunRecord], table: int) -> list[str]:
             f"`time`; not the start-up, data loading and closing reference measurements of each process, which "
             f"weigh only in tiny runs), summed: "
             f"**{_duration(total)}** for {len(timed)} run(s) on {devices}"
-            + (f" ({len(runs) - len(timed)} run(s) without timings not counted)" if len(timed) < len(runs) else "")
+            + (f" ({len(runs) - len(timed)} run(s) that have logged no iteration yet not counted)"
+               if len(timed) < len(runs) else "")
             + ". Runs that ran side by side (`--slots`) shared the machine, so a run alone may be faster. "
               "The per-step times are the runs' means.", "",
             _markdown_table(header, rows), ""]

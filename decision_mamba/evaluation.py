@@ -484,10 +484,8 @@ def config_from_checkpoint(state: dict, path: Path, overrides: list[str]) -> Gym
     return cfg
 
 
-def use_run_threads(threads: dict[str, int] | None) -> None:
+def use_run_threads(threads: dict[str, int]) -> None:
     """The run's thread counts: reductions, hence the last bits, depend on them."""
-    if not threads:
-        return
     torch.set_num_threads(int(threads["torch"]))
     if int(threads["numba"]) <= numba.config.NUMBA_NUM_THREADS:
         numba.set_num_threads(int(threads["numba"]))
@@ -521,7 +519,7 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     if video is not None:
         cfg.eval.video_episodes = max(1, cfg.eval.video_episodes)
     identity = state["identity"]
-    use_run_threads(identity.get("threads"))
+    use_run_threads(identity["threads"])  # run_experiment adds them to every checkpoint's identity
     torch_device = resolve_device(device or cfg.train.device)
     model = DecisionModel(cfg.model, tuple(identity["obs_shape"]), identity["act_dim"], identity["discrete"],
                           context_len=cfg.train.context_len)
@@ -531,7 +529,7 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     model.load_state_dict(state["trainer"]["model"])
     model.to(torch_device)
     normalization = {}
-    if identity.get("state_mean") is not None:
+    if identity["state_mean"] is not None:  # None: the run did not normalise states (Atari)
         normalization = {"state_mean": np.asarray(identity["state_mean"], dtype=np.float32),
                          "state_std": np.asarray(identity["state_std"], dtype=np.float32)}
     seed = evaluation_seed(cfg.seed, state["iteration"]) if seed is None else seed
@@ -544,7 +542,7 @@ def evaluate_checkpoint(path: Path, *, episodes: int | None = None, targets: Seq
     finally:
         envs.close()
     return {"checkpoint": str(path), "iteration": int(state["iteration"]), "step": int(state["trainer"]["step"]),
-            "model": paper_name(cfg.model.mixer), "env_id": identity.get("env_id"),
+            "model": paper_name(cfg.model.mixer), "env_id": identity["env_id"],
             "seed": seed, "mode": cfg.eval.mode, "episodes_per_target": cfg.eval.episodes,
-            "targets": results, "code": identity.get("code"), "threads": identity.get("threads"),
+            "targets": results, "code": identity["code"], "threads": identity["threads"],
             "videos": [str(p) for p in videos]}

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decision_mamba.mixer_checks import check_padding_mask as _check_padding_mask
+from decision_mamba.mixer_checks import check_padding_mask, check_positive_int, check_sequence, check_state, check_token
 from decision_mamba.selective_scan import BACKENDS, selective_scan
 
 __all__ = ["Mamba", "causal_conv1d_silu"]
@@ -94,8 +94,7 @@ class Mamba(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in [("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Mamba: {name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name, "Mamba")
         if dt_rank != "auto" and (not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1):
             raise ValueError(f"Mamba: dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
         if dt_init not in ("random", "constant"):
@@ -148,7 +147,8 @@ class Mamba(nn.Module):
 
     # ------------------------------------------------------------------ whole sequences
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        self._check_sequence(x, key_padding_mask)
+        check_sequence(x, self.d_model, "Mamba")
+        check_padding_mask(key_padding_mask, x, "Mamba")  # checked, then unused: Mamba has no mask
         x_in, z = self.in_proj(x).chunk(2, dim=-1)  # Eq. (10): (B, L, ED) each, views of (B, L, 2 ED)
         u = causal_conv1d_silu(x_in, self.conv1d.weight, self.conv1d.bias, self.scan_backend)  # Eq. (11): (B, L, ED)
         dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
@@ -175,8 +175,7 @@ class Mamba(nn.Module):
                    dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """Zeros: (conv_state (B, ED, d_conv), the last d_conv conv inputs, oldest first;
         ssm_state (B, ED, N))."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"Mamba.init_state: batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int(batch_size, "batch_size", "Mamba.init_state")
         device = self.in_proj.weight.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
@@ -189,7 +188,7 @@ class Mamba(nn.Module):
         Computes in x's dtype; the new state tensors keep the dtypes of the old ones, which
         are left untouched.
         """
-        self._check_step(x, state)
+        check_token(x, self.d_model, "Mamba")  # step_chunk checks the rest
         y, state = self.step_chunk(x.unsqueeze(1), state)
         return y[:, 0], state
 
@@ -200,10 +199,14 @@ class Mamba(nn.Module):
         once on the whole chunk and only the recurrence loops over T. The decision model
         feeds the 2-3 tokens of one environment step this way.
         """
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"Mamba.step_chunk: expected x of shape (batch, tokens, {self.d_model}), "
-                             f"got {tuple(x.shape)}")
-        self._check_step(x[:, 0], state)
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model or x.shape[1] == 0:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"Mamba.step_chunk: expected x of shape (batch, tokens, {self.d_model}) with tokens >= 1, "
+                             f"got {got}")
+        check_token(x[:, 0], self.d_model, "Mamba")  # the dtype rule of step()
+        batch = x.shape[0]
+        check_state(state, [("conv_state", (batch, self.d_inner, self.d_conv)),
+                            ("ssm_state", (batch, self.d_inner, self.d_state))], "Mamba")
         conv_state, ssm_state = state
         T = x.shape[1]
         x_in, z = self.in_proj(x).chunk(2, dim=-1)  # Eq. (10): (B, T, ED) each
@@ -227,32 +230,3 @@ class Mamba(nn.Module):
         y = torch.addcmul(y, u, self.D) * F.silu(z)  # the skip D u and the gate silu(z)
         new_state = (history[:, :, -self.d_conv:].to(conv_state.dtype), h.to(ssm_state.dtype))
         return self.out_proj(y), new_state
-
-    # ------------------------------------------------------------------ validation
-    def _check_sequence(self, x: Tensor, key_padding_mask: Tensor | None) -> None:
-        expected = f"(batch, seq_len, {self.d_model})"
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"Mamba.forward: expected x of shape {expected}, got {got}; for one token use step()")
-        if not x.is_floating_point():
-            raise ValueError(f"Mamba.forward: x must be a floating-point tensor of shape {expected}, "
-                             f"got dtype {x.dtype}; cast it with x.float()")
-        if x.shape[1] == 0:
-            raise ValueError("Mamba.forward: the sequence is empty (seq_len = 0); pass at least one token")
-        _check_padding_mask(key_padding_mask, x, "Mamba")  # the rule every mixer shares: bool (B, L)
-
-    def _check_step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> None:
-        expected = f"(batch, {self.d_model})"
-        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[-1] != self.d_model:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"Mamba.step: expected x of shape {expected} (one token per sequence), got {got}; "
-                             f"for a whole sequence use forward()")
-        if not x.is_floating_point():
-            raise ValueError(f"Mamba.step: x must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
-        shapes = ((x.shape[0], self.d_inner, self.d_conv), (x.shape[0], self.d_inner, self.d_state))
-        if (not isinstance(state, tuple) or len(state) != 2
-                or any(not isinstance(s, Tensor) or tuple(s.shape) != shape for s, shape in zip(state, shapes))):
-            got = (tuple(tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__ for s in state)
-                   if isinstance(state, tuple) else type(state).__name__)
-            raise ValueError(f"Mamba.step: state must be (conv_state {shapes[0]}, ssm_state {shapes[1]}) as built by "
-                             f"init_state({x.shape[0]}), got {got}")

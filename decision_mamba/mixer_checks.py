@@ -1,4 +1,4 @@
-"""The input checks every token mixer shares (mixers.py, mamba.py, and any mixer you add).
+"""The input checks every token mixer shares (mixers.py, mamba.py, mamba2.py, and any mixer you add).
 
 Each raises a ValueError that names the method, the expected shape or value, and the fix.
 """

@@ -491,7 +491,7 @@ def _run_locked(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evalua
                disable=not cfg.run.progress, dynamic_ncols=True, mininterval=2.0)
     # The run's wall-clock so far (a resumed run goes on from its last record's), for the curves against time.
     previous = log.records()
-    clock = {"elapsed_s": previous[-1].get("time", {}).get("elapsed_s", 0.0) if previous else 0.0,
+    clock = {"elapsed_s": previous[-1]["time"]["elapsed_s"] if previous else 0.0,
              "mark": time.perf_counter()}
     try:
         for iteration in range(start_iteration, n_iter + 1):
@@ -506,7 +506,7 @@ def _run_locked(cfg: GymConfig | AtariConfig, trainer: Trainer, evaluate: Evalua
                "eval": sum(r.get("eval_time_s", 0.0) for r in records)}
     summary = {"run_dir": str(run_dir), "group": group, "protocol": protocol_label(cfg),
                "tags": tags or [], "steps": trainer.step, **best_and_last(records),
-               "time_s": {**seconds, "wall": records[-1].get("time", {}).get("elapsed_s") if records else None},
+               "time_s": {**seconds, "wall": records[-1]["time"]["elapsed_s"] if records else None},
                "wandb_url": log.url, "compute": compute,
                "note": "'best' is the best evaluation seen during training (what the paper's release "
                        "reports); 'last' is the final evaluation.",

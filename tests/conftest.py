@@ -53,12 +53,13 @@ def hopper_episodes(hopper_recording) -> list[RecordedEpisode]:
 # ------------------------------------------------------------------------ the fast tier
 # `make test-fast` (pytest -m "not slow") leaves out what takes a machine's minutes: the
 # end-to-end runs (training through the entry points, the table scripts, the subprocess
-# per error case), the learning tests, and the few unit tests that each take seconds of
-# CPU (compiling a kernel, a subprocess, a real evaluation). `make test` runs everything.
+# per error case, the runs stopped by a signal), the learning tests, the parity tests that
+# install mamba-ssm, and the few unit tests that each take seconds of CPU (compiling a
+# kernel, a subprocess, a real evaluation, the benchmark's code path). `make test` runs everything.
 # file -> "*" (every test of it) or the names of its slow tests (parametrized ones by name).
 SLOW_TESTS: dict[str, str | set[str]] = {
-    "test_atari_experiment.py": "*", "test_bench.py": "*", "test_checkpoint.py": "*", "test_determinism.py": "*",
-    "test_evaluate_command.py": "*", "test_generate.py": "*", "test_gym_experiment.py": "*",
+    "test_atari_experiment.py": "*", "test_bench.py": "*", "test_bench_gpu.py": "*", "test_checkpoint.py": "*",
+    "test_determinism.py": "*", "test_evaluate_command.py": "*", "test_generate.py": "*", "test_gym_experiment.py": "*",
     "test_learning.py": "*", "test_mamba_ssm_package.py": "*", "test_protocols.py": "*",
     "test_record_atari.py": "*", "test_suites.py": "*", "test_sweep.py": "*", "test_user_errors.py": "*",
     "test_video.py": "*",
@@ -78,8 +79,16 @@ SLOW_TESTS: dict[str, str | set[str]] = {
                            "test_importing_the_model_installs_no_process_wide_torch_hooks"},
     "test_gym_folder.py": {"test_the_entry_point_still_runs_as_a_script",
                            "test_stable_baselines3_started_in_the_repo_root_does_not_see_gym_installed"},
+    "test_mamba2.py": {"test_one_seed_gives_both_the_same_weights_and_state_dicts_load_both_ways",
+                       "test_outputs_and_every_gradient_match_theirs_on_ssd_minimal",
+                       "test_our_step_matches_their_step",
+                       "test_their_triton_kernels_and_our_triton_dispatch_match_our_torch_path"},
     "test_mixers.py": {"test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point"},
     "test_run.py": {"test_wandb_offline_logs_the_run"},
+    "test_stopping.py": {"test_two_resumes_at_once_the_second_exits_in_one_line",
+                         "test_a_signal_ends_a_run_in_one_line_naming_resume",
+                         "test_a_stopped_sweep_takes_its_running_runs_down_with_it",
+                         "test_a_stopped_table_script_takes_the_sweep_and_its_runs_down"},
 }
 
 

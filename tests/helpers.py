@@ -3,6 +3,7 @@ small synthetic Trajectories."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from contextlib import contextmanager
@@ -191,3 +192,27 @@ def kill_when_exists(proc, path: Path, timeout: float = 600) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+RUN_FOLDER_ITERATION_S = 60.0  # each iteration of a write_run_folder run takes a minute of wall-clock
+
+
+def write_run_folder(run_dir: Path, config_yaml: str, evaluations: list[dict], finished: bool = True) -> None:
+    """A run folder with the files decision_mamba.run writes, for the aggregator: one metrics
+    record per iteration (steps 10, 20, ...), each evaluating the targets of `evaluations`
+    ({target: {"score_mean": ...}}); a run's score is its best target's, as in scores.run_score.
+    finished: also summary.json, whose last and best are those scores."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    (run_dir / "identity.json").write_text(json.dumps({"data_fingerprint": "0123456789abcdef"}))
+    (run_dir / "run_info.json").write_text(json.dumps({"device": "cpu (1 threads)", "git": {"commit": None}}))
+    records = [{"iteration": i, "step": 10 * i, "eval": targets,
+                "time": {"update_s": 0.01, "sample_s": 0.001, "eval_step_s": 0.002,
+                         "elapsed_s": RUN_FOLDER_ITERATION_S * i}}
+               for i, targets in enumerate(evaluations, 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        views = [{"iteration": r["iteration"], "step": r["step"],
+                  "score": max(t["score_mean"] for t in r["eval"].values())} for r in records]
+        (run_dir / "summary.json").write_text(json.dumps({"last": views[-1],
+                                                          "best": max(views, key=lambda v: v["score"])}))

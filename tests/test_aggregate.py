@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from decision_mamba import aggregate, stats, sweep
 from decision_mamba.errors import cli_main
-from helpers import write_episodes_d4rl
+from helpers import RUN_FOLDER_ITERATION_S, write_episodes_d4rl, write_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
 
     mixed = tmp_path / "mixed"
     shutil.copytree(table1_runs / "hopper-random-test-dt-release-s12", mixed / "hopper-random-test-dt-release-s12")
-    for name, group in (("by-hand", "''"), ("ablation", "table3/hopper-medium/dmamba-rc")):
+    for name, group in (("by-hand", "''"), ("ablation", "table3/hopper-medium/dmamba-rc/release")):
         shutil.copytree(table1_runs / "hopper-random-test-dc-release-s12", mixed / name)
         config = mixed / name / "config.yaml"
         config.write_text(config.read_text().replace("wandb_group: table1/hopper-random-test/dc/release", f"wandb_group: {group}"))
@@ -164,13 +164,52 @@ def test_runs_of_another_table_are_not_counted(table1_runs, tmp_path, capsys):
     assert [(r["dataset"], r["seeds"]) for r in by_hand] == [("hopper-random-test", "12")]
 
 
+def _run_without_time(root: Path) -> Path:
+    _hand_made_run(root, "mamba", 12, [10.0, 20.0])
+    metrics = root / "hopper-medium-dmamba-release-s12" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    del records[1]["time"]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def _finished_run_without_run_info(root: Path) -> Path:
+    _hand_made_run(root, "mamba", 12, [10.0, 20.0])
+    (root / "hopper-medium-dmamba-release-s12" / "run_info.json").unlink()
+    return root
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing", "does not exist"),
     (lambda p: p, "no run directories"),
+    (_run_without_time, 'metrics.jsonl:2 has no "time" entry'),
+    (_finished_run_without_run_info, "has a summary.json but no run_info.json"),
 ])
 def test_bad_run_folders_are_errors_that_say_why(tmp_path, capsys, make, message):
     assert cli_main(aggregate.main, [str(make(tmp_path)), "--table", "1", "--out", str(tmp_path / "t")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_iteration_is_listed_as_unfinished(tmp_path):
+    from decision_mamba import naming
+    from decision_mamba.config import GymConfig, load_config, to_yaml
+
+    runs = tmp_path / "runs"
+    _hand_made_run(runs, "mamba", 12, [10.0, 20.0])
+    cfg = load_config(GymConfig, REPO / "configs/gym/hopper-medium.yaml", ["protocol=release", "seed=23"])
+    cfg.run.wandb_group = naming.run_group(cfg, table=1)
+    stopped = runs / naming.run_name(cfg)
+    write_run_folder(stopped, to_yaml(cfg), [], finished=False)
+    for name in ("metrics.jsonl", "run_info.json"):  # stopped before it wrote them
+        (stopped / name).unlink()
+    prefix = tmp_path / "out" / "t1"
+    assert aggregate.main([str(runs), "--table", "1", "--out", str(prefix)]) == 0
+    index = {r["run"]: r for r in csv.DictReader(open(f"{prefix}-runs.csv"))}
+    assert index[stopped.name]["status"] == "unfinished (0 iterations logged)" and index[stopped.name]["wall_s"] == ""
+    markdown = Path(f"{prefix}.md").read_text()
+    assert "Runs: 1 finished, 1 unfinished" in markdown
+    assert (f"**{aggregate._duration(2 * RUN_FOLDER_ITERATION_S)}** for 1 run(s) on cpu (1 threads) "
+            f"(1 run(s) that have logged no iteration yet not counted)") in markdown
 
 
 def test_paper_numbers_cover_every_cell_of_the_paper_tables():
@@ -194,15 +233,8 @@ def _hand_made_run(root: Path, mixer: str, seed: int, curve: list[float], datase
     cfg = load_config(GymConfig, REPO / config.format(dataset=dataset),
                       [f"protocol={protocol}", f"seed={seed}", f"model.mixer={mixer}", *overrides])
     cfg.run.wandb_group = naming.run_group(cfg, table=table, variant=variant)
-    run_dir = root / naming.run_name(cfg, variant)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    views = [{"iteration": i, "step": 10 * i, "score": score, "targets": {"3600": {"score_mean": score}}}
-             for i, score in enumerate(curve, 1)]
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"iteration": v["iteration"], "step": v["step"], "eval": v["targets"]}) + "\n" for v in views))
-    best = max(views, key=lambda v: v["score"])
-    (run_dir / "summary.json").write_text(json.dumps({"last": views[-1], "best": best}))
+    write_run_folder(root / naming.run_name(cfg, variant), to_yaml(cfg),
+                     [{"3600": {"score_mean": score}} for score in curve])
 
 
 def test_per_seed_csv_rows_one_seed_cells_and_the_paper_in_the_plot(tmp_path):
@@ -308,7 +340,8 @@ def test_interval_statistics_of_hand_made_runs(tmp_path):
     for name in ("intervals", "profiles", "improvement"):
         assert matplotlib.image.imread(tmp_path / "out" / f"t1-{name}.png").ndim == 3
         assert f"![{name}](t1-{name}.png)" in markdown
-    assert "The runs record no wall time" in markdown  # made by hand, without timings
+    # eleven runs of two iterations, a minute each
+    assert f"**{aggregate._duration(11 * 2 * RUN_FOLDER_ITERATION_S)}** for 11 run(s)" in markdown
 
 
 def test_dmamba2_sits_after_the_papers_models_in_the_table_statistics_plots_and_index(tmp_path):
@@ -455,13 +488,7 @@ def test_atari_runs_on_recorded_data_get_their_own_row_not_the_papers(tmp_path):
     for overrides, seed in (([f"data_dir={published}"], 12), ([f"data_dir={recorded}"], 23), (smoke, 34)):
         cfg = load_config(AtariConfig, REPO / "configs/atari/breakout.yaml", [*overrides, f"seed={seed}"])
         cfg.run.wandb_group = naming.run_group(cfg, table=2)
-        run_dir = runs / naming.run_name(cfg)
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        view = {"iteration": 1, "step": 10, "score": float(seed)}
-        evaluation = {"iteration": 1, "step": 10, "eval": {"90": {"score_mean": float(seed)}}}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(evaluation) + "\n")
-        (run_dir / "summary.json").write_text(json.dumps({"last": view, "best": view}))
+        write_run_folder(runs / naming.run_name(cfg), to_yaml(cfg), [{"90": {"score_mean": float(seed)}}])
     prefix = tmp_path / "out" / "t2"
     assert aggregate.main([str(runs), "--table", "2", "--out", str(prefix)]) == 0
 

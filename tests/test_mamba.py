@@ -230,7 +230,7 @@ def test_bad_inputs_raise_clear_errors():
     state = block.init_state(2)
     with pytest.raises(ValueError, match=r"expected x of shape \(batch, 16\)"):
         block.step(torch.randn(2, 3, 16), state)
-    with pytest.raises(ValueError, match=r"state must be \(conv_state \(3, 32, 4\), ssm_state \(3, 32, 16\)\)"):
+    with pytest.raises(ValueError, match=r"state conv_state must have shape \(3, 32, 4\), got \(2, 32, 4\)"):
         block.step(torch.randn(3, 16), state)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         block.init_state(0)

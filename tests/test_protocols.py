@@ -483,22 +483,18 @@ def test_the_atari_table_runs_default_to_every_release_switch(table):
 # ----------------------------------------------------------------- aggregator
 def test_the_aggregator_never_averages_two_protocols_in_one_cell(tmp_path):
     import csv
-    import json
 
     from decision_mamba import aggregate
     from decision_mamba.config import to_yaml
+    from helpers import write_run_folder
 
     scores = {}
     for protocol, extra, seed, score in (("release", [], 12, 80.0), ("release", [], 23, 70.0),
                                          ("clean", [], 12, 40.0), ("clean", ["model.init=release"], 12, 10.0)):
         cfg = load_config(GymConfig, REPO / "configs/gym/hopper-medium.yaml",
                           [f"protocol={protocol}", f"seed={seed}", *extra])
-        run_dir = tmp_path / "runs" / naming.run_name(cfg)
-        run_dir.mkdir(parents=True)
         cfg.run.wandb_group = naming.run_group(cfg, table=1)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        view = {"iteration": 1, "step": 10, "score": score, "targets": {}}
-        (run_dir / "summary.json").write_text(json.dumps({"last": view, "best": view}))
+        write_run_folder(tmp_path / "runs" / naming.run_name(cfg), to_yaml(cfg), [{"3600": {"score_mean": score}}])
         scores.setdefault(protocols.protocol_label(cfg), []).append(score)
     prefix = tmp_path / "t1"
     assert aggregate.main([str(tmp_path / "runs"), "--table", "1", "--out", str(prefix)]) == 0
