@@ -53,6 +53,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import queue
@@ -403,6 +404,7 @@ def tmaze_study_batch(length: int) -> int:
     return max(TMAZE_MIN_BATCH, round(TMAZE_TIMESTEPS_PER_BATCH / (length + 2)))
 
 
+@functools.cache  # builds a small mixer: once per name
 def has_recurrent_step(mixer: str) -> bool:
     """Whether the mixer has init_state and step (mixers.py), so eval.mode=recurrent can run it."""
     from decision_mamba.config import ModelConfig

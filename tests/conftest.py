@@ -76,6 +76,10 @@ SLOW_TESTS: dict[str, str | set[str]] = {
                            "test_importing_the_model_installs_no_process_wide_torch_hooks"},
     "test_gym_folder.py": {"test_the_entry_point_still_runs_as_a_script",
                            "test_stable_baselines3_started_in_the_repo_root_does_not_see_gym_installed"},
+    "test_memory_study.py": {"test_the_study_lists_lengths_x_models_x_seeds_with_whole_episode_contexts",
+                             "test_the_sweep_makes_the_missing_tmaze_data_with_the_studys_shares",
+                             "test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths",
+                             "test_the_study_table_of_hand_made_runs"},
     "test_mixers.py": {"test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point"},
     "test_run.py": {"test_wandb_offline_logs_the_run"},
 }
