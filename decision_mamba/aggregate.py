@@ -933,6 +933,252 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+# ------------------------------------------------------------------- studies
+# A study beyond the paper's tables (decision_mamba/sweep.py STUDIES), e.g. the memory study:
+#     python -m decision_mamba.aggregate runs/memory-study --study memory --out results/memory-study
+# Its T-Maze rows (corridor length L) by models, success rate in percent; its other rows
+# (Hopper-P, one per variant) by models, D4RL normalized score. Never a paper table, and
+# labelled so. The statistics (IQM, mean, P(DMamba > X)) pool the T-Maze lengths only: the
+# Hopper-P rows score on another scale.
+STUDY_TITLES = {"memory": "Memory study: T-Maze success rate against corridor length, and Hopper-P "
+                          "(not a paper table)"}
+STUDY_LABELS = {"memory": "Memory study (not a paper table)"}
+STUDY_VARIANT_NAMES = {"k20": "K = 20 (DT's random windows)",
+                       "episode": "whole episodes (K = 1000, windows from each episode's start)"}
+
+
+def study_group_pattern(study: str) -> re.Pattern:
+    """<study>/<dataset>/<model>[-<variant>]/<protocol> (sweep.study_runs)."""
+    return re.compile(rf"^{re.escape(study)}/(?P<dataset>[^/]+)/(?P<label>[^/]+)/(?P<protocol>[^/]+)$")
+
+
+@dataclass
+class StudyRun:
+    record: RunRecord  # record.dataset is the row: the dataset, plus -<variant> where the study has variants
+    dataset: str  # tmaze-L10 | hopper-medium-v4-gen-P (the run's own dataset name)
+    variant: str  # "" | k20 | episode
+
+
+def find_study_runs(roots: Sequence[Path], study: str) -> tuple[list[StudyRun], list[Path]]:
+    """The study's run directories under `roots`, and the others (run directories of a table or of another study)."""
+    pattern = study_group_pattern(study)
+    found, other = [], []
+    for root in roots:
+        if not root.is_dir():
+            raise AggregateError(f"runs directory {root} does not exist; launch the study first "
+                                 f"(scripts/{study}_study.sh) or pass the --out-dir the sweep used")
+        for config in sorted(root.glob("*/config.yaml")):
+            group = (OmegaConf.load(config).get("run") or {}).get("wandb_group") or ""
+            match = pattern.match(group)
+            if not match:
+                other.append(config.parent)
+                continue
+            record = read_run(config.parent, 1)  # columns of a run outside a table: its model
+            model = naming.model_name(record.config["model"]["mixer"])
+            variant = match["label"].removeprefix(model).removeprefix("-")
+            record.table, record.column = None, model
+            record.dataset = match["dataset"] + (f"-{variant}" if variant else "")
+            found.append(StudyRun(record, match["dataset"], variant))
+    if not found:
+        raise AggregateError(f"no run directories of the {study} study (wandb group {study}/...) under "
+                             f"{', '.join(map(str, roots))}; launch it with scripts/{study}_study.sh")
+    return found, other
+
+
+def _study_rows(study: str, runs: list[StudyRun]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(row, dataset, variant, models) in the study's order: the T-Maze lengths ascending, then
+    the other datasets' variants; the study's own rows first, then any row its runs add."""
+    from decision_mamba.sweep import STUDIES
+
+    data_name = {r.dataset for r in runs if sweep_tmaze_length(r.dataset) is None}
+    rows = []
+    for spec in STUDIES[study]:
+        if sweep_tmaze_length(spec.dataset) is not None:
+            dataset = spec.dataset
+        else:  # the runs name a D4RL file's or name's dataset (hopper-medium-v4-gen-P): take theirs
+            dataset = next(iter(sorted(data_name)), spec.dataset)
+        for variant in spec.variants:
+            rows.append((dataset + (f"-{variant}" if variant else ""), dataset, variant, spec.models))
+    known = {row for row, *_ in rows}
+    for r in runs:
+        if r.record.dataset not in known:
+            known.add(r.record.dataset)
+            rows.append((r.record.dataset, r.dataset, r.variant, ()))
+    tmaze = sorted((row for row in rows if sweep_tmaze_length(row[1]) is not None),
+                   key=lambda row: sweep_tmaze_length(row[1]))
+    return tmaze + [row for row in rows if sweep_tmaze_length(row[1]) is None]
+
+
+def sweep_tmaze_length(dataset: str) -> int | None:
+    from decision_mamba.sweep import tmaze_study_length
+
+    return tmaze_study_length(dataset)
+
+
+def study_frame(study: str, runs: list[StudyRun]) -> pd.DataFrame:
+    """One row per cell (row, model, protocol): seeds, last and best mean ± std; every cell the
+    study plans, run or not, and any other the runs hold."""
+    from decision_mamba.sweep import STUDIES, STUDY_SEEDS
+
+    models = list(dict.fromkeys(m for spec in STUDIES[study] for m in spec.models))
+    models += sorted({r.record.column for r in runs} - set(models))
+    protocols = _protocols([r.record for r in runs])
+    rows = []
+    for row, dataset, variant, planned in _study_rows(study, runs):
+        for model in models:
+            for protocol in protocols:
+                cell = [r.record for r in runs
+                        if (r.record.dataset, r.record.column, r.record.protocol) == (row, model, protocol)]
+                done = sorted((r for r in cell if r.complete), key=lambda r: r.seed)
+                if not cell and model not in planned:
+                    continue
+                last = np.array([float(r.summary["last"]["score"]) for r in done])
+                best = np.array([float(r.summary["best"]["score"]) for r in done])
+                rows.append({
+                    "study": study, "dataset": row, "length": sweep_tmaze_length(dataset), "variant": variant,
+                    "column": model, "protocol": protocol, "name": display_name(model),
+                    "score": "success rate (%)" if sweep_tmaze_length(dataset) is not None else "normalized score",
+                    "started": bool(cell), "seeds_expected": len(STUDY_SEEDS[study]), "seeds_done": len(done),
+                    "seeds": " ".join(str(r.seed) for r in done), "data": _values(done, lambda r: r.data),
+                    "last_mean": last.mean() if len(done) else np.nan,
+                    "last_std": float(np.std(last, ddof=STD_DDOF)) if len(done) else np.nan,
+                    "best_mean": best.mean() if len(done) else np.nan,
+                    "best_std": float(np.std(best, ddof=STD_DDOF)) if len(done) else np.nan})
+    return pd.DataFrame(rows).astype({"seeds_done": int})
+
+
+def _study_cell(row: Any, which: str) -> str:
+    if not row.started:
+        return "not run"
+    if row.seeds_done == 0:
+        return "unfinished"
+    text = _mean_std(getattr(row, f"{which}_mean"), getattr(row, f"{which}_std"), row.seeds_done)
+    return text if row.seeds_done == row.seeds_expected or row.seeds_done == 1 else f"{text} ({row.seeds_done} seeds)"
+
+
+def study_tables(frame: pd.DataFrame) -> list[str]:
+    """Markdown: per score (last, best) one table of rows by models, T-Maze then the other rows."""
+    lines = []
+    for kind, part in (("T-Maze: success rate (%)", frame[frame.length.notna()]),
+                       ("Hopper-P (positions only): D4RL normalized score", frame[frame.length.isna()])):
+        if part.empty or not part.started.any():
+            continue
+        for protocol in dict.fromkeys(part.protocol):
+            cells = part[part.protocol == protocol]
+            models = list(dict.fromkeys(cells.column))
+            names = [display_name(m) for m in models]
+            for which in SCORES:
+                header = ["Corridor length L" if kind.startswith("T-Maze") else "Context"] + names
+                rows = []
+                for row, group in cells.groupby("dataset", sort=False):
+                    first = group.iloc[0]
+                    label = (str(int(first.length)) if not pd.isna(first.length)
+                             else STUDY_VARIANT_NAMES.get(first.variant, first.variant or row))
+                    by_model = {r.column: r for r in group.itertuples()}
+                    rows.append([label, *[_study_cell(by_model[m], which) if m in by_model else "—" for m in models]])
+                lines += [f"### {kind}, {which} evaluation (protocol {protocol})", "", _markdown_table(header, rows), ""]
+    return lines
+
+
+def plot_study_lengths(frame: pd.DataFrame, out_prefix: Path, label: str) -> str | None:
+    """<out>-lengths.png / .svg: T-Maze success against corridor length, one line per model, last
+    and best (mean ± std over seeds); returns the PNG's name, None without finished T-Maze runs."""
+    tmaze = frame[frame.length.notna() & (frame.seeds_done > 0)]
+    if tmaze.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, which in zip(axes, SCORES):
+        for k, ((column, protocol), group) in enumerate(tmaze.groupby(["column", "protocol"], sort=False)):
+            group = group.sort_values("length")
+            ax.errorbar(group.length, group[f"{which}_mean"], yerr=group[f"{which}_std"], marker="o", capsize=3,
+                        color=f"C{k}", label=f"{display_name(column)}, {protocol}")
+        ax.axhline(50.0, color="grey", linestyle=":", linewidth=1.0, label="chance (50%)")
+        ax.set_xscale("log")
+        ax.set_xlabel("corridor length L (context K = L + 2)")
+        ax.set_title(f"{which} evaluation", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success rate (%)")
+    axes[0].set_ylim(-5, 105)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{label}: T-Maze success against corridor length, mean ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    path = out_prefix.parent / f"{out_prefix.name}-lengths.png"
+    save_figure(fig, path)
+    return path.name
+
+
+def aggregate_study(roots: Sequence[Path], study: str, out_prefix: Path, *, title: str | None = None,
+                    note: str | None = None, produced_by: str | None = None,
+                    aggregate_command: str = "") -> pd.DataFrame:
+    """The study's <out>.md, <out>.csv (cells, then their seeds), <out>-lengths.png / .svg,
+    <out>-<row>.png / .svg (learning curves), the statistics over the T-Maze lengths
+    (<out>-stats.csv and plots) and the run index (<out>-runs.csv); returns the cells."""
+    from decision_mamba.sweep import STUDIES
+
+    if study not in STUDIES:
+        raise AggregateError(f"--study must be one of {', '.join(STUDIES)}, got {study!r}")
+    found, other = find_study_runs(roots, study)
+    runs = [r.record for r in found]
+    frame = study_frame(study, found)
+    label = STUDY_LABELS.get(study, f"{study} study (not a paper table)")
+    tmaze_done = [r.record for r in found if r.record.complete and sweep_tmaze_length(r.dataset) is not None]
+    statistics = statistics_frame(tmaze_done, 1)  # first: without rliable it stops before anything is written
+    lengths_file = plot_study_lengths(frame, out_prefix, label)
+    curve_files: dict[str, str] = {}
+    for row, *_ in _study_rows(study, found):  # one call per row: the files in the study's order
+        curve_files.update(plot_curves([r for r in runs if r.dataset == row], 1, out_prefix, label))
+    statistics_files = plot_statistics(statistics, tmaze_done, 1, out_prefix, label)
+    index_name = f"{out_prefix.name}-runs.csv"
+    done, incomplete = [r for r in runs if r.complete], [r for r in runs if not r.complete]
+    lines = [f"# {title or STUDY_TITLES.get(study, label)}", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
+        "- Not a paper table: a study this repository adds (docs/memory.md); no published number applies.",
+        "- Scores: T-Maze rows give the success rate in percent (the T-Maze suite's normalized score, 100 × "
+        "return: the return is 1 for the right choice, else 0; 50% is chance); Hopper-P rows the D4RL normalized "
+        "score. **last** = the final evaluation, **best** = the best evaluation seen during training. Mean ± std "
+        f"over seeds (np.std, ddof={STD_DDOF}); a cell with fewer seeds than planned says how many.",
+        f"- Runs: {len(done)} finished, {len(incomplete)} unfinished{' (listed below)' if incomplete else ''}, "
+        f"read from {', '.join(f'`{root}`' for root in roots)}; \"not run\": no run directory.",
+        f"- Settings of the runs: {_settings(runs)}.",
+    ]
+    if produced_by:
+        lines.append(f"- Produced by: `{produced_by}`")
+    lines += [f"- Launched with: `{command}`" for command in _sweep_commands(roots)]
+    lines += [f"- Aggregated with: `{aggregate_command}`", ""]
+    lines += study_tables(frame)
+    if lengths_file:
+        lines += [f"![lengths]({lengths_file}) ([SVG]({Path(lengths_file).with_suffix('.svg')}))", ""]
+    lines += protocol_lines(runs, 1) + cost_lines(runs, 1)
+    if not statistics.empty:
+        lines += ["Over the T-Maze corridor lengths (each length a \"dataset\" below; Hopper-P, on another "
+                  "scale, is left out); the unit is the success rate in percent.", ""]
+    lines += statistics_markdown(statistics, 1, statistics_files)
+    lines += ["## Run index", "",
+              f"[{index_name}]({index_name}): one row per run directory (finished or not) with its seed, protocol, "
+              f"data and its fingerprint, config digest, code commit, device, wall time, last and best score.", ""]
+    if incomplete:
+        lines += ["## Unfinished runs", "",
+                  _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],
+                                  [[f"`{r.run_dir}`", f"{r.iterations_done}/{r.config['train']['num_iterations']}",
+                                    str(len(r.curve))] for r in incomplete]), ""]
+    if other:
+        lines += ["## Other run directories (not this study's, not counted)", "", *[f"- `{d}`" for d in other], ""]
+    if curve_files:
+        lines += ["## Learning curves", "", "The score axis reads \"normalized score\": for T-Maze that is the "
+                  "success rate in percent.", ""]
+        lines += [f"![{row}]({name}) ([SVG]({Path(name).with_suffix('.svg')}))" for row, name in curve_files.items()]
+        lines.append("")
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}.md", "\n".join(lines))
+    csv = seed_rows(frame, runs).rename(columns={"column": "model"})
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}.csv", csv.to_csv(index=False))
+    write_text_atomic(out_prefix.parent / f"{out_prefix.name}-stats.csv", statistics.to_csv(index=False))
+    write_text_atomic(out_prefix.parent / index_name,
+                      run_index(runs).rename(columns={"column": "model"}).to_csv(index=False))
+    return frame
+
+
 # ----------------------------------------------------------------------- CLI
 def aggregate(roots: Sequence[Path], table: int, out_prefix: Path, *, title: str | None = None,
               note: str | None = None, produced_by: str | None = None,
@@ -988,7 +1234,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m decision_mamba.aggregate", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="folders of run directories, e.g. runs/table1")
-    parser.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--table", type=int, choices=sorted(TABLES))
+    which.add_argument("--study", help="a study beyond the paper's tables (memory: docs/memory.md)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md, .csv, -<dataset>.png and .svg")
     parser.add_argument("--suite", default="d4rl", choices=list(SUITES),
                         help="minari: Table 1 on Minari's mujoco/*-v0 datasets (its cells, its labels)")
@@ -996,6 +1244,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="a paragraph under the title, e.g. what kind of run this is")
     parser.add_argument("--produced-by", help="the command that made the runs (the table script records it)")
     args = parser.parse_args(argv)
+    if args.study is not None:
+        if args.suite != "d4rl":
+            raise AggregateError("--suite is the tables'; a study names its own data")
+        frame = aggregate_study(args.runs, args.study, args.out, title=args.title, note=args.note,
+                                produced_by=args.produced_by, aggregate_command=_command_line(argv))
+        print(f"wrote {args.out}.md and {args.out}.csv ({int((frame.seeds_done > 0).sum())} of {len(frame)} "
+              f"cells have finished runs)")
+        return 0
     frame = aggregate(args.runs, args.table, args.out, title=args.title, note=args.note,
                       produced_by=args.produced_by, aggregate_command=_command_line(argv), suite=args.suite)
     print(f"wrote {args.out}.md and {args.out}.csv "

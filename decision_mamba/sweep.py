@@ -53,6 +53,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import queue
@@ -74,7 +75,7 @@ from decision_mamba.config import AtariConfig, GymConfig, flatten, load_config
 from decision_mamba.atomic import write_text_atomic
 from decision_mamba.checkpoint import RESUME_MAY_DIFFER
 from decision_mamba.errors import UserError, cli_main, interrupted_again
-from decision_mamba.protocols import PROTOCOLS
+from decision_mamba.protocols import PROTOCOLS, protocol_label
 
 GYM_ENTRY = "gym/experiment.py"
 ATARI_ENTRY = "atari/train_atari.py"
@@ -362,6 +363,187 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
     return runs
 
 
+# ------------------------------------------------------------ studies
+# Studies beyond the paper's tables: run lists built like a table's and launched by the same
+# launchers (`python -m decision_mamba.sweep memory`), aggregated with
+# `python -m decision_mamba.aggregate RUNS --study memory`. Their runs' wandb groups start with
+# the study's name instead of table<N>: memory/<dataset>/<model>[-<variant>]/<protocol>.
+#
+# memory (docs/memory.md): T-Maze success against the corridor length L, each model trained
+# on whole episodes (context K = L + 2) and evaluated with its recurrent step; Hopper-P
+# (positions only) DMamba vs DT at K = 20 (DT's windows) and on whole episodes.
+MEMORY_LENGTHS = (10, 30, 100, 300, 1000)
+MEMORY_SEEDS = (12, 23, 34)
+TMAZE_STUDY_CONFIG = "configs/memory/tmaze-study.yaml"
+TMAZE_STUDY_DATA_DIR = "data/generated/memory-study"
+# The study's T-Maze data, the same shares at every length. No random moves: the time limit
+# (L + 2) leaves one step of slack, so any fixed share of random moves would leave the long
+# corridors' data without a single choice at the junction. Half the choices are wrong, so
+# the data's success rate is chance (50%) and success above it is the cue remembered.
+TMAZE_STUDY_SHARES = {"episodes": 1000, "random_move": 0.0, "wrong_choice": 0.5, "seed": 0}
+# Timesteps per training batch, kept about constant over the lengths: batch = max(2, round(768 / K))
+# (at L = 1000 the floor gives 2004 timesteps: fewer sequences would not be a batch).
+TMAZE_TIMESTEPS_PER_BATCH = 768
+TMAZE_MIN_BATCH = 2
+HOPPER_P_CONFIGS = {"k20": "configs/memory/hopper-P-medium.yaml",  # DT's random K = 20 windows
+                    "episode": "configs/memory/hopper-P-medium-episode.yaml"}  # K = 1000 from each episode's start
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One dataset of a study, with its models and variants."""
+
+    dataset: str  # tmaze-L10 | hopper-P-medium
+    models: tuple[str, ...]
+    variants: tuple[str, ...] = ("",)
+
+
+STUDIES: dict[str, tuple[StudyRow, ...]] = {
+    "memory": (*(StudyRow(f"tmaze-L{length}", ("dmamba", "dt", "dc", "ds4")) for length in MEMORY_LENGTHS),
+               StudyRow("hopper-P-medium", ("dmamba", "dt"), tuple(HOPPER_P_CONFIGS))),
+}
+STUDY_SEEDS = {"memory": MEMORY_SEEDS}
+
+
+def tmaze_study_length(dataset: str) -> int | None:
+    """tmaze-L300 -> 300; None for a dataset that is not the study's T-Maze."""
+    prefix = "tmaze-L"
+    return int(dataset.removeprefix(prefix)) if dataset.startswith(prefix) else None
+
+
+def tmaze_study_file(length: int) -> str:
+    return f"{TMAZE_STUDY_DATA_DIR}/tmaze-L{length}.hdf5"
+
+
+def tmaze_study_batch(length: int) -> int:
+    return max(TMAZE_MIN_BATCH, round(TMAZE_TIMESTEPS_PER_BATCH / (length + 2)))
+
+
+@functools.cache  # builds a small mixer: once per name
+def has_recurrent_step(mixer: str) -> bool:
+    """Whether the mixer has init_state and step (mixers.py), so eval.mode=recurrent can run it."""
+    from decision_mamba.config import ModelConfig
+    from decision_mamba.mixers import build_mixer
+
+    module = build_mixer(ModelConfig(mixer=mixer, d_model=8, n_head=1))
+    return hasattr(module, "init_state") and hasattr(module, "step")
+
+
+def _study_row_settings(row: StudyRow, variant: str, mixer: str) -> tuple[str, list[str]]:
+    """The config file and the overrides that make a run of `row` (before the sweep's own keys)."""
+    length = tmaze_study_length(row.dataset)
+    if length is not None:
+        episode = length + 2  # the time limit: the context covers the whole episode
+        return TMAZE_STUDY_CONFIG, [
+            f"dataset=tmaze:{tmaze_study_file(length)}", f"model.max_ep_len={episode}",
+            f"train.context_len={episode}", f"eval.max_ep_len={episode}", f"train.batch_size={tmaze_study_batch(length)}",
+            "train.window_start=episode",
+            # a mixer without a step is evaluated on its window, which covers the episode too
+            f"eval.mode={'recurrent' if has_recurrent_step(mixer) else 'window'}"]
+    config = HOPPER_P_CONFIGS[variant]
+    if variant == "episode":
+        return config, [f"eval.mode={'recurrent' if has_recurrent_step(mixer) else 'window'}"]
+    return config, []
+
+
+def study_runs(study: str, *, out_dir: str | None = None, datasets: list[str] | None = None,
+               models: list[str] | None = None, variants: list[str] | None = None,
+               seeds: list[int] | None = None, overrides: list[str] | tuple[str, ...] = (),
+               wandb: str = "disabled", protocol: str = "clean") -> list[Run]:
+    """Every run of a study (its rows x models x variants x seeds), filtered; `overrides` win
+    over the study's per-row settings (a budget's batch size too)."""
+    if study not in STUDIES:
+        raise SweepError(f"no study {study!r}; the studies are {', '.join(STUDIES)}")
+    rows = STUDIES[study]
+    if wandb not in ("disabled", "offline", "online"):
+        raise SweepError(f"--wandb must be disabled, offline or online, got {wandb!r}")
+    if protocol not in PROTOCOLS:
+        raise SweepError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    for override in overrides:
+        key, eq, _ = override.partition("=")
+        if not eq or not key:
+            raise SweepError(f"overrides after -- must look like key=value (e.g. train.num_iterations=1), "
+                             f"got {override!r}")
+        if key.strip() in MANAGED_KEYS:
+            raise SweepError(f"{key} is set by the sweep for every run of the {study} study; "
+                             f"use {MANAGED_KEYS[key.strip()]} instead of the override {override!r}")
+    for kind, requested, available in (
+            ("dataset", datasets, [r.dataset for r in rows]),
+            ("model", models, list(dict.fromkeys(m for r in rows for m in r.models))),
+            ("variant", variants, list(dict.fromkeys(v for r in rows for v in r.variants if v)))):
+        unknown = [x for x in requested or [] if x not in available]
+        if unknown:
+            raise SweepError(f"the {study} study has no {kind} {unknown}; choose from {available}")
+    out_dir = out_dir or f"runs/{study}-study"
+    runs = []
+    for row in rows:
+        if datasets and row.dataset not in datasets:
+            continue
+        for model in row.models:
+            if models and model not in models:
+                continue
+            mixer = naming.mixer_of_model(model)
+            for variant in row.variants:
+                if variants and variant and variant not in variants:
+                    continue
+                config, row_overrides = _study_row_settings(row, variant, mixer)
+                chosen = [f"model.mixer={mixer}", f"protocol={protocol}"]
+                resolved = load_config(GymConfig, REPO_ROOT / config, row_overrides + chosen + list(overrides))
+                for seed in seeds or STUDY_SEEDS[study]:
+                    cfg = dataclasses.replace(resolved, seed=int(seed))
+                    name = naming.run_name(cfg, variant)
+                    group = f"{study}/{naming.dataset_name(cfg)}/{naming.model_label(cfg, variant)}/" \
+                            f"{protocol_label(cfg)}"
+                    managed = [*chosen, f"seed={seed}", f"run.out_dir={out_dir}", f"run.name={name}",
+                               f"run.wandb_group={group}", f"run.wandb={wandb}", "run.progress=false"]
+                    runs.append(Run(table=0, dataset=row.dataset, model=model, variant=variant, seed=int(seed),
+                                    entry_point=GYM_ENTRY, config=config,
+                                    overrides=tuple(row_overrides + managed + list(overrides)),
+                                    out_dir=out_dir, name=name, group=group))
+    return runs
+
+
+def study_data(runs: list[Run]) -> dict[Path, int]:
+    """The study's own T-Maze files the runs read, with their corridor lengths (a file passed
+    with dataset=... after -- is the user's, not the study's)."""
+    found: dict[Path, int] = {}
+    for run in runs:
+        length = tmaze_study_length(run.dataset)
+        if length is not None and run.resolved_config().dataset == f"tmaze:{tmaze_study_file(length)}":
+            found[Path(tmaze_study_file(length))] = length
+    return found
+
+
+def tmaze_study_command(path: Path, length: int, python: str = "python") -> list[str]:
+    """The command that makes the study's T-Maze file of this length (TMAZE_STUDY_SHARES)."""
+    return [python, _shown(REPO_ROOT / "tools" / "make_tmaze_data.py"), "--length", str(length), "--out", str(path),
+            *(f"--{key.replace('_', '-')}={value}" for key, value in TMAZE_STUDY_SHARES.items())]
+
+
+def make_study_data(runs: list[Run], python: str = sys.executable) -> None:
+    """Make the study's T-Maze files that are not here (written under a hidden name, then
+    renamed: a killed maker leaves nothing half-made); refuse one made with other shares."""
+    import h5py
+
+    for path, length in study_data(runs).items():
+        if path.is_file():
+            wanted = {"corridor_length": length, "episodes": TMAZE_STUDY_SHARES["episodes"],
+                      "random_move_prob": TMAZE_STUDY_SHARES["random_move"],
+                      "wrong_choice_prob": TMAZE_STUDY_SHARES["wrong_choice"], "seed": TMAZE_STUDY_SHARES["seed"]}
+            with h5py.File(path, "r") as f:
+                found = {key: f.attrs.get(key) for key in wanted}
+            if any(found[key] != value for key, value in wanted.items()):
+                shown = {key: value.item() if hasattr(value, "item") else value for key, value in found.items()}
+                raise SweepError(f"{path} was made with {shown}, not the study's {wanted}; delete it and the "
+                                 f"sweep remakes it, or pass dataset=tmaze:<file> after -- to train on it on purpose")
+            continue
+        partial = path.with_name(f".making-{path.name}")
+        print(f"# making the study's T-Maze data: {shlex.join(tmaze_study_command(path, length))}", flush=True)
+        subprocess.run(tmaze_study_command(partial, length, python), check=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                           filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))})
+        os.replace(partial, path)
+
 # ------------------------------------------------------- run directory states
 def run_status(run: Run, cwd: str | Path = ".") -> str:
     """done (summary.json written) | resume (started, not finished) | new."""
@@ -402,6 +584,12 @@ def plan(runs: list[Run]) -> dict[str, list[Run]]:
     return states
 
 
+def _without_memory_prefix(dataset: str) -> str:
+    """tmaze:<file> / positions:<name or file> -> what the memory suites read (suites/memory.py)."""
+    prefix, sep, rest = dataset.partition(":")
+    return rest if sep and prefix in ("tmaze", "positions") else dataset
+
+
 def missing_data(runs: list[Run]) -> str | None:
     """One line naming the data files the runs need that are not here and the commands that
     download them; None when everything is here. Looks at paths only (reading is the run's)."""
@@ -418,11 +606,12 @@ def missing_data(runs: list[Run]) -> str | None:
                                        f"--num-buffers {cfg.num_buffers} --data-dir {cfg.data_dir}"
         elif str(cfg.dataset).startswith("minari:"):
             continue  # an id is found (or downloaded) by minari itself
-        elif is_file_dataset(cfg.dataset):
-            if not Path(cfg.dataset).is_file():
-                missing[str(cfg.dataset)] = "the file given as dataset=..."
+        elif is_file_dataset(dataset := _without_memory_prefix(str(cfg.dataset))):
+            if not Path(dataset).is_file():
+                missing[dataset] = ("python tools/make_tmaze_data.py --length <L> --out " + dataset
+                                    if str(cfg.dataset).startswith("tmaze:") else "the file given as dataset=...")
         else:
-            name = f"{cfg.env}-{cfg.dataset}-v2"
+            name = f"{cfg.env}-{dataset}-v2"
             for file_name in d4rl_source_files(name):
                 if not (Path(cfg.data_dir) / file_name).is_file():
                     missing[str(Path(cfg.data_dir) / file_name)] = d4rl_download_command(name, cfg.data_dir)
@@ -661,13 +850,13 @@ def launch_submitit_local(runs: list[Run], slots: int, gpus: list[int], folder: 
     return outcome
 
 
-def launch_slurm(runs: list[Run], folder: Path, *, table: int, partition: str | None, gpus_per_node: int,
+def launch_slurm(runs: list[Run], folder: Path, *, table: int | str, partition: str | None, gpus_per_node: int,
                  cpus_per_task: int, mem_gb: float | None, timeout_min: int, array_parallelism: int,
                  account: str | None = None) -> list[str]:
     """Submit the runs as one job array; return the job ids (does not wait)."""
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     parameters: dict[str, Any] = {
-        "name": f"dmamba-table{table}", "timeout_min": timeout_min, "gpus_per_node": gpus_per_node,
+        "name": f"dmamba-{table}" if isinstance(table, str) else f"dmamba-table{table}", "timeout_min": timeout_min, "gpus_per_node": gpus_per_node,
         "cpus_per_task": cpus_per_task, "slurm_array_parallelism": array_parallelism,
     }
     if partition:
@@ -709,16 +898,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m decision_mamba.sweep", description=__doc__.splitlines()[0],
         epilog="key=value overrides for every run go after --, e.g. -- train.num_iterations=1 data_dir=data")
-    parser.add_argument("table", choices=[f"table{n}" for n in TABLES])
+    parser.add_argument("table", choices=[*(f"table{n}" for n in TABLES), *STUDIES],
+                        help="a paper table, or a study beyond them (memory: docs/memory.md)")
     parser.add_argument("--out-dir", help="where the run directories go (default runs/table<N>)")
     parser.add_argument("--datasets", nargs="+", help="gym datasets (hopper-medium ...) or Atari games (breakout ...)")
     parser.add_argument("--models", nargs="+", help=", ".join(short for short, _ in naming.MODEL_NAMES.values()))
     parser.add_argument("--variants", nargs="+", help="table 3: default rc rc-2l; table 4: k10 k30 k40 k60")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the paper's seeds")
     parser.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"])
-    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+    parser.add_argument("--protocol", choices=list(PROTOCOLS),
                         help="release: every switch as in the authors' code behind the paper's numbers "
-                             "(default); clean: this project's corrected behaviour (decision_mamba/protocols.py)")
+                             "(the tables' default); clean: this project's corrected behaviour "
+                             "(decision_mamba/protocols.py; the studies' default)")
     parser.add_argument("--suite", default="d4rl", choices=list(SUITES),
                         help="table1 only: minari runs Table 1 on Minari's mujoco/*-v0 datasets "
                              "(with --protocol clean; scripts/table1_minari.sh)")
@@ -744,29 +935,46 @@ def main(argv: list[str] | None = None) -> int:
     # Everything after "--" is overrides; split by hand so nargs="+" flags cannot swallow them.
     own, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(own)
-    table = int(args.table.removeprefix("table"))
+    study = args.table if args.table in STUDIES else None
+    table = 0 if study else int(args.table.removeprefix("table"))
+    what = f"the {study} study" if study else f"table {table}"
     # SweepError and ConfigError are UserErrors: cli_main prints them in one line, status 2.
-    runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
-                      variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb,
-                      protocol=args.protocol, smoke=args.smoke, suite=args.suite)
+    if study:
+        if args.smoke or args.suite != "d4rl":
+            raise SweepError(f"--smoke and --suite are the tables'; the {study} study's smoke test is "
+                             f"BUDGET=smoke scripts/{study}_study.sh")
+        runs = study_runs(study, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
+                          variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb,
+                          protocol=args.protocol or "clean")
+    else:
+        runs = table_runs(table, out_dir=args.out_dir, datasets=args.datasets, models=args.models,
+                          variants=args.variants, seeds=args.seeds, overrides=overrides, wandb=args.wandb,
+                          protocol=args.protocol or DEFAULT_PROTOCOL, smoke=args.smoke, suite=args.suite)
     for run in runs[:1]:
         run.resolved_config()  # a misspelt override fails here, before anything starts
     if args.slots is not None and args.slots < 1:
         raise SweepError(f"--slots must be at least 1 (runs at a time), got {args.slots}")
     if args.smoke and not args.dry_run:
         record_smoke_data(runs)
+    if study and not args.dry_run:
+        make_study_data(runs)
     states = plan(runs)
     todo = states["resume"] + states["new"]
-    absent = missing_data(todo)
+    made_here = study_data(todo) if study else {}  # made above, or by the launch a dry run shows
+    absent = missing_data([r for r in todo if not (study and Path(str(r.resolved_config().dataset)
+                                                                     .removeprefix("tmaze:")) in made_here)])
     if absent and not args.dry_run and args.launcher != "slurm":  # a cluster's nodes may see other files
         raise SweepError(f"nothing launched: {absent}")
     out_dir = Path(runs[0].out_dir) if runs else Path(args.out_dir or f"runs/table{table}")
-    print(f"# table {table}: {len(runs)} runs ({len(states['done'])} done and skipped, "
+    print(f"# {what}: {len(runs)} runs ({len(states['done'])} done and skipped, "
           f"{len(states['resume'])} to resume, {len(states['new'])} new)", flush=True)
 
     if args.dry_run:
         # `... --dry-run | head` should stop quietly, as other command-line tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        for path, length in made_here.items():
+            if not path.is_file():
+                print(f"# makes first: {shlex.join(tmaze_study_command(path, length))}")
         for run in states["done"]:
             print(f"# done, skipped: {run.run_dir}")
         for run in todo:
@@ -781,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher == "slurm":
         if absent:
             print(f"warning: not on this machine, so the cluster's nodes must see them: {absent}", file=sys.stderr)
-        ids = launch_slurm(todo, out_dir / "submitit", table=table, partition=args.partition,
+        ids = launch_slurm(todo, out_dir / "submitit", table=study or table, partition=args.partition,
                            gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                            timeout_min=args.time, array_parallelism=args.array_parallelism, account=args.account)
         _record_sweep(out_dir, recorded_argv, args.launcher, todo, states["done"], slurm_job_ids=ids)
