@@ -466,6 +466,16 @@ def _settings(runs: list[RunRecord]) -> str:
     return "; ".join(parts)
 
 
+def unfinished_lines(incomplete: list) -> list[str]:
+    """The "Unfinished runs" section: how far each run got; nothing when all finished."""
+    if not incomplete:
+        return []
+    return ["## Unfinished runs", "",
+            _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],
+                            [[f"`{r.run_dir}`", f"{r.iterations_done}/{r.config['train']['num_iterations']}",
+                              str(len(r.curve))] for r in incomplete]), ""]
+
+
 def _reference_rows(done: list[RunRecord]) -> list[list[str]]:
     """Per dataset: the mean normalized score of its episodes, of the policy that recorded
     them (from the file's metadata, when known) and of the uniform random policy."""
@@ -550,11 +560,7 @@ def render_markdown(frame: pd.DataFrame, runs: list[RunRecord], other: list[RunR
                   "to summary.json), for comparison:", "",
                   _markdown_table(["Dataset", "Dataset episodes", "Behaviour policy", "Uniform random policy"],
                                   references), ""]
-    if incomplete:
-        lines += ["## Unfinished runs", "",
-                  _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],
-                                  [[f"`{r.run_dir}`", f"{r.iterations_done}/{r.config['train']['num_iterations']}",
-                                    str(len(r.curve))] for r in incomplete]), ""]
+    lines += unfinished_lines(incomplete)
     if other:
         lines += ["## Run directories of other tables (not counted)", "",
                   *[f"- `{r.run_dir}` (table {r.table})" for r in other], ""]
@@ -1158,11 +1164,7 @@ def aggregate_study(roots: Sequence[Path], study: str, out_prefix: Path, *, titl
     lines += ["## Run index", "",
               f"[{index_name}]({index_name}): one row per run directory (finished or not) with its seed, protocol, "
               f"data and its fingerprint, config digest, code commit, device, wall time, last and best score.", ""]
-    if incomplete:
-        lines += ["## Unfinished runs", "",
-                  _markdown_table(["Run directory", "Iterations logged", "Evaluations logged"],
-                                  [[f"`{r.run_dir}`", f"{r.iterations_done}/{r.config['train']['num_iterations']}",
-                                    str(len(r.curve))] for r in incomplete]), ""]
+    lines += unfinished_lines(incomplete)
     if other:
         lines += ["## Other run directories (not this study's, not counted)", "", *[f"- `{d}`" for d in other], ""]
     if curve_files:

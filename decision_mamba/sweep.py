@@ -264,15 +264,16 @@ def _pick(kind: str, requested: list | None, available: tuple, table: int, on_re
     return tuple(r for r in known if r in requested)  # keep the table's order
 
 
-def check_overrides(table: int, overrides: list[str]) -> None:
-    managed = {**MANAGED_KEYS, **TABLE_MANAGED_KEYS.get(table, {})}
+def check_overrides(overrides: list[str], managed: dict[str, str], scope: str) -> None:
+    """Refuse an override that is not key=value, or that sets a key the sweep sets for every run
+    of `scope` ("table 1", "the memory study"); `managed`: key -> the option to use instead."""
     for override in overrides:
         key, eq, _ = override.partition("=")
         if not eq or not key:
             raise SweepError(f"overrides after -- must look like key=value (e.g. train.num_iterations=1), "
                              f"got {override!r}")
         if key.strip() in managed:
-            raise SweepError(f"{key} is set by the sweep for every run of table {table}; "
+            raise SweepError(f"{key} is set by the sweep for every run of {scope}; "
                              f"use {managed[key.strip()]} instead of the override {override!r}")
 
 
@@ -322,7 +323,7 @@ def table_runs(table: int, *, out_dir: str | None = None, datasets: list[str] | 
         raise SweepError(f"--wandb must be disabled, offline or online, got {wandb!r}")
     if protocol not in PROTOCOLS:
         raise SweepError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    check_overrides(table, list(overrides))
+    check_overrides(list(overrides), {**MANAGED_KEYS, **TABLE_MANAGED_KEYS.get(table, {})}, f"table {table}")
     schema = GymConfig if table in (1, 3) else AtariConfig
     entry = GYM_ENTRY if table in (1, 3) else ATARI_ENTRY
     if smoke:
@@ -459,14 +460,7 @@ def study_runs(study: str, *, out_dir: str | None = None, datasets: list[str] | 
         raise SweepError(f"--wandb must be disabled, offline or online, got {wandb!r}")
     if protocol not in PROTOCOLS:
         raise SweepError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    for override in overrides:
-        key, eq, _ = override.partition("=")
-        if not eq or not key:
-            raise SweepError(f"overrides after -- must look like key=value (e.g. train.num_iterations=1), "
-                             f"got {override!r}")
-        if key.strip() in MANAGED_KEYS:
-            raise SweepError(f"{key} is set by the sweep for every run of the {study} study; "
-                             f"use {MANAGED_KEYS[key.strip()]} instead of the override {override!r}")
+    check_overrides(list(overrides), MANAGED_KEYS, f"the {study} study")
     for kind, requested, available in (
             ("dataset", datasets, [r.dataset for r in rows]),
             ("model", models, list(dict.fromkeys(m for r in rows for m in r.models))),

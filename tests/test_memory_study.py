@@ -118,7 +118,7 @@ def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
     env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "BUDGET": "cpu",
            "PARTS": "tmaze hopper-p", "DT_LENGTHS": "10 30", "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(REPO / "scripts" / "memory_study.sh"), "--dry-run"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
     settings = [dict(w.split("=", 1) for w in c if "=" in w) for c in commands]
