@@ -380,7 +380,9 @@ TMAZE_STUDY_DATA_DIR = "data/generated/memory-study"
 # The study's T-Maze data, the same shares at every length. No random moves: the time limit
 # (L + 2) leaves one step of slack, so any fixed share of random moves would leave the long
 # corridors' data without a single choice at the junction. Half the choices are wrong, so
-# the data's success rate is chance (50%) and success above it is the cue remembered.
+# the data's success rate is chance (50%) and success above it is the cue remembered; but then
+# only cue and return-to-go together predict the junction, and at the cpu budget no model
+# learned it (docs/memory.md, Results): a share under one half is the next design to try.
 TMAZE_STUDY_SHARES = {"episodes": 1000, "random_move": 0.0, "wrong_choice": 0.5, "seed": 0}
 # Timesteps per training batch, kept about constant over the lengths: batch = max(2, round(768 / K))
 # (at L = 1000 the floor gives 2004 timesteps: fewer sequences would not be a batch).
