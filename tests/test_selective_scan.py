@@ -100,6 +100,30 @@ def test_fused_matches_reference_with_every_option(shape, dtype, tol):
     compare_to_reference(make_inputs(*shape, dtype=dtype, seed=sum(shape)), tol=tol)
 
 
+def test_backward_blocks_are_whole_loop_bodies_within_the_cap():
+    """256 channels while the states fit, then the largest multiple of 64 under the cap (64 at
+    least, never more than the channels); hand-computed for N 16, float32, a 64 MiB cap."""
+    from decision_mamba.cpu.scan import _backward_block
+
+    per_channel = lambda seqlen: 2 * (seqlen + 1) * 16 * 4  # noqa: E731  bytes of one channel's states
+    assert 64 * 2**20 // per_channel(2047) == 256 and _backward_block(2047, 16, 512, 4) == 256
+    assert 64 * 2**20 // per_channel(3000) == 174 and _backward_block(3000, 16, 512, 4) == 128
+    assert _backward_block(6000, 16, 512, 4) == 64  # 87 fit: one loop body
+    assert _backward_block(100_000, 16, 512, 4) == 64  # none fit: the floor
+    assert _backward_block(3000, 16, 100, 4) == 100 and _backward_block(60, 16, 40, 4) == 40
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fused_matches_reference_when_the_backward_splits_channels_into_narrow_blocks(dtype, tol, monkeypatch):
+    """A cap so small that the backward takes 64-channel blocks over 160 channels (a ragged
+    third block): the gradients are still the reference's."""
+    import decision_mamba.cpu.scan as cpu_scan
+
+    monkeypatch.setattr(cpu_scan, "_MAX_BACKWARD_BUFFER_BYTES", 1)
+    assert cpu_scan._backward_block(12, 4, 160, 8) == 64
+    compare_to_reference(make_inputs(2, 160, 12, 4, dtype=dtype, seed=7), tol=tol)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("gate,skip,bias,softplus,last_state", [
     (False, False, False, False, False),  # the bare recurrence

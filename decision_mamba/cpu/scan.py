@@ -164,14 +164,21 @@ def _scan_backward_kernel(u, delta, A, B, C, D, z, gated, dy, dh_last,
 
 # Channels per block. Larger blocks vectorise better (LLVM's loop body is 4 x 16 lanes) and
 # measured faster even when the backward buffers spill from L2 to L3 (B 64, D 256, L 60 to
-# 180); the cap on the buffers only matters for very long sequences.
+# 180). The backward keeps every state of its block, (L + 1) x N x block per thread, so long
+# sequences take narrower blocks: whole loop bodies (multiples of 64 channels) within a cap.
+# A width that is not a multiple of 64 leaves a scalar tail that costs more than the
+# buffer it saves (docs/benchmarks.md, "The scan's backward on long sequences").
 _CHANNEL_BLOCK = 256
-_MAX_BACKWARD_BUFFER_BYTES = 16 * 2**20
+_BLOCK_MULTIPLE = 64
+_MAX_BACKWARD_BUFFER_BYTES = 64 * 2**20
 
 
 def _backward_block(seqlen: int, d_state: int, d_inner: int, itemsize: int) -> int:
+    """Channels per backward block: 256, or the largest multiple of 64 whose states fit the
+    cap (at least 64), never more than the channels there are."""
     fits = _MAX_BACKWARD_BUFFER_BYTES // (2 * (seqlen + 1) * d_state * itemsize)
-    return max(1, min(d_inner, _CHANNEL_BLOCK, max(16, fits)))
+    block = max(_BLOCK_MULTIPLE, fits - fits % _BLOCK_MULTIPLE)
+    return min(d_inner, _CHANNEL_BLOCK, block)
 
 
 class FusedSelectiveScan(torch.autograd.Function):
