@@ -18,6 +18,7 @@ import pytest
 from decision_mamba import aggregate, sweep
 from decision_mamba.config import to_yaml
 from decision_mamba.errors import cli_main
+from helpers import write_run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,19 +142,11 @@ def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
 
 # ------------------------------------------------------------------ the aggregator
 def _hand_made_study_run(root: Path, run: sweep.Run, curve: list[float], finished: bool = True) -> None:
-    """A run folder of the study whose evaluations scored `curve` (steps 100, 200, ...)."""
+    """A run folder of the study, as decision_mamba.run writes it, whose evaluations scored `curve`."""
     cfg = run.resolved_config()
     cfg.run.wandb_group = run.group
-    run_dir = root / run.name
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    views = [{"iteration": i, "step": 100 * i, "score": score, "targets": {"1.0": {"score_mean": score}}}
-             for i, score in enumerate(curve, 1)]
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"iteration": v["iteration"], "step": v["step"], "eval": v["targets"],
-                    "time": {"elapsed_s": 60.0 * v["iteration"], "update_s": 0.5}}) + "\n" for v in views))
-    if finished:
-        (run_dir / "summary.json").write_text(json.dumps({"last": views[-1], "best": max(views, key=lambda v: v["score"])}))
+    write_run_folder(root / run.name, to_yaml(cfg), [{"1.0": {"score_mean": score}} for score in curve],
+                     finished=finished)
 
 
 def test_the_study_table_of_hand_made_runs(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 GYM = [sys.executable, "gym/experiment.py", "--config", "configs/gym/hopper-medium.yaml"]
 # Small, but long enough (a few seconds per iteration) to be stopped in the middle.
 SLOW = ["model.d_model=16", "model.n_layer=1", "model.n_head=1", "train.batch_size=8", "train.context_len=4",
-        "train.steps_per_iteration=150", "train.num_iterations=3", "train.warmup_steps=2", "eval.episodes=1",
+        "train.steps_per_iteration=400", "train.num_iterations=3", "train.warmup_steps=2", "eval.episodes=1",
         "eval.max_ep_len=10", "eval.targets=[3600]", "run.progress=false", "train.num_threads=1"]
 
 
@@ -107,9 +108,11 @@ def test_a_signal_ends_a_run_in_one_line_naming_resume(tmp_path, hopper_file, si
     process = subprocess.Popen(args, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
-        wait_for(lambda: (run_dir / "checkpoints" / "iter_001.pt").exists() or process.poll() is not None,
+        # any checkpoint, not iter_001.pt: the keep policy deletes that one at iteration 2's end
+        # when it is not the best, and a busy machine may let this loop look only after that
+        wait_for(lambda: any((run_dir / "checkpoints").glob("iter_*.pt")) or process.poll() is not None,
                  what="the first checkpoint")
-        process.send_signal(signum)  # in iteration 2, within its training or evaluation
+        process.send_signal(signum)  # in iteration 2 (or 3 on a busy machine), in training or evaluation
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
@@ -117,7 +120,8 @@ def test_a_signal_ends_a_run_in_one_line_naming_resume(tmp_path, hopper_file, si
     assert process.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and len(lines) == 1, stderr
     assert lines[0].startswith(f"interrupted ({signal.Signals(signum).name}): {run_dir}"), lines[0]
-    assert "newest checkpoint is iteration 1 of 3" in lines[0] and "--resume" in lines[0]
+    newest = re.search(r"newest checkpoint is iteration (\d+) of 3", lines[0])
+    assert newest and int(newest.group(1)) in (1, 2) and "--resume" in lines[0], lines[0]
     if signum == signal.SIGTERM:  # and --resume goes on from there, to the end
         done = subprocess.run([*args, "--resume"], cwd=REPO, env=environment(), capture_output=True, text=True,
                               timeout=300)
