@@ -105,8 +105,10 @@ def test_two_resumes_at_once_the_second_exits_in_one_line(tmp_path, hopper_file)
 def test_a_signal_ends_a_run_in_one_line_naming_resume(tmp_path, hopper_file, signum):
     args = [*GYM, f"dataset={hopper_file}", *SLOW, f"run.out_dir={tmp_path}", "run.name=run"]
     run_dir = tmp_path / "run"
+    # SIGINT at its default in the run, as in a terminal: a shell's background job (`make test &`)
+    # ignores it, and so would the run it starts
     process = subprocess.Popen(args, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # any checkpoint, not iter_001.pt: the keep policy deletes that one at iteration 2's end
         # when it is not the best, and a busy machine may let this loop look only after that
