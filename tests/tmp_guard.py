@@ -7,8 +7,12 @@ temporary and cache folder the libraries know of into this session's pytest fold
   multiprocessing, torch's inductor cache (its default is gettempdir()/torchinductor_$USER);
 - TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR, said outright;
 - numba's on-disk cache of the compiled kernels (by default decision_mamba/__pycache__ of
-  the checkout): each session compiles afresh, as a fresh clone would, so no session
-  reads kernels another one compiled.
+  the checkout) goes to .pytest_cache/numba-<key>, where the key hashes the kernels'
+  source (decision_mamba/cpu/*.py) and numba's version: a rerun reads the kernels the last
+  session compiled (compiling them takes most of a minute), and an edit to any kernel file
+  starts an empty cache, so no session reads a kernel compiled from other source (numba's
+  own cache would not see an edit to a kernel that the cached one calls from another file).
+  A fresh clone, as CI's, compiles everything.
 
 MuJoCo's warnings go to Python's warnings: its default handler appends them to
 MUJOCO_LOG.TXT in the working folder (HalfCheetah's model warns at every load).
@@ -24,6 +28,7 @@ be other processes'.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -39,7 +44,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
 class _Guard:
-    allowed: Path | None = None  # pytest's folder for this session (this worker's, under xdist)
+    allowed: tuple[Path, ...] = ()  # pytest's folder for this session (this worker's, under xdist), numba's cache
     stray: list[str] = []  # paths written outside it since the last check
     tmp_before: set[str] = set()
 
@@ -66,19 +71,27 @@ _EVENTS = frozenset({"open", "os.mkdir", "os.rename", "os.link", "os.symlink"})
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event not in _EVENTS or _Guard.allowed is None:
+    if event not in _EVENTS or not _Guard.allowed:
         return
     path = _written_path(event, args)
     if not isinstance(path, (str, bytes, os.PathLike)):  # an open file descriptor
         return
     resolved = Path(os.path.abspath(os.fsdecode(path)))
-    if resolved.is_relative_to(REAL_TMP) and not resolved.is_relative_to(_Guard.allowed):
+    if resolved.is_relative_to(REAL_TMP) and not any(resolved.is_relative_to(a) for a in _Guard.allowed):
         _Guard.stray.append(f"{event} {resolved}")
 
 
 def stray_writes() -> list[str]:
     """Writes outside pytest's folder recorded since the last check (tests of the guard read it)."""
     return _Guard.stray
+
+
+def kernel_cache(root: Path) -> Path:
+    """.pytest_cache/numba-<sha256 of numba's version and decision_mamba/cpu/*.py, 16 hex digits>."""
+    digest = hashlib.sha256(numba.__version__.encode())
+    for source in sorted((root / "decision_mamba" / "cpu").glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return (root / ".pytest_cache" / f"numba-{digest.hexdigest()[:16]}").resolve()
 
 
 @pytest.hookimpl(trylast=True)  # after the tmpdir plugin has made config._tmp_path_factory
@@ -91,13 +104,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TMPDIR"] = str(temp)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "torchinductor")
     os.environ["TRITON_CACHE_DIR"] = str(caches / "triton")
-    os.environ["NUMBA_CACHE_DIR"] = str(caches / "numba")  # for subprocesses
-    numba.config.CACHE_DIR = str(caches / "numba")  # read when a kernel is decorated, at import
+    kernels = kernel_cache(config.rootpath)
+    os.environ["NUMBA_CACHE_DIR"] = str(kernels)  # for subprocesses
+    numba.config.CACHE_DIR = str(kernels)  # read when a kernel is decorated, at import
     early = [name for name in sys.modules if name.startswith("decision_mamba.cpu.")]  # the kernels' modules
     if early:  # conftest imported them: their kernels would be cached in the checkout
         raise pytest.UsageError(f"tmp_guard: {', '.join(early)} imported before numba's cache was redirected")
     mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", RuntimeWarning))
-    _Guard.allowed = basetemp
+    _Guard.allowed = (basetemp, kernels)
     _Guard.tmp_before = set(os.listdir(REAL_TMP))
     sys.addaudithook(_audit)
 
