@@ -379,15 +379,14 @@ TMAZE_STUDY_CONFIG = "configs/memory/tmaze-study.yaml"
 TMAZE_STUDY_DATA_DIR = "data/generated/memory-study"
 # The study's T-Maze data, the same shares at every length. No random moves: the time limit
 # (L + 2) leaves one step of slack, so any fixed share of random moves would leave the long
-# corridors' data without a single choice at the junction. Half the choices are wrong, so
-# the data's success rate is chance (50%) and success above it is the cue remembered; but then
-# only cue and return-to-go together predict the junction, and at the cpu budget no model
-# learned it (docs/memory.md, Results): a share under one half is the next design to try.
-TMAZE_STUDY_SHARES = {"episodes": 1000, "random_move": 0.0, "wrong_choice": 0.5, "seed": 0}
-# Timesteps per training batch, kept about constant over the lengths: batch = max(2, round(768 / K))
-# (at L = 1000 the floor gives 2004 timesteps: fewer sequences would not be a batch).
-TMAZE_TIMESTEPS_PER_BATCH = 768
-TMAZE_MIN_BATCH = 2
+# corridors' data without a single choice at the junction. One choice in ten is wrong, so the
+# data holds both returns and the cue predicts the choice (docs/memory.md, "The design": with
+# half the choices wrong, only cue and return-to-go together predict it, and no model learned
+# that at the cpu budget).
+TMAZE_STUDY_SHARES = {"episodes": 1000, "random_move": 0.0, "wrong_choice": 0.1, "seed": 0}
+# Whole episodes per training batch, the same at every length: learning the cue is counted in
+# updates, and too few episodes per update did not learn it at all (docs/memory.md, "The design").
+TMAZE_STUDY_BATCH = 16
 HOPPER_P_CONFIGS = {"k20": "configs/memory/hopper-P-medium.yaml",  # DT's random K = 20 windows
                     "episode": "configs/memory/hopper-P-medium-episode.yaml"}  # K = 1000 from each episode's start
 
@@ -418,10 +417,6 @@ def tmaze_study_file(length: int) -> str:
     return f"{TMAZE_STUDY_DATA_DIR}/tmaze-L{length}.hdf5"
 
 
-def tmaze_study_batch(length: int) -> int:
-    return max(TMAZE_MIN_BATCH, round(TMAZE_TIMESTEPS_PER_BATCH / (length + 2)))
-
-
 @functools.cache  # builds a small mixer: once per name
 def has_recurrent_step(mixer: str) -> bool:
     """Whether the mixer has init_state and step (mixers.py), so eval.mode=recurrent can run it."""
@@ -439,7 +434,7 @@ def _study_row_settings(row: StudyRow, variant: str, mixer: str) -> tuple[str, l
         episode = length + 2  # the time limit: the context covers the whole episode
         return TMAZE_STUDY_CONFIG, [
             f"dataset=tmaze:{tmaze_study_file(length)}", f"model.max_ep_len={episode}",
-            f"train.context_len={episode}", f"eval.max_ep_len={episode}", f"train.batch_size={tmaze_study_batch(length)}",
+            f"train.context_len={episode}", f"eval.max_ep_len={episode}", f"train.batch_size={TMAZE_STUDY_BATCH}",
             "train.window_start=episode",
             # a mixer without a step is evaluated on its window, which covers the episode too
             f"eval.mode={'recurrent' if has_recurrent_step(mixer) else 'window'}"]

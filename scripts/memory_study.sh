@@ -47,8 +47,8 @@ case "$BUDGET" in
                 train.steps_per_iteration=3 eval.episodes=1 eval.max_ep_len=20 train.num_threads=1)
     HOPPER_EPISODE=("${HOPPER_K20[@]}") ;;
   cpu)    # the study on a 2-core CPU, one thread per run: 0.13M-parameter models (d_model 64, 2 layers,
-          # configs/memory/tmaze-study.yaml), 2 x 100 updates, 2 evaluations of 24 episodes
-    TMAZE=(train.num_iterations=2 train.steps_per_iteration=100 eval.episodes=24 train.num_threads=1)
+          # configs/memory/tmaze-study.yaml), 2 x 500 updates of 16 episodes, 2 evaluations of 48 episodes
+    TMAZE=(train.num_iterations=2 train.steps_per_iteration=500 eval.episodes=48 train.num_threads=1)
     # Hopper-P: the same model and updates; K = 20 at the config's batch 32, whole episodes at batch 4;
     # 2 evaluations of 5 episodes of up to 1000 steps
     HOPPER_K20=(model.d_model=64 model.n_layer=2 train.num_iterations=2 train.steps_per_iteration=100
