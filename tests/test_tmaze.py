@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from scipy.stats import binomtest
 
 from decision_mamba.data.d4rl import load_dataset
@@ -119,3 +120,35 @@ def test_a_missing_dataset_names_the_command_that_makes_it(tmp_path):
                                                  f"dataset=tmaze:{tmp_path}/none.hdf5", "run.progress=false"])
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "tools/make_tmaze_data.py" in out
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("tmaze_probe", REPO / "tools" / "tmaze_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_reads_the_move_at_each_episodes_junction():
+    probe = _probe()
+    batch = probe.oracle_batch(5, np.zeros(3, np.float32), np.ones(3, np.float32))
+    # the oracle's episodes: L + 1 = 6 steps in windows of K = 7, both cues
+    assert batch["mask"].sum(dim=1).tolist() == [6] * probe.TEST_EPISODES
+    ups = batch["actions"][:, 5, UP].mean()
+    assert 0.3 < ups < 0.7 and (batch["states"][:, 0, 0].sign() == batch["actions"][:, 5, UP] * 2 - 1).all()
+    assert probe.junction_accuracy(lambda b: b["actions"], batch) == 1.0
+    swapped = lambda b: b["actions"][..., [FORWARD, 1, DOWN, UP]]  # noqa: E731  up and down exchanged
+    assert probe.junction_accuracy(swapped, batch) == 0.0
+    # a model that always says up is right where the cue says up
+    always_up = lambda b: torch.nn.functional.one_hot(torch.full(b["mask"].shape, UP), 4).float()  # noqa: E731
+    assert probe.junction_accuracy(always_up, batch) == pytest.approx(float(ups))
+
+
+def test_the_probe_prints_a_row_every_so_many_updates(tmp_path):
+    probe = _probe()
+    data = tmp_path / "tmaze-L3.hdf5"
+    _tool().main(["--length", "3", "--episodes", "40", "--wrong-choice", "0.1", "--out", str(data)])
+    rows = probe.main([str(data), "--updates", "4", "--every", "2", "--", "model.d_model=16", "model.n_layer=1",
+                       "train.batch_size=4", "train.num_threads=1"])
+    assert [update for update, _, _ in rows] == [2, 4]
+    assert all(np.isfinite(loss) and (accuracy * probe.TEST_EPISODES).is_integer() for _, loss, accuracy in rows)
