@@ -7,7 +7,7 @@
 # `python -m decision_mamba.aggregate --study memory`. Not a paper table.
 #
 #   BUDGET=smoke scripts/memory_study.sh    # seconds per run: proves the pipeline, measures nothing
-#   BUDGET=cpu SLOTS=2 scripts/memory_study.sh               # the T-Maze study, ~80 min on 2 CPU cores
+#   BUDGET=cpu SLOTS=2 LENGTHS="10 30 100" scripts/memory_study.sh   # T-Maze to L = 100, ~35 min on 2 CPU cores
 #   BUDGET=cpu SLOTS=2 PARTS="tmaze hopper-p" scripts/memory_study.sh   # and Hopper-P (~40 min more)
 #   scripts/memory_study.sh --dry-run       # list the runs
 #
