@@ -90,7 +90,7 @@ SLOW_TESTS: dict[str, str | set[str]] = {
     "test_mixers.py": {"test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point"},
     "test_run.py": {"test_wandb_offline_logs_the_run"},
     "test_tmaze.py": {"test_a_tiny_training_run_finishes", "test_a_missing_dataset_names_the_command_that_makes_it",
-                      "test_the_probe_prints_a_row_every_so_many_updates"},
+                      "test_the_probe_trains_what_a_study_run_of_the_same_seed_trains"},
     "test_stopping.py": {"test_two_resumes_at_once_the_second_exits_in_one_line",
                          "test_a_signal_ends_a_run_in_one_line_naming_resume",
                          "test_a_stopped_sweep_takes_its_running_runs_down_with_it",

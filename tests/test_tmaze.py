@@ -144,11 +144,18 @@ def test_the_probe_reads_the_move_at_each_episodes_junction():
     assert probe.junction_accuracy(always_up, batch) == pytest.approx(float(ups))
 
 
-def test_the_probe_prints_a_row_every_so_many_updates(tmp_path):
-    probe = _probe()
+def test_the_probe_trains_what_a_study_run_of_the_same_seed_trains(tmp_path):
     data = tmp_path / "tmaze-L3.hdf5"
     _tool().main(["--length", "3", "--episodes", "40", "--wrong-choice", "0.1", "--out", str(data)])
-    rows = probe.main([str(data), "--updates", "4", "--every", "2", "--", "model.d_model=16", "model.n_layer=1",
-                       "train.batch_size=4", "train.num_threads=1"])
-    assert [update for update, _, _ in rows] == [2, 4]
-    assert all(np.isfinite(loss) and (accuracy * probe.TEST_EPISODES).is_integer() for _, loss, accuracy in rows)
+    small = ["model.d_model=16", "model.n_layer=1", "seed=23"]
+    rows = _probe().main([str(data), "--updates", "6", "--every", "3", "--", *small])
+    assert [update for update, _, _ in rows] == [3, 6]
+    # the study's run of that length and seed, through the entry point (whole episodes, K = L + 2 = 5)
+    finish(run_entry_point("gym/experiment.py", [
+        "--config", "configs/memory/tmaze-study.yaml", f"dataset=tmaze:{data}", "model.max_ep_len=5",
+        "train.context_len=5", "eval.max_ep_len=5", "train.batch_size=16", "train.num_threads=1", *small,
+        "train.num_iterations=2", "train.steps_per_iteration=3", "eval.episodes=2", "run.progress=false",
+        f"run.out_dir={tmp_path}", "run.name=run"]))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [record["train"]["loss_mean"] * (3 + 1) for record in records]  # per junction, as the probe prints
+    assert [loss for _, loss, _ in rows] == pytest.approx(logged, rel=1e-12, abs=0)

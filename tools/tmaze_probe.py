@@ -3,8 +3,9 @@
     python tools/make_tmaze_data.py --length 30 --episodes 1000 --random-move 0 --wrong-choice 0.1 --out /tmp/L30.hdf5
     python tools/tmaze_probe.py /tmp/L30.hdf5 [--updates 1000] [--every 100] [-- model.mixer=attention ...]
 
-Trains as the memory study does (configs/memory/tmaze-study.yaml, whole-episode windows,
-gym/experiment.py's update; keys after `--` override the config) and every `--every` updates
+Trains as the memory study does (configs/memory/tmaze-study.yaml, whole-episode windows of
+16 episodes, one thread, gym/experiment.py's update and seeding, so that a probe trains the
+bits a study run of the same seed trains; keys after `--` override the config) and every `--every` updates
 prints the training loss and the junction accuracy: on 128 episodes of the oracle (cue side,
 return 1), fed with the true history, the share in which the model's move at the junction
 (the larger of its up and down outputs) is the cue's. With whole-episode windows that is the
@@ -38,6 +39,8 @@ from decision_mamba.data.d4rl import load_dataset  # noqa: E402
 from decision_mamba.data.sampler import sample_batch, state_normalization  # noqa: E402
 from decision_mamba.data.trajectories import Trajectories  # noqa: E402
 from decision_mamba.envs_tmaze import DOWN, UP  # noqa: E402
+from decision_mamba.run import seed_everything  # noqa: E402
+from decision_mamba.sweep import TMAZE_STUDY_BATCH  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tools"))
 from make_tmaze_data import record_tmaze  # noqa: E402
@@ -90,8 +93,10 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
     length = int(metadata["corridor_length"])
     K = length + 2
     cfg = load_config(GymConfig, str(CONFIG), [f"dataset=tmaze:{args.data}", f"model.max_ep_len={K}",
-                                               f"train.context_len={K}", f"eval.max_ep_len={K}", *overrides])
-    torch.set_num_threads(cfg.train.num_threads or 1)
+                                               f"train.context_len={K}", f"eval.max_ep_len={K}",
+                                               f"train.batch_size={TMAZE_STUDY_BATCH}", "train.num_threads=1",
+                                               *overrides])
+    seed_everything(cfg.seed, cfg.train.num_threads)  # as the entry point: the same seed trains the same bits
     mean, std = state_normalization(traj)
     trainer = _gym_experiment().build_trainer(cfg, traj, mean, std, torch.device("cpu"))
     test = oracle_batch(length, mean, std)
