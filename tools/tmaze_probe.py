@@ -39,6 +39,7 @@ from decision_mamba.data.d4rl import load_dataset  # noqa: E402
 from decision_mamba.data.sampler import sample_batch, state_normalization  # noqa: E402
 from decision_mamba.data.trajectories import Trajectories  # noqa: E402
 from decision_mamba.envs_tmaze import DOWN, UP  # noqa: E402
+from decision_mamba.errors import cli_main  # noqa: E402
 from decision_mamba.run import seed_everything  # noqa: E402
 from decision_mamba.sweep import TMAZE_STUDY_BATCH  # noqa: E402
 
@@ -120,4 +121,4 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main(main))  # a missing or wrong file: one line, exit status 2
