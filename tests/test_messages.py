@@ -3,11 +3,17 @@ library's API hints, and the blame on the layer that set the value."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 
 from decision_mamba.config import ConfigError, GymConfig, load_config
 from decision_mamba.data.d4rl import load_dataset
 from decision_mamba.errors import MissingFileError
+
+REPO = Path(__file__).resolve().parents[1]
 
 HOPPER = "configs/gym/hopper-medium.yaml"
 
@@ -34,6 +40,11 @@ def test_a_missing_file_gets_a_command_only_where_a_download_brings_it(tmp_path)
         load_dataset(tmp_path / "my-data.hdf5")
     message = str(caught.value)
     assert "<" not in message and "check the path" in message and "no D4RL file name" in message
+    # the commands it names run: each script is in the repository, each module in the package
+    scripts = re.findall(r"python ([\w/]+\.py)", message)
+    modules = re.findall(r"python -m ([\w.]+)", message)
+    assert scripts == ["tools/generate_dataset.py"] and (REPO / scripts[0]).is_file()
+    assert modules == ["decision_mamba.data.download"] and importlib.util.find_spec(modules[0]) is not None
     with pytest.raises(MissingFileError) as caught:
         load_dataset(tmp_path / "hopper_medium-v2.hdf5")  # a D4RL file's name: its command
     assert str(caught.value).endswith(f"download it with: python -m decision_mamba.data.download d4rl "

@@ -97,7 +97,7 @@ def _download_hint(path: Path) -> str:
     # Not a name D4RL uses: no download brings it; say so rather than print a command with blanks.
     return (f"check the path ({path.name} is no D4RL file name, so no download brings it; D4RL's files come "
             f"with e.g. {d4rl_download_command('hopper-medium-v2', path.parent)}, and "
-            f"python -m decision_mamba.data.generate makes data without one)")
+            f"python tools/generate_dataset.py makes data without one)")
 
 
 # ----- writer ------------------------------------------------------------------------
