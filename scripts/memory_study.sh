@@ -8,7 +8,8 @@
 #
 #   BUDGET=smoke scripts/memory_study.sh    # seconds per run: proves the pipeline, measures nothing
 #   BUDGET=cpu SLOTS=2 LENGTHS="10 30 100" scripts/memory_study.sh   # T-Maze to L = 100, ~35 min on 2 CPU cores
-#   BUDGET=cpu SLOTS=2 PARTS="tmaze hopper-p" scripts/memory_study.sh   # and Hopper-P (~30 min more)
+#   BUDGET=cpu SLOTS=2 PARTS=hopper-p scripts/memory_study.sh         # Hopper-P, ~30 min
+#   BUDGET=cpu SLOTS=2 PARTS="tmaze hopper-p" scripts/memory_study.sh   # both, every length (L = 300, 1000: hours)
 #   scripts/memory_study.sh --dry-run       # list the runs
 #
 # Environment: BUDGET (smoke | cpu, default smoke), PARTS (tmaze, hopper-p or both; default
