@@ -3,6 +3,7 @@ small synthetic Trajectories."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -216,3 +217,12 @@ def write_run_folder(run_dir: Path, config_yaml: str, evaluations: list[dict], f
                   "score": max(t["score_mean"] for t in r["eval"].values())} for r in records]
         (run_dir / "summary.json").write_text(json.dumps({"last": views[-1],
                                                           "best": max(views, key=lambda v: v["score"])}))
+
+
+def load_script(path: str):
+    """A script of the repository (tools/..., gym/...), which is no package, imported as a module."""
+    file = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

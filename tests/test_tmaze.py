@@ -1,9 +1,7 @@
 """The passive T-Maze (decision_mamba/envs_tmaze.py), its offline data (tools/make_tmaze_data.py)
 and its suite through gym/experiment.py."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -13,16 +11,7 @@ from scipy.stats import binomtest
 
 from decision_mamba.data.d4rl import load_dataset
 from decision_mamba.envs_tmaze import DOWN, FORWARD, TMAZE_ID, UP, ScriptedTMazePolicy, TMaze, one_hot, register_tmaze
-from helpers import finish, run_entry_point
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("make_tmaze_data", REPO / "tools" / "make_tmaze_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import finish, load_script, run_entry_point
 
 
 def play(env, policy, seed):
@@ -86,8 +75,9 @@ def test_the_reward_arrives_only_at_the_end():
 
 def test_the_dataset_replays_in_the_environment(tmp_path):
     path = tmp_path / "tmaze-L4.hdf5"
-    _tool().main(["--length", "4", "--episodes", "40", "--random-move", "0.3", "--wrong-choice", "0.3",
-                  "--seed", "7", "--out", str(path)])
+    make_data = load_script("tools/make_tmaze_data.py")
+    make_data.main(["--length", "4", "--episodes", "40", "--random-move", "0.3", "--wrong-choice", "0.3",
+                    "--seed", "7", "--out", str(path)])
     traj, metadata = load_dataset(path)
     assert metadata["corridor_length"] == 4 and traj.num_episodes == 40
     assert 0 < traj.episode_returns.mean() < 1  # both outcomes are in the data
@@ -104,7 +94,7 @@ def test_the_dataset_replays_in_the_environment(tmp_path):
 
 def test_a_tiny_training_run_finishes(tmp_path):
     data = tmp_path / "tmaze-L3.hdf5"
-    _tool().main(["--length", "3", "--episodes", "60", "--out", str(data)])
+    load_script("tools/make_tmaze_data.py").main(["--length", "3", "--episodes", "60", "--out", str(data)])
     out = finish(run_entry_point("gym/experiment.py", [
         "--config", "configs/memory/tmaze-L10.yaml", f"dataset=tmaze:{data}", "model.d_model=16",
         "model.n_layer=1", "train.batch_size=8", "train.num_iterations=1", "train.steps_per_iteration=5",
@@ -122,15 +112,8 @@ def test_a_missing_dataset_names_the_command_that_makes_it(tmp_path):
     assert proc.returncode == 2 and "tools/make_tmaze_data.py" in out
 
 
-def _probe():
-    spec = importlib.util.spec_from_file_location("tmaze_probe", REPO / "tools" / "tmaze_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_probe_reads_the_move_at_each_episodes_junction():
-    probe = _probe()
+    probe = load_script("tools/tmaze_probe.py")
     batch = probe.oracle_batch(5, np.zeros(3, np.float32), np.ones(3, np.float32))
     # the oracle's episodes: L + 1 = 6 steps in windows of K = 7, both cues
     assert batch["mask"].sum(dim=1).tolist() == [6] * probe.TEST_EPISODES
@@ -146,9 +129,10 @@ def test_the_probe_reads_the_move_at_each_episodes_junction():
 
 def test_the_probe_trains_what_a_study_run_of_the_same_seed_trains(tmp_path):
     data = tmp_path / "tmaze-L3.hdf5"
-    _tool().main(["--length", "3", "--episodes", "40", "--wrong-choice", "0.1", "--out", str(data)])
+    load_script("tools/make_tmaze_data.py").main(["--length", "3", "--episodes", "40", "--wrong-choice", "0.1",
+                                                   "--out", str(data)])
     small = ["model.d_model=16", "model.n_layer=1", "seed=23"]
-    rows = _probe().main([str(data), "--updates", "6", "--every", "3", "--", *small])
+    rows = load_script("tools/tmaze_probe.py").main([str(data), "--updates", "6", "--every", "3", "--", *small])
     assert [update for update, _, _ in rows] == [3, 6]
     # the study's run of that length and seed, through the entry point (whole episodes, K = L + 2 = 5)
     finish(run_entry_point("gym/experiment.py", [
