@@ -86,6 +86,7 @@ SLOW_TESTS: dict[str, str | set[str]] = {
     "test_memory_study.py": {"test_the_study_lists_lengths_x_models_x_seeds_with_whole_episode_contexts",
                              "test_the_sweep_makes_the_missing_tmaze_data_with_the_studys_shares",
                              "test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths",
+                             "test_the_gpu_budget_runs_ten_thousand_updates_and_hopper_p_at_its_configs_budgets",
                              "test_the_study_table_of_hand_made_runs"},
     "test_mixers.py": {"test_the_extra_mixer_trains_and_evaluates_through_the_gym_entry_point"},
     "test_run.py": {"test_wandb_offline_logs_the_run"},

@@ -123,7 +123,8 @@ def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
     commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
     settings = [dict(w.split("=", 1) for w in c if "=" in w) for c in commands]
     found = sorted((s["run.name"].rsplit("-clean-", 1)[0]) for s in settings)
-    expected = sorted([f"tmaze-L{length}-{model}" for length in LENGTHS for model in ("dmamba", "dc", "ds4")]
+    cpu_lengths = [length for length in LENGTHS if length != 1000]  # the cpu budget's default: L = 1000 on request
+    expected = sorted([f"tmaze-L{length}-{model}" for length in cpu_lengths for model in ("dmamba", "dc", "ds4")]
                       + [f"tmaze-L{length}-dt" for length in (10, 30)]
                       + [f"hopper-medium-v4-gen-P-{m}-{v}" for m in ("dmamba", "dt") for v in ("k20", "episode")]) * 3
     assert found == sorted(expected)
@@ -135,9 +136,33 @@ def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
             assert s["train.batch_size"] == "16" and s["eval.episodes"] == "48"
         if "-episode-" in s["run.name"]:
             assert s["train.batch_size"] == "4"  # the budget's, after the config's 16
-    if not (REPO / "data" / "generated" / "memory-study" / "tmaze-L1000.hdf5").is_file():  # not made yet
-        assert "makes first: python tools/make_tmaze_data.py --length 1000" in done.stdout
+    if not (REPO / "data" / "generated" / "memory-study" / "tmaze-L300.hdf5").is_file():  # not made yet
+        assert "makes first: python tools/make_tmaze_data.py --length 300" in done.stdout
     assert f"aggregate {tmp_path / 'runs'} --study memory" in done.stdout
+
+
+def test_the_gpu_budget_runs_ten_thousand_updates_and_hopper_p_at_its_configs_budgets(tmp_path):
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "BUDGET": "gpu",
+           "PARTS": "tmaze hopper-p", "LENGTHS": "1000", "MODELS": "dmamba dt", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "memory_study.sh"), "--dry-run"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
+    runs = {}
+    for c in commands:
+        settings = dict(w.split("=", 1) for w in c if "=" in w)
+        runs[settings["run.name"]] = (c[c.index("--config") + 1], settings)
+    assert len(runs) == 2 * 3 + 4 * 3  # T-Maze L = 1000: DMamba and DT; Hopper-P: both at K = 20 and episodes
+    for name, (config, s) in runs.items():
+        assert "train.num_threads" not in s  # a GPU run keeps torch's threads
+        if name.startswith("tmaze-"):
+            assert (s["train.num_iterations"], s["train.steps_per_iteration"], s["eval.episodes"]) == ("10", "1000", "100")
+            assert (s["train.context_len"], s["train.batch_size"]) == ("1002", "16")
+        else:  # the configs' own budgets: no override of the model, the updates or the evaluation
+            budget = {"model.d_model", "model.n_layer", "train.batch_size", "train.num_iterations",
+                      "train.steps_per_iteration", "train.warmup_steps", "eval.episodes"}
+            assert not budget & s.keys(), s
+            assert config.endswith("hopper-P-medium-episode.yaml" if "-episode-" in name else "hopper-P-medium.yaml")
 
 
 # ------------------------------------------------------------------ the aggregator
