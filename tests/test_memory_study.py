@@ -114,14 +114,21 @@ def test_the_sweep_makes_the_missing_tmaze_data_with_the_studys_shares(tmp_path,
         sweep.make_study_data(runs)
 
 
-def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "BUDGET": "cpu",
-           "PARTS": "tmaze hopper-p", "DT_LENGTHS": "10 30", "PYTHON": sys.executable}
+def _dry_run(tmp_path: Path, **env: str) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+    """scripts/memory_study.sh --dry-run with these settings: its output, and each run's config
+    file and key=value settings."""
+    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           **env}
     done = subprocess.run(["bash", str(REPO / "scripts" / "memory_study.sh"), "--dry-run"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
-    settings = [dict(w.split("=", 1) for w in c if "=" in w) for c in commands]
+    return done.stdout, [(c[c.index("--config") + 1], dict(w.split("=", 1) for w in c if "=" in w)) for c in commands]
+
+
+def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
+    stdout, runs = _dry_run(tmp_path, BUDGET="cpu", PARTS="tmaze hopper-p", DT_LENGTHS="10 30")
+    settings = [s for _, s in runs]
     found = sorted((s["run.name"].rsplit("-clean-", 1)[0]) for s in settings)
     cpu_lengths = [length for length in LENGTHS if length != 1000]  # the cpu budget's default: L = 1000 on request
     expected = sorted([f"tmaze-L{length}-{model}" for length in cpu_lengths for model in ("dmamba", "dc", "ds4")]
@@ -137,21 +144,13 @@ def test_the_scripts_dry_run_lists_the_parts_and_dt_at_its_lengths(tmp_path):
         if "-episode-" in s["run.name"]:
             assert s["train.batch_size"] == "4"  # the budget's, after the config's 16
     if not (REPO / "data" / "generated" / "memory-study" / "tmaze-L300.hdf5").is_file():  # not made yet
-        assert "makes first: python tools/make_tmaze_data.py --length 300" in done.stdout
-    assert f"aggregate {tmp_path / 'runs'} --study memory" in done.stdout
+        assert "makes first: python tools/make_tmaze_data.py --length 300" in stdout
+    assert f"aggregate {tmp_path / 'runs'} --study memory" in stdout
 
 
 def test_the_gpu_budget_runs_ten_thousand_updates_and_hopper_p_at_its_configs_budgets(tmp_path):
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), "BUDGET": "gpu",
-           "PARTS": "tmaze hopper-p", "LENGTHS": "1000", "MODELS": "dmamba dt", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(REPO / "scripts" / "memory_study.sh"), "--dry-run"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    commands = [shlex.split(line) for line in done.stdout.splitlines() if line and not line.startswith("#")]
-    runs = {}
-    for c in commands:
-        settings = dict(w.split("=", 1) for w in c if "=" in w)
-        runs[settings["run.name"]] = (c[c.index("--config") + 1], settings)
+    _, listed = _dry_run(tmp_path, BUDGET="gpu", PARTS="tmaze hopper-p", LENGTHS="1000", MODELS="dmamba dt")
+    runs = {settings["run.name"]: (config, settings) for config, settings in listed}
     assert len(runs) == 2 * 3 + 4 * 3  # T-Maze L = 1000: DMamba and DT; Hopper-P: both at K = 20 and episodes
     for name, (config, s) in runs.items():
         assert "train.num_threads" not in s  # a GPU run keeps torch's threads
